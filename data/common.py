@@ -1,0 +1,139 @@
+"""
+What every dataset preparer and the training loader share: the GPT-2 tokenizer, the
+on-disk format, and the batch sampler.
+
+On disk, a prepared dataset is a folder with
+    train.bin, val.bin   token ids as a flat uint16 array (GPT-2's 50257 ids fit), documents
+                         separated by the end-of-text token
+    meta.json            tokenizer name, vocab size, dtype, token and document counts
+Training reads the .bin files through np.memmap, so a dataset larger than RAM is fine.
+"""
+
+import json
+import os
+
+import numpy as np
+
+EOT_TOKEN = 50256  # GPT-2's <|endoftext|>, put between documents
+VOCAB_SIZE = 50257
+
+
+def get_tokenizer():
+    """tiktoken's GPT-2 encoding. Offline, point TIKTOKEN_CACHE_DIR at a folder that holds its files."""
+    import tiktoken
+    try:
+        return tiktoken.get_encoding("gpt2")
+    except Exception as e:
+        raise RuntimeError(
+            "could not load tiktoken's gpt2 encoding (it downloads its files on first use). "
+            "Offline, set TIKTOKEN_CACHE_DIR to a folder holding the cached files "
+            f"(e.g. export TIKTOKEN_CACHE_DIR=$(realpath ../shared/tiktoken)). Cause: {e}") from e
+
+
+def encode_documents(texts, enc=None):
+    """Token ids of each document followed by the end-of-text token."""
+    enc = enc or get_tokenizer()
+    ids = enc.encode_ordinary_batch(list(texts))
+    for doc in ids:
+        doc.append(EOT_TOKEN)
+    return ids
+
+
+def write_split(path, docs, desc=None):
+    """Write a list of token-id lists as one flat uint16 array. Returns the number of tokens.
+    Written to a temporary name first, so an interrupted run never leaves a truncated file."""
+    from tqdm import tqdm
+    n_tokens = sum(len(d) for d in docs)
+    tmp = path + ".tmp"
+    arr = np.memmap(tmp, dtype=np.uint16, mode="w+", shape=(max(n_tokens, 1),))
+    pos = 0
+    for d in tqdm(docs, desc=desc or f"writing {os.path.basename(path)}", unit="doc", leave=False):
+        arr[pos: pos + len(d)] = d
+        pos += len(d)
+    arr.flush()
+    del arr
+    os.replace(tmp, path)
+    return n_tokens
+
+
+def write_meta(out_dir, **fields):
+    meta = {"tokenizer": "gpt2", "vocab_size": VOCAB_SIZE, "dtype": "uint16", **fields}
+    with open(os.path.join(out_dir, "meta.json"), "w") as f:
+        json.dump(meta, f, indent=2)
+    return meta
+
+
+def prepare_from_documents(out_dir, train_docs, val_docs, source):
+    """Tokenize two lists of document strings into out_dir/{train,val}.bin + meta.json and print a summary."""
+    os.makedirs(out_dir, exist_ok=True)
+    enc = get_tokenizer()
+    summary = {"source": source}
+    for split, texts in (("train", train_docs), ("val", val_docs)):
+        ids = encode_documents(texts, enc)
+        n_tokens = write_split(os.path.join(out_dir, f"{split}.bin"), ids, desc=f"{split}.bin")
+        summary[split] = {"documents": len(texts), "tokens": n_tokens,
+                          "bytes": sum(len(t.encode("utf-8")) for t in texts)}
+    write_meta(out_dir, **summary)
+    print_summary(out_dir, summary)
+    return summary
+
+
+def print_summary(out_dir, summary):
+    for split in ("train", "val"):
+        s = summary[split]
+        print(f"{out_dir}/{split}.bin: {s['documents']:,} documents, {s['tokens']:,} tokens, "
+              f"{s['bytes']:,} bytes of text")
+
+
+def split_documents(docs, val_fraction, seed=1337):
+    """Shuffle documents with a fixed seed and hold out val_fraction of them (at least one)."""
+    if len(docs) < 2:
+        raise ValueError(f"need at least 2 documents to make a train/val split, got {len(docs)}")
+    order = np.random.default_rng(seed).permutation(len(docs))
+    n_val = min(max(1, int(round(len(docs) * val_fraction))), len(docs) - 1)
+    val = [docs[i] for i in order[:n_val]]
+    train = [docs[i] for i in order[n_val:]]
+    return train, val
+
+
+# ---------------------------------------------------------------------- reading, for training
+
+def open_split(data_dir, split, block_size, vocab_size=None):
+    """Memory-map data_dir/{split}.bin after checking it exists, matches meta.json and the model's vocab."""
+    path = os.path.join(data_dir, f"{split}.bin")
+    hint = f"run the dataset's prepare script first (see README: e.g. python -m data.local.prepare --out_dir {data_dir})"
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"missing {path}: {hint}")
+    meta_path = os.path.join(data_dir, "meta.json")
+    if not os.path.exists(meta_path):
+        raise FileNotFoundError(f"missing {meta_path}: {hint}")
+    with open(meta_path) as f:
+        try:
+            meta = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{meta_path} is not valid JSON ({e}); {hint}") from e
+    if meta.get("dtype") != "uint16":
+        raise ValueError(f"{meta_path} says dtype={meta.get('dtype')!r}; this loader reads uint16 token files. {hint}")
+    if vocab_size is not None and meta.get("vocab_size", VOCAB_SIZE) > vocab_size:
+        raise ValueError(f"data in {data_dir} uses a vocabulary of {meta['vocab_size']} tokens but the model "
+                         f"has vocab_size={vocab_size}; prepare the data with the model's tokenizer or set vocab_size")
+    size = os.path.getsize(path)
+    if size % 2 != 0:
+        raise ValueError(f"{path} has an odd number of bytes ({size}); it is truncated or not a uint16 token file. {hint}")
+    data = np.memmap(path, dtype=np.uint16, mode="r")
+    if len(data) <= block_size + 1:
+        raise ValueError(f"{path} holds {len(data)} tokens, too few for block_size={block_size}; "
+                         "use more text or a smaller block_size")
+    return data
+
+
+def sample_batch(data, batch_size, block_size, seed, step, micro_index):
+    """Inputs and next-token targets (B, T) drawn from the memmap at random offsets.
+    Stateless: the offsets depend only on (seed, step, micro_index), so a resumed run reads
+    exactly what an uninterrupted one would have, and the global micro-batch index (not the
+    rank) decides the data, so 2 ranks with 1 micro-step each see what 1 rank sees in 2."""
+    rng = np.random.default_rng([seed, step, micro_index])
+    ix = rng.integers(0, len(data) - block_size - 1, size=batch_size)
+    x = np.stack([data[i: i + block_size] for i in ix]).astype(np.int64)  # (B, T)
+    y = np.stack([data[i + 1: i + 1 + block_size] for i in ix]).astype(np.int64)  # (B, T)
+    return x, y
