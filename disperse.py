@@ -1,0 +1,361 @@
+"""
+Dispersion losses on hidden states, plus the control regularizers and the
+layer selection used around them. Pure functions on tensors: this file never
+imports the model, it is handed hidden states.
+
+Reproduces the loss family of "Dispersion Loss Counteracts Embedding
+Condensation and Improves Generalization in Small Language Models"
+(arXiv 2602.00217), following its official code where the two differ.
+
+Every loss acts on ONE layer's hidden states z of shape (B, T, C). Pairs are
+formed only between tokens of the same sequence (except the `cross_sequence`
+control), and the per-sequence losses are averaged over the B sequences.
+With z_hat_i = z_i / (||z_i|| + eps) and the normalised angle
+
+    D_ij = arccos(clamp_st(z_hat_i . z_hat_j)) / pi          in [0, 1]
+
+the variants are:
+
+  angular          (the paper's main "dispersion loss")
+                   L = log( 1/(T(T-1)) * sum_{i!=j} exp(-D_ij / tau) )
+                   The paper writes log-SUM; we, like the official code, log
+                   the log-MEAN. They differ by the constant log(T(T-1)), so
+                   gradients are identical; only the logged value shifts.
+                   The value lies in [-1/tau, 0].
+  decorrelation    token x token Pearson correlations: each token vector is
+                   standardised over its C features (unbiased std), then
+                   R = zc zc^T / (C-1);   L = mean_{i!=j} R_ij^2
+                   (the paper writes a sum, the official code takes the mean).
+  l2_repel         on RAW z: S_ij = ||z_i - z_j||^2,
+                   L = log( 1/T^2 * sum_{i,j} exp(-S_ij / tau) ) + norm_weight * mean(z^2)
+                   The diagonal is NOT masked (as in the official code), so the
+                   T self-pairs with S_ii = 0 contribute a floor to the sum.
+  orthogonalization  L = mean_{i!=j} relu(margin - D_ij)^2; margin 0.5 = 90 deg,
+                   so only acute pairs are pushed apart.
+  condense         -angular: the sign-flipped negative control.
+  cross_sequence   angular, but each sequence b is paired with sequence
+                   (b+1) % B: all T x T cross pairs, log-mean-exp over T^2.
+                   Placement control: dispersion between, not within, sequences.
+  norm_penalty     mean over tokens of ||z_i||^2 (activation-norm control).
+
+clamp_st is a straight-through clamp: the forward value is
+clamp(c, -1+clamp, 1-clamp), the backward treats it as the identity, so
+arccos' derivative is evaluated at the clamped value: bounded (<= 1/sqrt(1-(1-clamp)^2))
+and non-zero even for pairs outside the band. This is why no NaN can appear
+at the diagonal (c_ii ~ 1) even though it is later masked out.
+
+All losses are computed in float32 (float64 is kept if given), with autocast
+disabled, because HF-style training runs the loss under bf16 autocast and
+near-parallel pairs round to exactly 1.0 in bf16.
+
+Optional token subsampling (max_tokens) keeps the same random positions for
+every sequence of the batch, like the official code, and draws them from a
+dedicated torch.Generator so the global RNG (dropout, data order) is untouched.
+"""
+
+import math
+
+import torch
+
+VARIANTS = ('angular', 'decorrelation', 'l2_repel', 'orthogonalization',
+            'condense', 'cross_sequence', 'norm_penalty')
+LAYER_CHOICES = ('all', 'last', 'early_half', 'late_half', 'embedding')
+
+# Added to the per-token std in `decorrelation` (the official code adds none):
+# keeps a constant token vector from dividing by zero.
+_STD_EPS = 1e-6
+
+# Used for subsampling when the caller passes no generator. Seeded 0 once, at
+# first use; its stream then runs on across calls, so pass your own generator
+# when the subsample must be reproducible per run or per seed.
+_default_generator = None
+
+
+def _default_gen():
+    global _default_generator
+    if _default_generator is None:
+        _default_generator = torch.Generator().manual_seed(0)
+    return _default_generator
+
+
+def _as_loss_dtype(z):
+    # float32 for everything but float64 (kept so that gradcheck works)
+    return z if z.dtype == torch.float64 else z.float()
+
+
+def _subsample(z, max_tokens, generator):
+    """Keep max_tokens random positions, the same ones for every sequence."""
+    T = z.size(1)
+    if max_tokens is None or T <= max_tokens:
+        return z
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1 or None, got {max_tokens}")
+    gen = generator if generator is not None else _default_gen()
+    positions = torch.randperm(T, generator=gen, device=gen.device)[:max_tokens]
+    return z[:, positions.to(z.device)]  # (B, max_tokens, C)
+
+
+def _no_pairs(z):
+    # zero that is still connected to z, so backward() works and gives zeros
+    return z.sum() * 0.0
+
+
+def _unit_rows(z, eps):
+    return z / (torch.linalg.vector_norm(z, dim=-1, keepdim=True) + eps)
+
+
+def _angle(cos, clamp):
+    """Normalised angle arccos(c)/pi with the straight-through clamp."""
+    clamped = cos.clamp(-1.0 + clamp, 1.0 - clamp)
+    cos_st = cos + (clamped - cos).detach()  # forward: clamped, backward: identity
+    return torch.arccos(cos_st) / math.pi
+
+
+def _angular(z, tau, eps, clamp):
+    B, T, C = z.shape
+    if T < 2:
+        return _no_pairs(z)
+    z_hat = _unit_rows(z, eps)
+    cos = z_hat @ z_hat.transpose(1, 2)  # (B, T, T)
+    angle = _angle(cos, clamp)
+    self_pairs = torch.eye(T, dtype=torch.bool, device=z.device)
+    # mask the logits, not the cosines: exp(-inf) = 0 and its gradient is 0,
+    # while arccos' gradient at the (clamped) diagonal stays finite, so no 0*inf
+    logits = (-angle / tau).masked_fill(self_pairs, float('-inf'))
+    logits = logits.flatten(1)  # (B, T*T)
+    per_sequence = torch.logsumexp(logits, dim=1) - math.log(T * (T - 1))  # (B,)
+    return per_sequence.mean()
+
+
+def _decorrelation(z):
+    B, T, C = z.shape
+    if C < 2:
+        raise ValueError(f"decorrelation needs C >= 2 features, got C={C}")
+    if T < 2:
+        return _no_pairs(z)
+    centered = z - z.mean(dim=-1, keepdim=True)
+    standardised = centered / (z.std(dim=-1, keepdim=True) + _STD_EPS)  # (B, T, C)
+    corr = standardised @ standardised.transpose(1, 2) / (C - 1)  # (B, T, T)
+    off_diagonal = ~torch.eye(T, dtype=torch.bool, device=z.device)
+    per_sequence = corr.pow(2)[:, off_diagonal].mean(dim=1)  # (B,)
+    return per_sequence.mean()
+
+
+def _l2_repel(z, tau, norm_weight):
+    B, T, C = z.shape
+    sq_norms = z.pow(2).sum(dim=-1)  # (B, T)
+    sq_dist = sq_norms[:, :, None] + sq_norms[:, None, :] - 2.0 * (z @ z.transpose(1, 2))
+    # the expansion can dip below 0 by rounding; self-distances are exactly 0
+    self_pairs = torch.eye(T, dtype=torch.bool, device=z.device)
+    sq_dist = sq_dist.clamp_min(0.0).masked_fill(self_pairs, 0.0)  # (B, T, T)
+    logits = (-sq_dist / tau).flatten(1)  # (B, T*T), diagonal kept on purpose
+    per_sequence = torch.logsumexp(logits, dim=1) - math.log(T * T)  # (B,)
+    return per_sequence.mean() + norm_weight * z.pow(2).mean()
+
+
+def _orthogonalization(z, eps, clamp, margin):
+    B, T, C = z.shape
+    if T < 2:
+        return _no_pairs(z)
+    z_hat = _unit_rows(z, eps)
+    angle = _angle(z_hat @ z_hat.transpose(1, 2), clamp)  # (B, T, T)
+    hinge = torch.relu(margin - angle).pow(2)
+    self_pairs = torch.eye(T, dtype=torch.bool, device=z.device)
+    per_sequence = hinge.masked_fill(self_pairs, 0.0).sum(dim=(1, 2)) / (T * (T - 1))  # (B,)
+    return per_sequence.mean()
+
+
+def _cross_sequence(z, tau, eps, clamp):
+    B, T, C = z.shape
+    if B < 2:
+        raise ValueError(f"cross_sequence pairs sequence b with b+1, so it needs a batch of B >= 2, got B={B}")
+    z_hat = _unit_rows(z, eps)
+    next_seq = z_hat.roll(shifts=-1, dims=0)  # next_seq[b] = z_hat[(b+1) % B]
+    angle = _angle(z_hat @ next_seq.transpose(1, 2), clamp)  # (B, T, T), all cross pairs
+    logits = (-angle / tau).flatten(1)  # (B, T*T)
+    per_sequence = torch.logsumexp(logits, dim=1) - math.log(T * T)  # (B,)
+    return per_sequence.mean()
+
+
+def dispersion_loss(z, variant, *, tau=1.0, eps=1e-2, clamp=0.1, margin=0.5,
+                    norm_weight=0.1, max_tokens=None, generator=None):
+    """One layer's loss. z: (B, T, C) hidden states; returns a scalar tensor
+    (float32, or float64 for float64 input). See the module docstring for the
+    formulas. tau: temperature; eps: added to ||z|| before normalising; clamp:
+    straight-through band [-1+clamp, 1-clamp] for the cosines; margin: hinge of
+    `orthogonalization`; norm_weight: weight of mean(z^2) in `l2_repel`;
+    max_tokens: subsample to this many positions (shared across the batch)
+    using `generator` (a module-private generator seeded 0 if None)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown dispersion variant {variant!r}; valid: {', '.join(VARIANTS)}")
+    if z.dim() != 3:
+        raise ValueError(f"expected hidden states of shape (B, T, C), got {tuple(z.shape)}")
+    if not 0.0 < clamp < 1.0:
+        raise ValueError(f"clamp must be in (0, 1) so that arccos' gradient stays finite, got {clamp}")
+    if tau <= 0:
+        raise ValueError(f"tau must be > 0, got {tau}")
+    with torch.autocast(device_type=z.device.type, enabled=False):
+        z = _as_loss_dtype(_subsample(z, max_tokens, generator))  # (B, T', C)
+        if variant == 'angular':
+            return _angular(z, tau, eps, clamp)
+        if variant == 'condense':
+            return -_angular(z, tau, eps, clamp)
+        if variant == 'decorrelation':
+            return _decorrelation(z)
+        if variant == 'l2_repel':
+            return _l2_repel(z, tau, norm_weight)
+        if variant == 'orthogonalization':
+            return _orthogonalization(z, eps, clamp, margin)
+        if variant == 'cross_sequence':
+            return _cross_sequence(z, tau, eps, clamp)
+        return z.pow(2).sum(dim=-1).mean()  # norm_penalty: mean over (B, T) of ||z||^2
+
+
+@torch.no_grad()
+def mean_pairwise_cos(z, eps=1e-2):
+    """Mean cosine over the off-diagonal pairs within each sequence, averaged
+    over the batch; rows normalised by ||z|| + eps. For logging only (no grad).
+    Returns 0 when T < 2 (no pairs)."""
+    with torch.autocast(device_type=z.device.type, enabled=False):
+        z = _as_loss_dtype(z)
+        B, T, C = z.shape
+        if T < 2:
+            return z.new_zeros(())
+        z_hat = _unit_rows(z, eps)
+        cos = z_hat @ z_hat.transpose(1, 2)  # (B, T, T)
+        trace = cos.diagonal(dim1=1, dim2=2).sum(dim=1)  # (B,)
+        off_diagonal_sum = cos.sum(dim=(1, 2)) - trace
+        return (off_diagonal_sum / (T * (T - 1))).mean()
+
+
+def layer_indices(n_layer, which):
+    """HF `output_hidden_states` indices chosen by `which`, for a model with
+    n_layer blocks. Index 0 is the embedding output, 1..n_layer-1 the block
+    outputs, n_layer = ln_f(output of block n_layer).
+
+    which: 'all' (1..n), 'last' ([n]), 'early_half' (first floor(n/2) of 1..n),
+    'late_half' (the rest), 'embedding' ([0], a placement control), or explicit
+    indices in 0..n as a list/tuple of ints, a single int, or a string "1,3,12".
+    Returns a list of ints in the order given."""
+    all_blocks = list(range(1, n_layer + 1))
+    half = n_layer // 2
+    named = {
+        'all': all_blocks,
+        'last': [n_layer],
+        'early_half': all_blocks[:half],
+        'late_half': all_blocks[half:],
+        'embedding': [0],
+    }
+    if isinstance(which, str) and which.strip() in named:
+        indices = named[which.strip()]
+    elif isinstance(which, str):
+        try:
+            indices = [int(part) for part in which.split(',') if part.strip()]
+        except ValueError:
+            raise ValueError(f"bad layer selection {which!r}: use one of {', '.join(LAYER_CHOICES)} "
+                             f"or comma-separated indices like '1,3,{n_layer}'") from None
+    elif isinstance(which, int) and not isinstance(which, bool):
+        indices = [which]
+    elif isinstance(which, (list, tuple)) and all(isinstance(i, int) and not isinstance(i, bool) for i in which):
+        indices = list(which)
+    else:
+        raise ValueError(f"bad layer selection {which!r}: use one of {', '.join(LAYER_CHOICES)}, "
+                         f"a list of ints, or a string like '1,3,{n_layer}'")
+    if not indices:
+        raise ValueError(f"layer selection {which!r} selects no layer (n_layer={n_layer})")
+    for i in indices:
+        if not 0 <= i <= n_layer:
+            raise ValueError(f"layer index {i} out of range: valid are 0..{n_layer} "
+                             f"(0 = embedding output, {n_layer} = ln_f output)")
+    if len(set(indices)) != len(indices):
+        raise ValueError(f"layer selection {which!r} repeats an index")
+    return indices
+
+
+def dispersion_term(hidden, variant, layers, weight, *, max_tokens=None, generator=None, **loss_options):
+    """The auxiliary term added to the CE loss: weight * mean over the selected
+    layers of dispersion_loss(hidden[i]).
+
+    hidden: list of n_layer+1 tensors (B, T, C) in HF indexing; layers: anything
+    layer_indices accepts ('all', [1, 3], "1,3", ...); the remaining keywords go
+    to dispersion_loss. Returns (total, stats); stats holds detached tensors
+    (no .item() here, so no device sync; convert at log steps):
+    'disp/raw' (unweighted layer mean), 'disp/weighted', and per layer
+    'disp/layer{i}/loss' and 'disp/layer{i}/mean_cos' (on the same subsample)."""
+    chosen = layer_indices(len(hidden) - 1, layers)
+    stats = {}
+    per_layer = []
+    for i in chosen:
+        # one subsample per layer call, shared by the loss and its logged cosine
+        h = _subsample(hidden[i], max_tokens, generator)  # (B, T', C)
+        loss = dispersion_loss(h, variant, **loss_options)
+        per_layer.append(loss)
+        stats[f'disp/layer{i}/loss'] = loss.detach()
+        stats[f'disp/layer{i}/mean_cos'] = mean_pairwise_cos(h, eps=loss_options.get('eps', 1e-2))
+    raw = torch.stack(per_layer).mean()  # mean, not sum, across layers
+    total = weight * raw
+    stats['disp/raw'] = raw.detach()
+    stats['disp/weighted'] = total.detach()
+    return total, stats
+
+
+def random_direction_term(hidden, layers, weight, generator, **angular_options):
+    """Matched-strength control: per selected layer and per call, an auxiliary
+    gradient on hidden[i] with the norm that weight * mean_layers(angular)
+    would give it, but in a random Gaussian direction.
+
+    For each layer h: g = d(weight * angular(h) / n_selected)/dh on a detached
+    copy; r ~ N(0, I) drawn from `generator` (also used for the angular loss's
+    subsampling if max_tokens is given), rescaled to ||r|| = ||g||. The returned
+    surrogate is sum_layers sum(h * r), whose gradient w.r.t. h is exactly r.
+    Its VALUE is meaningless (a random projection of the activations): log the
+    grad norms, never the surrogate. Returns (surrogate, stats) with detached
+    'ctrl/layer{i}/grad_norm', 'ctrl/layer{i}/angular' and 'ctrl/raw' (mean angular)."""
+    chosen = layer_indices(len(hidden) - 1, layers)
+    stats = {}
+    surrogate = 0.0
+    angular_values = []
+    for i in chosen:
+        h = hidden[i]
+        with torch.enable_grad():
+            probe = h.detach().requires_grad_()
+            angular = dispersion_loss(probe, 'angular', generator=generator, **angular_options)
+            (grad,) = torch.autograd.grad(weight * angular / len(chosen), probe)
+        grad_norm = torch.linalg.vector_norm(grad.float())
+        with torch.autocast(device_type=h.device.type, enabled=False):
+            direction = torch.randn(h.shape, generator=generator, device=generator.device).to(h.device)
+            direction = direction * (grad_norm / torch.linalg.vector_norm(direction))  # (B, T, C)
+            surrogate = surrogate + (h.float() * direction).sum()
+        angular_values.append(angular.detach())
+        stats[f'ctrl/layer{i}/grad_norm'] = grad_norm.detach()
+        stats[f'ctrl/layer{i}/angular'] = angular.detach()
+    stats['ctrl/raw'] = torch.stack(angular_values).mean()
+    return surrogate, stats
+
+
+def neftune_noise(shape, alpha, generator=None, device="cpu", dtype=torch.float32):
+    """NEFTune (Jain et al. 2023): noise U(-s, s), s = alpha / sqrt(T*C), of the
+    token embeddings' shape (B, T, C), to ADD to them in training only. Pass a
+    generator so the noise does not shift the global RNG (dropout, sampling)."""
+    B, T, C = shape
+    scale = alpha / math.sqrt(T * C)
+    draw_device = generator.device if generator is not None else device
+    uniform01 = torch.rand(shape, generator=generator, device=draw_device)  # (B, T, C)
+    return ((uniform01 * 2.0 - 1.0) * scale).to(device=device, dtype=dtype)
+
+
+def distillation_loss(student_logits, teacher_logits, temperature):
+    """KL(teacher || student) between softmax(logits / temperature), times
+    temperature^2 (keeps gradient scale independent of the temperature), mean
+    over all tokens (every leading dim). Computed in float32. The teacher
+    logits are not detached here: pass them computed under no_grad."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    with torch.autocast(device_type=student_logits.device.type, enabled=False):
+        vocab = student_logits.size(-1)
+        student = _as_loss_dtype(student_logits).reshape(-1, vocab)  # (N, V)
+        teacher = _as_loss_dtype(teacher_logits).reshape(-1, vocab)  # (N, V)
+        log_p_student = torch.log_softmax(student / temperature, dim=-1)
+        log_p_teacher = torch.log_softmax(teacher / temperature, dim=-1)
+        kl_per_token = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(dim=-1)  # (N,)
+        return kl_per_token.mean() * temperature ** 2
