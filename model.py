@@ -172,12 +172,14 @@ class GPT(nn.Module):
         pos = torch.arange(pos_offset, pos_offset + T, dtype=torch.long, device=idx.device)
         return self.transformer.wte(idx), self.transformer.wpe(pos)
 
-    def forward(self, idx, targets=None, return_hidden=False, tok_emb_noise=None, kv_caches=None):
+    def forward(self, idx, targets=None, return_hidden=False, tok_emb_noise=None, kv_caches=None,
+                last_hidden_before_ln=False):
         """
         idx: (B, T) token ids. targets: (B, T) next-token ids, -1 where ignored, or None.
         return_hidden: also return the list of n_layer + 1 hidden states (HF indexing, see top).
         tok_emb_noise: optional (B, T, C) tensor added to the token embeddings (NEFTune control).
         kv_caches: one dict per block, for incremental decoding (see generate).
+        last_hidden_before_ln: make the last hidden state block n's raw output instead of ln_f of it.
         Returns (logits, loss) or (logits, loss, hidden); logits are (B, T, vocab_size) with the
         padding columns dropped, so they can be compared with any GPT-2 implementation.
         """
@@ -191,10 +193,10 @@ class GPT(nn.Module):
         hidden = [x] if return_hidden else None
         for i, block in enumerate(self.transformer.h):
             x = block(x, None if kv_caches is None else kv_caches[i])
-            if return_hidden and i < self.config.n_layer - 1:
+            if return_hidden and (i < self.config.n_layer - 1 or last_hidden_before_ln):
                 hidden.append(x)
         x = self.transformer.ln_f(x)
-        if return_hidden:
+        if return_hidden and not last_hidden_before_ln:
             hidden.append(x)  # like Hugging Face, the last hidden state is taken after ln_f
         logits = self.lm_head(x)[..., :self.config.vocab_size]  # (B, T, vocab_size)
         loss = None

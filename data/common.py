@@ -127,12 +127,12 @@ def open_split(data_dir, split, block_size, vocab_size=None):
     return data
 
 
-def sample_batch(data, batch_size, block_size, seed, step, micro_index):
+def sample_batch(data, batch_size, block_size, key):
     """Inputs and next-token targets (B, T) drawn from the memmap at random offsets.
-    Stateless: the offsets depend only on (seed, step, micro_index), so a resumed run reads
-    exactly what an uninterrupted one would have, and the global micro-batch index (not the
-    rank) decides the data, so 2 ranks with 1 micro-step each see what 1 rank sees in 2."""
-    rng = np.random.default_rng([seed, step, micro_index])
+    Stateless: the offsets depend only on `key`, a tuple of non-negative ints; training uses
+    (seed, 0, step, global micro-batch index), so a resumed run reads exactly what an
+    uninterrupted one would have, and 2 ranks with 1 micro-step each read what 1 rank reads in 2."""
+    rng = np.random.default_rng(list(key))
     ix = rng.integers(0, len(data) - block_size - 1, size=batch_size)
     x = np.stack([data[i: i + block_size] for i in ix]).astype(np.int64)  # (B, T)
     y = np.stack([data[i + 1: i + 1 + block_size] for i in ix]).astype(np.int64)  # (B, T)

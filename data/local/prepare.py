@@ -1,0 +1,77 @@
+"""
+Prepare any local plain-text files for training: the offline default.
+
+    python -m data.local.prepare --input ../shared/corpus --out_dir data/local
+
+--input takes files and folders (folders are walked for *.txt files). Each file is cut into
+documents of consecutive paragraphs (about --doc_chars characters each); the last
+--val_fraction of every file's documents is held out for validation, so validation text
+is never interleaved with training text of the same file.
+"""
+
+import argparse
+import os
+import re
+import sys
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from data.common import prepare_from_documents
+
+
+def find_text_files(inputs, pattern=".txt"):
+    files = []
+    for path in inputs:
+        if os.path.isdir(path):
+            for root, dirs, names in os.walk(path):
+                dirs.sort()
+                files += [os.path.join(root, n) for n in sorted(names) if n.endswith(pattern)]
+        elif os.path.isfile(path):
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"--input {path!r} is neither a file nor a folder")
+    if not files:
+        raise FileNotFoundError(f"no {pattern} files found under {inputs}")
+    return files
+
+
+def split_into_documents(text, doc_chars):
+    """Consecutive paragraphs (separated by blank lines) grouped into documents of ~doc_chars."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    paragraphs = [p.strip("\n") for p in re.split(r"\n\s*\n", text) if p.strip()]
+    docs, current, size = [], [], 0
+    for p in paragraphs:
+        current.append(p)
+        size += len(p)
+        if size >= doc_chars:
+            docs.append("\n\n".join(current))
+            current, size = [], 0
+    if current:
+        docs.append("\n\n".join(current))
+    return docs
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input", nargs="+", required=True, help="text files and/or folders of *.txt files")
+    parser.add_argument("--out_dir", default=os.path.join("data", "local"))
+    parser.add_argument("--val_fraction", type=float, default=0.05)
+    parser.add_argument("--doc_chars", type=int, default=4000)
+    args = parser.parse_args(argv)
+    if not 0 < args.val_fraction < 1:
+        parser.error(f"--val_fraction must be between 0 and 1, got {args.val_fraction}")
+    train_docs, val_docs = [], []
+    for path in find_text_files(args.input):
+        with open(path, encoding="utf-8") as f:
+            docs = split_into_documents(f.read(), args.doc_chars)
+        n_val = max(1, round(len(docs) * args.val_fraction)) if len(docs) > 1 else 0
+        train_docs += docs[: len(docs) - n_val]
+        val_docs += docs[len(docs) - n_val:]
+        print(f"{path}: {len(docs)} documents ({n_val} held out)")
+    if not val_docs:
+        raise ValueError("no validation documents: give more text or a larger --val_fraction")
+    return prepare_from_documents(args.out_dir, train_docs, val_docs, source=" ".join(args.input))
+
+
+if __name__ == "__main__":
+    main()

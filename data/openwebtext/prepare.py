@@ -1,0 +1,80 @@
+"""
+OpenWebText (~9B GPT-2 tokens, 8M documents), for GPT-2 124M from scratch. Tokenized in
+parallel processes and written as uint16 memmaps (train.bin ~17 GB, val.bin ~8.5 MB).
+
+    python -m data.openwebtext.prepare                    # Hugging Face datasets (54 GB download cache)
+    python -m data.openwebtext.prepare --input DIR        # offline: a folder of .txt files, one document each
+
+0.05% of the documents are held out for validation, as in nanoGPT.
+"""
+
+import argparse
+import os
+import sys
+
+import numpy as np
+from tqdm import tqdm
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from data.common import EOT_TOKEN, get_tokenizer, write_meta
+
+NUM_PROC = max(1, (os.cpu_count() or 2) // 2)
+
+
+def tokenize(example):
+    ids = get_tokenizer().encode_ordinary(example["text"])
+    ids.append(EOT_TOKEN)
+    return {"ids": ids, "len": len(ids)}
+
+
+def write_hf_split(dset, path):
+    """Stream a tokenized datasets split into one flat uint16 memmap, in shards, atomically."""
+    total = int(np.sum(dset["len"], dtype=np.uint64))
+    tmp = path + ".tmp"
+    arr = np.memmap(tmp, dtype=np.uint16, mode="w+", shape=(total,))
+    n_shards = min(1024, len(dset))
+    pos = 0
+    for i in tqdm(range(n_shards), desc=f"writing {os.path.basename(path)}"):
+        shard = dset.shard(num_shards=n_shards, index=i, contiguous=True).with_format("numpy")
+        chunk = np.concatenate(shard["ids"])
+        arr[pos: pos + len(chunk)] = chunk
+        pos += len(chunk)
+    arr.flush()
+    del arr
+    os.replace(tmp, path)
+    return total
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input", help="folder of .txt documents (default: Hugging Face openwebtext)")
+    parser.add_argument("--out_dir", default=os.path.dirname(os.path.abspath(__file__)))
+    parser.add_argument("--num_proc", type=int, default=NUM_PROC)
+    args = parser.parse_args(argv)
+    try:
+        from datasets import Dataset, load_dataset
+    except ImportError as e:
+        raise ImportError("OpenWebText preparation uses `pip install datasets`") from e
+    if args.input:
+        names = sorted(n for n in os.listdir(args.input) if n.endswith(".txt"))
+        if not names:
+            raise FileNotFoundError(f"no .txt files in {args.input}")
+        texts = [open(os.path.join(args.input, n), encoding="utf-8").read() for n in names]
+        dataset = Dataset.from_dict({"text": texts})
+    else:
+        dataset = load_dataset("openwebtext", num_proc=args.num_proc)["train"]
+    split = dataset.train_test_split(test_size=0.0005, seed=2357, shuffle=True)
+    summary = {"source": args.input or "openwebtext"}
+    os.makedirs(args.out_dir, exist_ok=True)
+    for name, dset in (("train", split["train"]), ("val", split["test"])):
+        nbytes = sum(len(t.encode("utf-8")) for t in dset["text"]) if args.input else None
+        tokenized = dset.map(tokenize, remove_columns=["text"], desc=f"tokenizing {name}", num_proc=args.num_proc)
+        n_tokens = write_hf_split(tokenized, os.path.join(args.out_dir, f"{name}.bin"))
+        summary[name] = {"documents": len(dset), "tokens": n_tokens, "bytes": nbytes}
+        print(f"{name}: {len(dset):,} documents, {n_tokens:,} tokens" + (f", {nbytes:,} bytes" if nbytes else ""))
+    write_meta(args.out_dir, **summary)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""
+Tiny Shakespeare (1 MB), GPT-2 tokens; the first 90% for training, the last 10% for validation.
+
+    python -m data.shakespeare.prepare                        # downloads it
+    python -m data.shakespeare.prepare --input input.txt      # offline, from a local copy
+"""
+
+import argparse
+import os
+import sys
+import urllib.request
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from data.common import prepare_from_documents
+
+URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input", help="local copy of tinyshakespeare input.txt (default: download it)")
+    parser.add_argument("--out_dir", default=os.path.dirname(os.path.abspath(__file__)))
+    args = parser.parse_args(argv)
+    if args.input is None:
+        args.input = os.path.join(args.out_dir, "input.txt")
+        if not os.path.exists(args.input):
+            print(f"downloading {URL}")
+            try:
+                urllib.request.urlretrieve(URL, args.input)
+            except OSError as e:
+                raise RuntimeError(f"download failed ({e}); offline, pass --input with a local copy") from e
+    with open(args.input, encoding="utf-8") as f:
+        text = f.read()
+    n = int(0.9 * len(text))
+    # one document per split: the play text is continuous, so no end-of-text tokens inside
+    return prepare_from_documents(args.out_dir, [text[:n]], [text[n:]], source=args.input)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,454 @@
+"""
+Train a GPT, optionally with a dispersion loss on its hidden states.
+
+One process (CPU, one GPU, or Apple MPS):
+    python train.py config/train_local_cpu.py
+    python train.py --batch_size=32 --compile=False
+DDP on one node with 8 GPUs:
+    torchrun --standalone --nproc_per_node=8 train.py config/train_gpt2.py
+DDP on two nodes: torchrun's own flags (--nnodes, --node_rank, --master_addr, --master_port).
+
+Settings are the module-level names below; config files and --key=value overrides replace them,
+and are checked by configurator.py before any work starts.
+"""
+
+import contextlib
+import json
+import math
+import os
+import random
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+import disperse
+from configurator import ConfigError, load_config
+from data.common import open_split, sample_batch
+from model import GPT, GPTConfig, device_peak_flops, load_model, model_config_to_dict
+
+# -----------------------------------------------------------------------------
+# default settings: GPT-2 (124M) from scratch on OpenWebText, 8 GPUs
+# I/O
+out_dir = "out"
+eval_interval = 2000
+log_interval = 1
+eval_iters = 200  # batches per loss estimate, split across ranks
+eval_only = False  # evaluate once and exit
+always_save_checkpoint = True  # save at every eval, not only when val loss improves
+init_from = "scratch"  # 'scratch', 'resume' (from out_dir), or a GPT-2: 'gpt2'..'gpt2-xl' or a local HF directory
+seed = 1337
+# data
+dataset = "openwebtext"  # a folder under data/ or a path to a prepared folder (train.bin, val.bin, meta.json)
+gradient_accumulation_steps = 5 * 8  # micro-steps per optimizer step, summed over all ranks
+batch_size = 12  # sequences per micro-step per rank
+block_size = 1024
+# model
+n_layer = 12
+n_head = 12
+n_embd = 768
+n_inner = None  # MLP width; None is 4 * n_embd
+dropout = 0.0  # 0 for pretraining; 0.1 for GPT-2 mid-training as in the paper
+bias = False  # biases in Linears and LayerNorms (a pretrained GPT-2 always has them)
+vocab_size = 50257
+# optimizer: AdamW
+learning_rate = 6e-4
+max_iters = 600000
+weight_decay = 1e-1
+beta1 = 0.9
+beta2 = 0.95
+grad_clip = 1.0  # 0 disables clipping
+# learning rate schedule: linear warmup, then cosine decay to min_lr
+decay_lr = True
+warmup_iters = 2000
+lr_decay_iters = None  # None: max_iters
+min_lr = 6e-5
+# dispersion loss (disperse.py): total = CE + dispersion_weight * mean over layers
+dispersion = "none"  # none, angular, decorrelation, l2_repel, orthogonalization, or a control:
+#                      condense, cross_sequence, norm_penalty, random_direction
+dispersion_weight = 0.1
+dispersion_tau = 1.0
+dispersion_layers = "all"  # all, last, early_half, late_half, or HF hidden-state indices "1,6,12"
+dispersion_max_tokens = None  # sample this many positions per sequence and layer; None: all
+dispersion_clamp = 0.1  # straight-through clamp of cosines to [-1+t, 1-t] before arccos
+dispersion_eps = 1e-2  # z / (|z| + eps)
+dispersion_margin = 0.5  # orthogonalization's margin (0.5 = 90 degrees)
+dispersion_norm_weight = 0.1  # l2_repel's norm penalty weight
+dispersion_last_pre_ln = False  # last layer before ln_f instead of after (HF indexing is after)
+dispersion_warmup_iters = 0  # linear warmup of the weight; 0: constant, as in the paper
+# other controls
+neftune_alpha = 0.0  # NEFTune: uniform noise alpha/sqrt(T*C) on the token embeddings
+distill_from = None  # teacher: a checkpoint or Hugging Face GPT-2 directory
+distill_weight = 0.0  # total += distill_weight * KL(teacher || student)
+distill_temperature = 1.0
+# benchmarks and condensation probes at eval steps
+eval_tasks = ""  # e.g. "arc_easy,piqa"; needs eval_data_dir
+eval_limit = 200
+eval_data_dir = ""  # folder of <task>/<split>.jsonl
+eval_num_fewshot = 0
+probe_interval = 0  # probe condensation every this many iterations (multiple of eval_interval); 0: never
+probe_text = ""  # text file for the probe (e.g. wikitext-103 valid); empty: the dataset's val.bin
+probe_n_seq = 16
+probe_seq_len = 256
+# system
+backend = "auto"  # DDP: nccl on CUDA, gloo on CPU
+device = "auto"  # auto, cpu, cuda, cuda:1, mps
+dtype = "auto"  # auto (bfloat16 where supported, else float16 on CUDA, float32 on CPU), float32, bfloat16, float16
+compile = True  # torch.compile the model
+peak_flops = None  # one device's peak FLOP/s for MFU; None: look it up (model.PEAK_FLOPS)
+# -----------------------------------------------------------------------------
+_defaults = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str, type(None)))}
+_types = {  # settings whose default (None, say) does not tell their type
+    "n_inner": (int, type(None)), "lr_decay_iters": (int, type(None)), "dispersion_max_tokens": (int, type(None)),
+    "distill_from": (str, type(None)), "peak_flops": (float, type(None)), "dispersion_layers": (str, int, list),
+}
+
+
+def main(argv):
+    try:
+        config = load_config(_defaults, argv, _types)
+    except ConfigError as e:
+        sys.exit(f"config error: {e}")
+    globals().update(config)  # from here on the settings are plain names, as in nanoGPT
+    check_settings()
+
+    # ------------------------------------------------------------------ processes and devices
+    ddp = int(os.environ.get("RANK", -1)) != -1
+    dev = device
+    if dev == "auto":
+        dev = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    if ddp:
+        if dev.startswith("cuda"):
+            dev = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+            torch.cuda.set_device(dev)
+        dist.init_process_group(backend=("nccl" if dev.startswith("cuda") else "gloo") if backend == "auto" else backend)
+        rank, world = dist.get_rank(), dist.get_world_size()
+    else:
+        rank, world = 0, 1
+    master = rank == 0
+    device_type = "cuda" if dev.startswith("cuda") else "mps" if dev.startswith("mps") else "cpu"
+    if gradient_accumulation_steps % world != 0:
+        sys.exit(f"config error: gradient_accumulation_steps={gradient_accumulation_steps} must be a multiple of "
+                 f"the number of processes ({world}); it counts micro-steps summed over all ranks")
+    accum_per_rank = gradient_accumulation_steps // world
+    tokens_per_iter = gradient_accumulation_steps * batch_size * block_size
+    ptdtype_name = dtype
+    if dtype == "auto":
+        ptdtype_name = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if device_type == "cuda" else "float32"
+    ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[ptdtype_name]
+    autocast = contextlib.nullcontext() if ptdtype == torch.float32 else torch.autocast(device_type=device_type, dtype=ptdtype)
+    if device_type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls and convolutions on Ampere and newer
+        torch.backends.cudnn.allow_tf32 = True
+    if master:
+        os.makedirs(out_dir, exist_ok=True)
+        print(f"{world} process(es) on {device_type}, {ptdtype_name}; {tokens_per_iter:,} tokens per iteration "
+              f"({gradient_accumulation_steps} micro-steps x {batch_size} x {block_size})")
+
+    # ------------------------------------------------------------------ data
+    data_dir = dataset if os.path.isdir(dataset) else os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", dataset)
+    train_data = open_split(data_dir, "train", block_size, vocab_size)
+    val_data = open_split(data_dir, "val", block_size, vocab_size)
+
+    def get_batch(data, key):
+        x, y = sample_batch(data, batch_size, block_size, key)
+        x, y = torch.from_numpy(x), torch.from_numpy(y)
+        if device_type == "cuda":
+            return x.pin_memory().to(dev, non_blocking=True), y.pin_memory().to(dev, non_blocking=True)
+        return x.to(dev), y.to(dev)
+
+    # ------------------------------------------------------------------ model
+    torch.manual_seed(seed + rank)  # dropout masks differ across ranks; the init is broadcast from rank 0 by DDP
+    iter_num, best_val_loss, ckpt = 0, float("inf"), None
+    ckpt_path = os.path.join(out_dir, "ckpt.pt")
+    if init_from == "scratch":
+        model = GPT(GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head,
+                              n_embd=n_embd, dropout=dropout, bias=bias, n_inner=n_inner))
+    elif init_from == "resume":
+        ckpt = read_checkpoint(ckpt_path)
+        model = GPT(GPTConfig(**{**ckpt["model_args"], "dropout": dropout}))
+        model.load_state_dict(ckpt["model"])
+        iter_num, best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]
+        if master:
+            print(f"resuming from {ckpt_path} at iteration {iter_num}")
+    else:
+        model, _ = load_model(init_from, dropout=dropout)  # a pretrained GPT-2
+    if block_size < model.config.block_size:
+        model.crop_block_size(block_size)
+    if model.config.vocab_size != vocab_size:
+        sys.exit(f"config error: the model has vocab_size={model.config.vocab_size} but vocab_size={vocab_size}; "
+                 "set vocab_size to the model's")
+    model.to(dev)
+    raw_model = model  # the module whose state_dict has clean names: no _orig_mod. or module. prefixes
+    if master:
+        print(f"model: {model.get_num_params() / 1e6:.2f}M parameters (without position embeddings)")
+
+    scaler = torch.amp.GradScaler(device_type, enabled=(ptdtype == torch.float16))
+    optimizer = raw_model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+
+    teacher = None
+    if distill_from:
+        teacher, _ = load_model(distill_from, device=dev)
+        teacher.eval().requires_grad_(False)
+
+    if compile:
+        if master:
+            print("compiling the model...")
+        model = torch.compile(model)
+    if ddp:
+        model = DDP(model, device_ids=[int(os.environ["LOCAL_RANK"])] if device_type == "cuda" else None)
+
+    # the auxiliary losses draw random numbers from their own generators, so switching them on
+    # changes neither the data order nor the dropout masks of a run with the same seed
+    aux_gen = torch.Generator(device=dev if device_type == "cuda" else "cpu")
+    aux_gen.manual_seed(seed * 1000 + 7 + rank)
+    if ckpt is not None:
+        states = ckpt["rng"]  # one entry per rank
+        if len(states) != world and master:
+            print(f"warning: the checkpoint holds RNG states of {len(states)} ranks, this run has {world}; "
+                  "the resumed run will not repeat the original one exactly")
+        restore_rng(states[rank % len(states)], aux_gen)
+    use_hidden = dispersion != "none"
+    disp_options = dict(tau=dispersion_tau, eps=dispersion_eps, clamp=dispersion_clamp, margin=dispersion_margin,
+                        norm_weight=dispersion_norm_weight, max_tokens=dispersion_max_tokens, generator=aux_gen)
+    disp_layers = disperse.layer_indices(raw_model.config.n_layer, dispersion_layers) if use_hidden else []
+
+    def aux_loss(hidden, it):
+        """The dispersion term (or control) on the hidden states, and its figures for the log."""
+        weight = dispersion_weight * (min(1.0, (it + 1) / dispersion_warmup_iters) if dispersion_warmup_iters else 1.0)
+        if dispersion == "random_direction":
+            options = {k: v for k, v in disp_options.items() if k != "generator"}
+            return disperse.random_direction_term(hidden, disp_layers, weight, aux_gen, **options)
+        return disperse.dispersion_term(hidden, dispersion, disp_layers, weight, **disp_options)
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def estimate_loss():
+        """Mean loss over eval_iters fixed batches per split (the same batches at every eval),
+        shared out across ranks."""
+        out = {}
+        model.eval()
+        for split, data, stream in (("train", train_data, 1), ("val", val_data, 2)):
+            total = torch.zeros(2, device=dev)  # loss sum, batch count
+            for k in range(rank, eval_iters, world):
+                x, y = get_batch(data, (seed, stream, k))
+                with autocast:
+                    _, loss = raw_model(x, y)
+                total += torch.stack([loss.float(), torch.ones((), device=dev)])
+            if ddp:
+                dist.all_reduce(total)
+            out[split] = (total[0] / total[1]).item()
+        model.train()
+        return out
+
+    def lr_at(it):
+        if not decay_lr:
+            return learning_rate
+        if it < warmup_iters:
+            return learning_rate * (it + 1) / (warmup_iters + 1)
+        decay_iters = lr_decay_iters or max_iters
+        if it >= decay_iters:
+            return min_lr
+        ratio = (it - warmup_iters) / max(1, decay_iters - warmup_iters)
+        return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
+
+    metrics_path = os.path.join(out_dir, "metrics.jsonl")
+    if master:
+        trim_metrics(metrics_path, keep_before=iter_num)  # a resumed run rewrites what followed its checkpoint
+    peak = peak_flops or device_peak_flops(dev)
+    flops_per_iter = raw_model.flops_per_token(block_size) * tokens_per_iter
+
+    def log(record):
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    # ------------------------------------------------------------------ the loop
+    from tqdm import tqdm
+    bar = tqdm(total=max_iters, initial=iter_num, desc="train", unit="it", disable=not master, dynamic_ncols=True)
+    tokens_seen = iter_num * tokens_per_iter
+    while True:
+        lr = lr_at(iter_num)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        if iter_num % eval_interval == 0 or iter_num == max_iters or eval_only:
+            losses = estimate_loss()
+            rng_states = [capture_rng(aux_gen)]
+            if ddp:  # every rank's generators, so that each resumes with its own dropout masks
+                rng_states = [None] * world
+                dist.all_gather_object(rng_states, capture_rng(aux_gen))
+            if master:
+                record = {"iter": iter_num, "val_loss": losses["val"], "train_loss_eval": losses["train"], "tokens": tokens_seen}
+                bar.write(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+                if not math.isfinite(losses["val"]):
+                    sys.exit(f"error: val loss is {losses['val']} at iteration {iter_num}; stopping. "
+                             f"The last good checkpoint in {ckpt_path} is left as it was.")
+                if iter_num > 0 and not eval_only and (losses["val"] < best_val_loss or always_save_checkpoint):
+                    best_val_loss = min(best_val_loss, losses["val"])
+                    write_checkpoint(ckpt_path, {
+                        "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                        "model_args": model_config_to_dict(raw_model.config), "iter_num": iter_num,
+                        "best_val_loss": best_val_loss, "config": config, "rng": rng_states,
+                        "data": {"seed": seed, "next_step": iter_num},
+                    })
+                log(record)
+        if iter_num == max_iters or eval_only:
+            break
+
+        # one optimizer step: accumulate gradients over the micro-steps, sync them on the last one
+        t0 = time.perf_counter()
+        sums = torch.zeros(3, device=dev)  # total loss, cross-entropy, auxiliary term: summed over micro-steps
+        stats_sum = {}
+        for micro_step in range(accum_per_rank):
+            last = micro_step == accum_per_rank - 1
+            sync = contextlib.nullcontext() if (not ddp or last) else model.no_sync()
+            x, y = get_batch(train_data, (seed, 0, iter_num, micro_step * world + rank))
+            noise = None
+            if neftune_alpha > 0:
+                noise = disperse.neftune_noise((x.size(0), x.size(1), raw_model.config.n_embd), neftune_alpha,
+                                               generator=aux_gen, device=dev)  # (B, T, C)
+            with sync:
+                with autocast:
+                    if use_hidden:
+                        logits, ce, hidden = model(x, y, return_hidden=True, tok_emb_noise=noise,
+                                                   last_hidden_before_ln=dispersion_last_pre_ln)
+                        aux, stats = aux_loss(hidden, iter_num)
+                    else:
+                        logits, ce = model(x, y, tok_emb_noise=noise)
+                        aux, stats = torch.zeros((), device=dev), {}
+                    if teacher is not None:
+                        with torch.no_grad():
+                            teacher_logits, _ = teacher(x)
+                        kd = disperse.distillation_loss(logits, teacher_logits, distill_temperature)
+                        aux = aux + distill_weight * kd
+                        stats = {**stats, "distill/kl": kd.detach()}
+                    loss = ce + aux
+                scaler.scale(loss / accum_per_rank).backward()  # / accum: gradients of the mean over micro-steps
+            sums += torch.stack([loss.detach().float(), ce.detach().float(), aux.detach().float()])
+            for k, v in stats.items():
+                stats_sum[k] = stats_sum.get(k, 0.0) + v.float()
+        if ddp:
+            dist.all_reduce(sums, op=dist.ReduceOp.AVG)
+        mean_loss, mean_ce, mean_aux = (sums / accum_per_rank).tolist()  # mean over micro-steps and ranks
+        if not math.isfinite(mean_loss):
+            if master:
+                bar.close()
+            sys.exit(f"error: non-finite loss ({mean_loss}) at iteration {iter_num}; stopping before the update. "
+                     f"The last good checkpoint in {ckpt_path} is left as it was (resume with --init_from=resume, "
+                     "perhaps with a lower learning_rate or dtype=bfloat16).")
+        if grad_clip > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        if device_type == "cuda":
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        tokens_seen += tokens_per_iter
+
+        if master and iter_num % log_interval == 0:
+            mfu = flops_per_iter / dt / (peak * world) if peak else None
+            record = {"iter": iter_num, "loss": mean_loss, "ce": mean_ce, "lr": lr, "tokens": tokens_seen,
+                      "dt_ms": dt * 1000, "mfu": mfu}
+            if use_hidden or teacher is not None:
+                record["aux"] = mean_aux
+                # per-layer figures from this rank's micro-steps (computing them costs one no-grad pass over the pairs)
+                record.update({k: v.item() / accum_per_rank for k, v in stats_sum.items()})
+            log(record)
+            bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", ms=f"{dt * 1000:.0f}",
+                            mfu=f"{mfu * 100:.1f}%" if mfu else "n/a")
+        bar.update(1)
+        iter_num += 1
+
+    bar.close()
+    if ddp:
+        dist.destroy_process_group()
+
+
+def check_settings():
+    """Checks that need more than a type: they stop the run before any work is done."""
+    problems = []
+    if dispersion not in disperse.VARIANTS + ("none", "random_direction"):
+        problems.append(f"dispersion={dispersion!r}; choose one of none, {', '.join(disperse.VARIANTS)}, random_direction")
+    for key in ("batch_size", "block_size", "gradient_accumulation_steps", "eval_interval", "eval_iters", "log_interval"):
+        if globals()[key] < 1:
+            problems.append(f"{key}={globals()[key]} must be at least 1")
+    if max_iters < 0:
+        problems.append(f"max_iters={max_iters} must be non-negative")
+    if not 0 <= dropout < 1:
+        problems.append(f"dropout={dropout} must be in [0, 1)")
+    if dtype not in ("auto", "float32", "bfloat16", "float16"):
+        problems.append(f"dtype={dtype!r}; choose auto, float32, bfloat16 or float16")
+    if probe_interval and probe_interval % eval_interval:
+        problems.append(f"probe_interval={probe_interval} must be a multiple of eval_interval={eval_interval}")
+    if eval_tasks and not eval_data_dir:
+        problems.append("eval_tasks needs eval_data_dir (the folder of <task>/<split>.jsonl files)")
+    if distill_weight > 0 and not distill_from:
+        problems.append("distill_weight > 0 needs distill_from (a teacher checkpoint or HF directory)")
+    if problems:
+        sys.exit("config error: " + "; ".join(problems))
+
+
+# ---------------------------------------------------------------------- checkpoints and RNG state
+
+def write_checkpoint(path, ckpt):
+    """Write to a temporary file, flush it to disk, then rename: a crash mid-write never leaves a
+    half-written ckpt.pt, and the previous checkpoint stays until the new one is complete."""
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        torch.save(ckpt, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_checkpoint(path):
+    if not os.path.exists(path):
+        sys.exit(f"error: init_from='resume' but there is no checkpoint at {path}; check out_dir or start with init_from='scratch'")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        sys.exit(f"error: could not read checkpoint {path} ({type(e).__name__}: {e}); it is corrupt. "
+                 "Restore a copy or start again with init_from='scratch'.")
+    missing = [k for k in ("model", "optimizer", "model_args", "iter_num", "rng") if k not in ckpt]
+    if missing:
+        sys.exit(f"error: checkpoint {path} lacks {missing}; it was not written by this train.py")
+    return ckpt
+
+
+def capture_rng(aux_gen):
+    return {
+        "torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "aux": aux_gen.get_state(),
+    }
+
+
+def restore_rng(state, aux_gen):
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    aux_gen.set_state(state["aux"])
+
+
+def trim_metrics(path, keep_before):
+    """Drop log lines of iterations at or after keep_before (those are redone after a resume)."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = [line for line in f if line.strip() and json.loads(line)["iter"] < keep_before]
+    with open(path, "w") as f:
+        f.writelines(lines)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
