@@ -224,7 +224,8 @@ def main(argv):
         weight = dispersion_weight * (min(1.0, (it + 1) / dispersion_warmup_iters) if dispersion_warmup_iters else 1.0)
         if dispersion == "random_direction":
             options = {k: v for k, v in disp_options.items() if k != "generator"}
-            return disperse.random_direction_term(hidden, disp_layers, weight, aux_gen, **options)
+            surrogate, stats = disperse.random_direction_term(hidden, disp_layers, weight, aux_gen, **options)
+            return surrogate, {**stats, "ctrl/surrogate": surrogate.detach().float()}
         return disperse.dispersion_term(hidden, dispersion, disp_layers, weight, **disp_options)
 
     # ------------------------------------------------------------------ evaluation
@@ -289,7 +290,8 @@ def main(argv):
                 if not math.isfinite(losses["val"]):
                     sys.exit(f"error: val loss is {losses['val']} at iteration {iter_num}; stopping. "
                              f"The last good checkpoint in {ckpt_path} is left as it was.")
-                if iter_num > 0 and not eval_only and (losses["val"] < best_val_loss or always_save_checkpoint):
+                changed = iter_num > (ckpt["iter_num"] if ckpt else 0)  # a just-resumed model is already saved
+                if changed and not eval_only and (losses["val"] < best_val_loss or always_save_checkpoint):
                     best_val_loss = min(best_val_loss, losses["val"])
                     write_checkpoint(ckpt_path, {
                         "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
@@ -330,7 +332,9 @@ def main(argv):
                         stats = {**stats, "distill/kl": kd.detach()}
                     loss = ce + aux
                 scaler.scale(loss / accum_per_rank).backward()  # / accum: gradients of the mean over micro-steps
-            sums += torch.stack([loss.detach().float(), ce.detach().float(), aux.detach().float()])
+            # the random-direction surrogate's value means nothing (disperse.py): it is left out of the log
+            aux_value = aux.detach().float() - (stats["ctrl/surrogate"] if "ctrl/surrogate" in stats else 0.0)
+            sums += torch.stack([ce.detach().float() + aux_value, ce.detach().float(), aux_value])
             for k, v in stats.items():
                 stats_sum[k] = stats_sum.get(k, 0.0) + v.float()
         if ddp:
@@ -360,7 +364,7 @@ def main(argv):
             if use_hidden or teacher is not None:
                 record["aux"] = mean_aux
                 # per-layer figures from this rank's micro-steps (computing them costs one no-grad pass over the pairs)
-                record.update({k: v.item() / accum_per_rank for k, v in stats_sum.items()})
+                record.update({k: v.item() / accum_per_rank for k, v in stats_sum.items() if k != "ctrl/surrogate"})
             log(record)
             bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", ms=f"{dt * 1000:.0f}",
                             mfu=f"{mfu * 100:.1f}%" if mfu else "n/a")

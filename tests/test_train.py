@@ -1,0 +1,154 @@
+"""train.py end to end, in subprocesses, as a user runs it."""
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import REPO, TINY_MODEL, read_metrics, run_train
+
+
+def test_trains_and_logs(tiny_dataset, tmp_path):
+    out = tmp_path / "out"
+    run_train([*TINY_MODEL, f"--dataset={tiny_dataset}", f"--out_dir={out}", "--max_iters=30",
+               "--eval_interval=10", "--eval_iters=4", "--learning_rate=3e-3", "--warmup_iters=3"])
+    rows = read_metrics(out)
+    train_rows = [r for r in rows if "loss" in r]
+    eval_rows = [r for r in rows if "val_loss" in r]
+    assert [r["iter"] for r in train_rows] == list(range(30))
+    assert [r["iter"] for r in eval_rows] == [0, 10, 20, 30]
+    for key in ("iter", "loss", "lr", "tokens", "dt_ms", "mfu"):
+        assert key in train_rows[0]
+    assert train_rows[-1]["tokens"] == 30 * 4 * 32
+    assert eval_rows[-1]["val_loss"] < eval_rows[0]["val_loss"] - 0.5  # it learns the ramps
+    ckpt = torch.load(out / "ckpt.pt", weights_only=False)
+    assert ckpt["iter_num"] == 30
+    assert not any(k.startswith(("_orig_mod.", "module.")) for k in ckpt["model"])
+    assert not (out / "ckpt.pt.tmp").exists()
+
+
+def test_logged_loss_is_the_mean_over_micro_steps(tiny_dataset, tmp_path):
+    out = tmp_path / "out"
+    run_train([*TINY_MODEL, f"--dataset={tiny_dataset}", f"--out_dir={out}", "--max_iters=1",
+               "--eval_interval=10", "--eval_iters=1", "--gradient_accumulation_steps=3"])
+    logged = [r for r in read_metrics(out) if "loss" in r][0]["loss"]
+    # recompute the three micro-batch losses of step 0 with the initial model
+    from data.common import open_split, sample_batch
+    from model import GPT, GPTConfig
+    torch.manual_seed(1337)
+    model = GPT(GPTConfig(block_size=32, vocab_size=128, n_layer=2, n_head=2, n_embd=32, bias=True))
+    data = open_split(str(tiny_dataset), "train", 32)
+    losses = []
+    for micro in range(3):
+        x, y = sample_batch(data, 4, 32, (1337, 0, 0, micro))
+        losses.append(model(torch.from_numpy(x), torch.from_numpy(y))[1].item())
+    assert abs(logged - sum(losses) / 3) < 1e-5
+    assert abs(logged - losses[-1]) > 1e-4  # not the last micro-batch alone
+
+
+def test_ddp_two_cpu_processes_match_one_process(tiny_dataset, tmp_path):
+    common = [*TINY_MODEL, f"--dataset={tiny_dataset}", "--max_iters=6", "--eval_interval=3",
+              "--eval_iters=4", "--gradient_accumulation_steps=2", "--learning_rate=3e-3"]
+    run_train([*common, f"--out_dir={tmp_path / 'single'}"])
+    run_train([*common, f"--out_dir={tmp_path / 'ddp'}"], torchrun_nproc=2)
+    single, ddp = read_metrics(tmp_path / "single"), read_metrics(tmp_path / "ddp")
+    assert len(single) == len(ddp)
+    for a, b in zip(single, ddp):
+        assert a["iter"] == b["iter"]
+        for key in ("loss", "val_loss"):
+            if key in a:
+                assert abs(a[key] - b[key]) < 1e-5, (key, a, b)
+
+
+def test_kill_and_resume_equals_uninterrupted_run(tiny_dataset, tmp_path):
+    # dropout and subsampled dispersion exercise every RNG a checkpoint must carry
+    common = [*TINY_MODEL, f"--dataset={tiny_dataset}", "--eval_interval=4", "--eval_iters=2",
+              "--dropout=0.1", "--dispersion=angular", "--dispersion_max_tokens=8", "--neftune_alpha=1.0",
+              "--warmup_iters=2", "--lr_decay_iters=40", "--learning_rate=3e-3"]
+    out = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *common, f"--out_dir={out}", "--max_iters=100000"],
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (out / "ckpt.pt").exists():
+        assert proc.poll() is None and time.time() < deadline, "training ended before writing a checkpoint"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # no chance to clean up, as in a crash or a preempted job
+    proc.wait()
+    resumed_from = torch.load(out / "ckpt.pt", weights_only=False)["iter_num"]
+    end = resumed_from + 8
+    run_train([*common, f"--out_dir={out}", "--init_from=resume", f"--max_iters={end}"])
+    run_train([*common, f"--out_dir={tmp_path / 'straight'}", f"--max_iters={end}"])
+    resumed, straight = read_metrics(out), read_metrics(tmp_path / "straight")
+    assert [r["iter"] for r in resumed] == [r["iter"] for r in straight]  # the log was trimmed and redone
+    tail = [(a, b) for a, b in zip(resumed, straight) if a["iter"] >= resumed_from]
+    assert len(tail) >= 8
+    for a, b in tail:
+        for key in ("loss", "val_loss", "disp/raw"):
+            if key in a:
+                assert a[key] == b[key], (key, a, b)  # bit for bit
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tiny_dataset, tmp_path):
+    out = tmp_path / "out"
+    args = [*TINY_MODEL, f"--dataset={tiny_dataset}", f"--out_dir={out}", "--eval_interval=2", "--eval_iters=1",
+            "--warmup_iters=0", "--grad_clip=0.0", "--decay_lr=False"]
+    run_train([*args, "--max_iters=2"])
+    before = (out / "ckpt.pt").read_bytes()
+    result = run_train([*args, "--max_iters=20", "--init_from=resume", "--learning_rate=1e30"], check=False)
+    assert result.returncode != 0
+    assert "non-finite loss" in result.stderr or "val loss is" in result.stderr
+    assert (out / "ckpt.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--n_layr=3"], "unknown config key 'n_layr'; did you mean n_layer"),
+    (["--batch_size=abc"], "batch_size='abc' has type str, expected int"),
+    (["--compile=1"], "compile=1 has type int, expected bool"),
+    (["--dispersion=angularr"], "dispersion='angularr'"),
+    (["config/no_such_file.py"], "config file 'config/no_such_file.py' not found"),
+    (["--dataset=/no/such/folder"], "missing /no/such/folder/train.bin"),
+    (["--init_from=resume", "--out_dir=/no/such/out"], "no checkpoint at /no/such/out/ckpt.pt"),
+])
+def test_bad_settings_stop_with_a_clear_message(args, message, tiny_dataset):
+    result = run_train([*TINY_MODEL, f"--dataset={tiny_dataset}", *args], check=False)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr[-2000:]
+
+
+def test_config_file_errors(tmp_path):
+    from configurator import ConfigError, load_config
+    bad = tmp_path / "bad.py"
+    bad.write_text("import math\nlearning_rate = 1e-3\nwarmup_iter = int(math.sqrt(100))\n")
+    with pytest.raises(ConfigError, match="unknown config key 'warmup_iter'; did you mean warmup_iters"):
+        load_config({"learning_rate": 1e-4, "warmup_iters": 10}, [str(bad)])
+    good = tmp_path / "good.py"
+    good.write_text("learning_rate = 1\nwarmup_iters = 5\n")
+    config = load_config({"learning_rate": 1e-4, "warmup_iters": 10, "name": "x"}, [str(good), "--name=2024"])
+    assert config == {"learning_rate": 1.0, "warmup_iters": 5, "name": "2024"}
+
+
+def test_vocab_mismatch_is_caught(tiny_dataset, tmp_path):
+    result = run_train([*TINY_MODEL, f"--dataset={tiny_dataset}", "--vocab_size=50", f"--out_dir={tmp_path}"], check=False)
+    assert result.returncode != 0
+    assert "vocabulary of 100 tokens but the model has vocab_size=50" in result.stderr
+
+
+def test_all_dispersion_variants_and_controls_train(tiny_dataset, tmp_path):
+    teacher = tmp_path / "teacher"
+    run_train([*TINY_MODEL, f"--dataset={tiny_dataset}", f"--out_dir={teacher}", "--max_iters=2", "--eval_interval=2", "--eval_iters=1"])
+    for variant in ("angular", "decorrelation", "l2_repel", "orthogonalization", "condense", "cross_sequence",
+                    "norm_penalty", "random_direction"):
+        out = tmp_path / variant
+        run_train([*TINY_MODEL, f"--dataset={tiny_dataset}", f"--out_dir={out}", "--max_iters=2", "--eval_interval=2",
+                   "--eval_iters=1", f"--dispersion={variant}", "--dispersion_layers=late_half",
+                   f"--distill_from={teacher}", "--distill_weight=0.5"])
+        row = [r for r in read_metrics(out) if "loss" in r][-1]
+        assert math.isfinite(row["loss"]) and "distill/kl" in row
+        assert ("ctrl/raw" if variant == "random_direction" else "disp/raw") in row
+        assert "disp/layer2/mean_cos" in row or "ctrl/layer2/grad_norm" in row
