@@ -1,0 +1,229 @@
+"""
+Figures for the condensation probes (condensation.json, see eval/condensation.py) and for
+training runs (metrics.jsonl written by train.py).
+
+  plot_heatmaps   the paper's figure: per layer (x = layer fraction), the density histogram of the
+                  sequence-averaged token cosine similarities (y), one panel per model
+  plot_mean_cos   mean_cos against layer fraction for several checkpoints (and the centred version)
+  plot_training   train/val loss, last-layer mean_cos and Spearman rho against iteration
+
+matplotlib is imported inside the functions, so the rest of the project runs without it. Figures
+are drawn on matplotlib's Agg canvas without pyplot, which leaves any interactive backend alone.
+
+Usage:
+    python -m eval.plots heatmap a/condensation.json b/condensation.json --labels CE dispersion --out fig.png
+    python -m eval.plots mean_cos a/condensation.json b/condensation.json --out mean_cos.png
+    python -m eval.plots training run1/metrics.jsonl run2/metrics.jsonl --labels CE dispersion --out curves.png
+"""
+
+import argparse
+import json
+import math
+import os
+import re
+
+import numpy as np
+
+
+def _new_figure(n_panels, panel_width, panel_height):
+    """A figure on the Agg canvas with n_panels axes side by side."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(panel_width * n_panels, panel_height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(1, n_panels, squeeze=False)[0]
+
+
+def _is_number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _fmt(v):
+    return f"{v:+.2f}" if _is_number(v) else "n/a"
+
+
+def _labels(labels, paths_or_results):
+    if labels:
+        if len(labels) != len(paths_or_results):
+            raise ValueError(f"{len(labels)} labels for {len(paths_or_results)} inputs")
+        return list(labels)
+    return [f"model {i}" for i in range(len(paths_or_results))]
+
+
+def _save(fig, path):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=130)
+    return path
+
+
+# ---------------------------------------------------------------------- condensation
+
+def plot_heatmaps(results, labels=None, path="condensation_heatmap.png", vmax=10.0, ylim=(-0.25, 1.0), cmap="viridis"):
+    """The paper's condensation heatmap, one panel per probe result (condensation.json dicts):
+    x = layer fraction, y = cosine similarity, colour = histogram density (clipped at vmax).
+    The white line is each layer's mean_cos."""
+    labels = _labels(labels, results)
+    fig, axes = _new_figure(len(results), 4.2, 3.8)
+    mesh = None
+    for ax, res, label in zip(axes, results, labels):
+        layers = res["layers"]
+        frac = np.array([l["layer_fraction"] for l in layers])
+        density = np.array([l["hist"] for l in layers]).T  # (bins, n_layer + 1): one column per layer
+        y_edges = np.asarray(res["hist_edges"])
+        step = frac[1] - frac[0] if len(frac) > 1 else 1.0
+        x_edges = np.concatenate([frac - step / 2, [frac[-1] + step / 2]])  # each layer a column centred on its fraction
+        mesh = ax.pcolormesh(x_edges, y_edges, density, vmin=0.0, vmax=vmax, cmap=cmap, shading="flat")
+        ax.plot(frac, [l["mean_cos"] for l in layers], color="white", lw=1.0, ls="--", marker=".", ms=3,
+                label="mean cos")
+        ax.set_xlim(x_edges[0], x_edges[-1])
+        ax.set_ylim(*ylim)
+        ax.set_xlabel("Layer fraction")
+        ax.set_ylabel("Cosine similarity")
+        ax.set_title(f"{label}\nSpearman ρ = {_fmt(res.get('spearman'))}, Kendall τ = {_fmt(res.get('kendall'))}",
+                     fontsize=10)
+        ax.legend(loc="lower right", fontsize=8, framealpha=0.3)
+    fig.colorbar(mesh, ax=list(axes), label="Density", extend="max")
+    return _save(fig, path)
+
+
+def plot_mean_cos(results, labels=None, path="condensation_mean_cos.png"):
+    """mean_cos per layer for several probe results (dotted: its part mean_cos_shared, when present),
+    and a second panel with mean_cos_centered (the direction shared by all sequences removed)."""
+    labels = _labels(labels, results)
+    centred = all("mean_cos_centered" in l for res in results for l in res["layers"])
+    fig, axes = _new_figure(2 if centred else 1, 4.8, 3.6)
+    for res, label in zip(results, labels):
+        frac = [l["layer_fraction"] for l in res["layers"]]
+        line, = axes[0].plot(frac, [l["mean_cos"] for l in res["layers"]], marker="o", ms=3,
+                             label=f"{label} (ρ = {_fmt(res.get('spearman'))})")
+        if all("mean_cos_shared" in l for l in res["layers"]):
+            axes[0].plot(frac, [l["mean_cos_shared"] for l in res["layers"]], ls=":", color=line.get_color())
+        if centred:
+            axes[1].plot(frac, [l["mean_cos_centered"] for l in res["layers"]], marker="o", ms=3,
+                         color=line.get_color(), label=label)
+    axes[0].set_title("Mean token cosine similarity\n(dotted: part shared by all sequences)", fontsize=10)
+    axes[0].set_ylabel("mean cos")
+    if centred:
+        axes[1].set_title("After removing the direction shared\nby all sequences (mean_cos_centered)", fontsize=10)
+        axes[1].set_ylabel("mean cos, centred")
+        axes[1].axhline(0.0, color="grey", lw=0.5)
+    for ax in axes:
+        ax.set_xlabel("Layer fraction")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------------- training curves
+
+def read_metrics(path):
+    """The objects of a metrics.jsonl file. A line that does not parse (a run still writing it) is skipped."""
+    rows = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+def _series(rows, key):
+    """(iters, values) of the rows that have a number under key."""
+    pts = [(r["iter"], r[key]) for r in rows if "iter" in r and _is_number(r.get(key))]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def _last_layer_key(rows):
+    """'probe/layer{n}/mean_cos' for the deepest layer the run logged, or None."""
+    pattern = re.compile(r"^probe/layer(\d+)/mean_cos$")
+    layers = [int(m.group(1)) for r in rows for k in r for m in [pattern.match(k)] if m]
+    return f"probe/layer{max(layers)}/mean_cos" if layers else None
+
+
+def plot_training(metrics_paths, labels=None, path="training_curves.png"):
+    """Train and val loss, the last layer's mean_cos and the Spearman rho of mean_cos over depth,
+    against iteration, one colour per run. Panels whose keys no run logged are left out.
+    Returns the titles of the panels drawn (nothing is written when there are none)."""
+    labels = labels or [os.path.basename(os.path.dirname(os.path.abspath(p))) for p in metrics_paths]
+    labels = _labels(labels, metrics_paths)
+    runs = [read_metrics(p) for p in metrics_paths]
+    has = lambda key: any(_series(rows, key)[0] for rows in runs)  # noqa: E731
+    panels = []
+    if has("loss") or has("val_loss"):
+        panels.append("loss")
+    if any(_last_layer_key(rows) for rows in runs):
+        panels.append("last-layer mean cos")
+    if has("probe/spearman"):
+        panels.append("Spearman ρ (mean cos vs depth)")
+    if not panels:
+        return panels
+
+    from matplotlib import colormaps
+    colours = colormaps["tab10"]
+    fig, axes = _new_figure(len(panels), 4.6, 3.6)
+    ax_of = dict(zip(panels, axes))
+    for i, (rows, label) in enumerate(zip(runs, labels)):
+        colour = colours(i % 10)
+        if "loss" in ax_of:
+            x, y = _series(rows, "loss")
+            ax_of["loss"].plot(x, y, color=colour, lw=0.8, alpha=0.6, label=f"{label} train")
+            x, y = _series(rows, "val_loss")
+            ax_of["loss"].plot(x, y, color=colour, lw=1.5, ls="--", marker="o", ms=3, label=f"{label} val")
+        if "last-layer mean cos" in ax_of:
+            key = _last_layer_key(rows)
+            if key:
+                x, y = _series(rows, key)
+                ax_of["last-layer mean cos"].plot(x, y, color=colour, marker="o", ms=3,
+                                                  label=f"{label} ({key.split('/')[1]})")
+        if "Spearman ρ (mean cos vs depth)" in ax_of:
+            x, y = _series(rows, "probe/spearman")
+            ax_of["Spearman ρ (mean cos vs depth)"].plot(x, y, color=colour, marker="o", ms=3, label=label)
+    for title, ax in ax_of.items():
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("iteration")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if "loss" in ax_of:
+        ax_of["loss"].set_ylabel("cross-entropy")
+    if "Spearman ρ (mean cos vs depth)" in ax_of:
+        ax_of["Spearman ρ (mean cos vs depth)"].set_ylim(-1.05, 1.05)
+    _save(fig, path)
+    return panels
+
+
+# ---------------------------------------------------------------------- command line
+
+def _load_result(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m eval.plots", description="Condensation and training figures.")
+    parser.add_argument("kind", choices=("heatmap", "mean_cos", "training"),
+                        help="heatmap / mean_cos: condensation.json files; training: metrics.jsonl files")
+    parser.add_argument("files", nargs="+")
+    parser.add_argument("--labels", nargs="+", default=None, help="one per file; default: from the files")
+    parser.add_argument("--out", required=True, help="PNG to write")
+    args = parser.parse_args(argv)
+    if args.labels and len(args.labels) != len(args.files):
+        parser.error(f"{len(args.labels)} labels for {len(args.files)} files")
+
+    if args.kind == "training":
+        panels = plot_training(args.files, args.labels, args.out)
+        if not panels:
+            parser.error("none of the files has loss, val_loss or probe/ keys: nothing to plot")
+    else:
+        results = [_load_result(p) for p in args.files]
+        labels = args.labels or [r.get("meta", {}).get("label") or os.path.basename(os.path.dirname(os.path.abspath(p)))
+                                 for r, p in zip(results, args.files)]
+        (plot_heatmaps if args.kind == "heatmap" else plot_mean_cos)(results, labels, args.out)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
