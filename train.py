@@ -259,6 +259,17 @@ def main(argv):
         ratio = (it - warmup_iters) / max(1, decay_iters - warmup_iters)
         return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
 
+    probe_set = None
+    if probe_interval and master:
+        # a fixed set of held-out sequences, probed for condensation at every probe step
+        from eval.condensation import read_tokens, sample_sequences
+        if probe_text:
+            from data.common import get_tokenizer
+            probe_tokens = read_tokens(probe_text, get_tokenizer().encode_ordinary)
+        else:
+            probe_tokens = val_data
+        probe_set = sample_sequences(probe_tokens, probe_n_seq, min(probe_seq_len, block_size), seed=0)
+
     metrics_path = os.path.join(out_dir, "metrics.jsonl")
     if master:
         trim_metrics(metrics_path, keep_before=iter_num)  # a resumed run rewrites what followed its checkpoint
@@ -299,6 +310,11 @@ def main(argv):
                         "best_val_loss": best_val_loss, "config": config, "rng": rng_states,
                         "data": {"seed": seed, "next_step": iter_num},
                     })
+                if probe_set is not None and iter_num % probe_interval == 0:
+                    from eval.condensation import quick_probe
+                    record.update({f"probe/{k}": v for k, v in quick_probe(raw_model, probe_set).items()})
+                    bar.write(f"iter {iter_num}: last-layer mean cos {record[f'probe/layer{raw_model.config.n_layer}/mean_cos']:.3f}, "
+                              f"Spearman rho over depth {record['probe/spearman']:+.2f}")
                 log(record)
         if iter_num == max_iters or eval_only:
             break
@@ -360,7 +376,7 @@ def main(argv):
         if master and iter_num % log_interval == 0:
             mfu = flops_per_iter / dt / (peak * world) if peak else None
             record = {"iter": iter_num, "loss": mean_loss, "ce": mean_ce, "lr": lr, "tokens": tokens_seen,
-                      "dt_ms": dt * 1000, "mfu": mfu}
+                      "dt_ms": dt * 1000, "mfu": mfu, "mem_mb": peak_memory_mb(device_type)}
             if use_hidden or teacher is not None:
                 record["aux"] = mean_aux
                 # per-layer figures from this rank's micro-steps (computing them costs one no-grad pass over the pairs)
@@ -398,6 +414,14 @@ def check_settings():
         problems.append("distill_weight > 0 needs distill_from (a teacher checkpoint or HF directory)")
     if problems:
         sys.exit("config error: " + "; ".join(problems))
+
+
+def peak_memory_mb(device_type):
+    """Peak memory so far: allocated by torch on a GPU, resident set of the process on a CPU."""
+    if device_type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 # ---------------------------------------------------------------------- checkpoints and RNG state

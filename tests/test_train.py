@@ -16,7 +16,8 @@ from conftest import REPO, TINY_MODEL, read_metrics, run_train
 def test_trains_and_logs(tiny_dataset, tmp_path):
     out = tmp_path / "out"
     run_train([*TINY_MODEL, f"--dataset={tiny_dataset}", f"--out_dir={out}", "--max_iters=30",
-               "--eval_interval=10", "--eval_iters=4", "--learning_rate=3e-3", "--warmup_iters=3"])
+               "--eval_interval=10", "--eval_iters=4", "--learning_rate=3e-3", "--warmup_iters=3",
+               "--probe_interval=10", "--probe_n_seq=4", "--probe_seq_len=16"])
     rows = read_metrics(out)
     train_rows = [r for r in rows if "loss" in r]
     eval_rows = [r for r in rows if "val_loss" in r]
@@ -26,6 +27,8 @@ def test_trains_and_logs(tiny_dataset, tmp_path):
         assert key in train_rows[0]
     assert train_rows[-1]["tokens"] == 30 * 4 * 32
     assert eval_rows[-1]["val_loss"] < eval_rows[0]["val_loss"] - 0.5  # it learns the ramps
+    for r in eval_rows:  # the condensation probe ran at every eval step
+        assert -1 <= r["probe/spearman"] <= 1 and 0 < r["probe/layer2/mean_cos"] <= 1
     ckpt = torch.load(out / "ckpt.pt", weights_only=False)
     assert ckpt["iter_num"] == 30
     assert not any(k.startswith(("_orig_mod.", "module.")) for k in ckpt["model"])
