@@ -222,10 +222,10 @@ def mean_pairwise_cos(z, eps=1e-2):
         if T < 2:
             return z.new_zeros(())
         z_hat = _unit_rows(z, eps)
-        cos = z_hat @ z_hat.transpose(1, 2)  # (B, T, T)
-        trace = cos.diagonal(dim1=1, dim2=2).sum(dim=1)  # (B,)
-        off_diagonal_sum = cos.sum(dim=(1, 2)) - trace
-        return (off_diagonal_sum / (T * (T - 1))).mean()
+        # sum over all pairs of u_i . u_j = |sum_i u_i|^2, so no T x T matrix is needed
+        all_pairs = z_hat.sum(dim=1).pow(2).sum(dim=-1)  # (B,)
+        self_pairs = z_hat.pow(2).sum(dim=(1, 2))  # (B,)
+        return ((all_pairs - self_pairs) / (T * (T - 1))).mean()
 
 
 def layer_indices(n_layer, which):
