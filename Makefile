@@ -15,7 +15,7 @@ export DISPERSE_WIKITEXT_TEST := $(abspath $(SHARED)/corpus/wikitext103/test.raw
 install:
 	$(PYTHON) -m pip install --quiet torch==2.13.0
 	$(PYTHON) -m pip install --quiet -r requirements.txt
-	$(PYTHON) -m pip install --quiet transformers matplotlib scipy
+	$(PYTHON) -m pip install --quiet transformers matplotlib scipy datasets
 
 data/local/train.bin:
 	$(PYTHON) -m data.local.prepare --input $(SHARED)/corpus --out_dir data/local

@@ -39,21 +39,28 @@ def encode_documents(texts, enc=None):
     return ids
 
 
-def write_split(path, docs, desc=None):
-    """Write a list of token-id lists as one flat uint16 array. Returns the number of tokens.
-    Written to a temporary name first, so an interrupted run never leaves a truncated file."""
+def write_tokens(path, n_tokens, chunks, desc=None, total_chunks=None):
+    """Write an iterable of token-id chunks (lists or arrays) as one flat uint16 array of
+    n_tokens ids. Written to a temporary name first, so an interrupted run never leaves a
+    truncated file behind."""
     from tqdm import tqdm
-    n_tokens = sum(len(d) for d in docs)
     tmp = path + ".tmp"
     arr = np.memmap(tmp, dtype=np.uint16, mode="w+", shape=(max(n_tokens, 1),))
     pos = 0
-    for d in tqdm(docs, desc=desc or f"writing {os.path.basename(path)}", unit="doc", leave=False):
-        arr[pos: pos + len(d)] = d
-        pos += len(d)
+    for chunk in tqdm(chunks, desc=desc or f"writing {os.path.basename(path)}", total=total_chunks, leave=False):
+        arr[pos: pos + len(chunk)] = chunk
+        pos += len(chunk)
+    if pos != n_tokens:
+        raise RuntimeError(f"wrote {pos} tokens to {path}, expected {n_tokens}")
     arr.flush()
     del arr
     os.replace(tmp, path)
     return n_tokens
+
+
+def write_split(path, docs, desc=None):
+    """Write a list of token-id lists as one flat uint16 array. Returns the number of tokens."""
+    return write_tokens(path, sum(len(d) for d in docs), docs, desc, total_chunks=len(docs))
 
 
 def write_meta(out_dir, **fields):

@@ -13,11 +13,10 @@ import os
 import sys
 
 import numpy as np
-from tqdm import tqdm
 
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from data.common import EOT_TOKEN, get_tokenizer, write_meta
+from data.common import EOT_TOKEN, get_tokenizer, write_meta, write_tokens
 
 NUM_PROC = max(1, (os.cpu_count() or 2) // 2)
 
@@ -29,21 +28,12 @@ def tokenize(example):
 
 
 def write_hf_split(dset, path):
-    """Stream a tokenized datasets split into one flat uint16 memmap, in shards, atomically."""
+    """Stream a tokenized datasets split into one flat uint16 memmap, shard by shard."""
     total = int(np.sum(dset["len"], dtype=np.uint64))
-    tmp = path + ".tmp"
-    arr = np.memmap(tmp, dtype=np.uint16, mode="w+", shape=(total,))
     n_shards = min(1024, len(dset))
-    pos = 0
-    for i in tqdm(range(n_shards), desc=f"writing {os.path.basename(path)}"):
-        shard = dset.shard(num_shards=n_shards, index=i, contiguous=True).with_format("numpy")
-        chunk = np.concatenate(shard["ids"])
-        arr[pos: pos + len(chunk)] = chunk
-        pos += len(chunk)
-    arr.flush()
-    del arr
-    os.replace(tmp, path)
-    return total
+    shards = (np.concatenate(dset.shard(num_shards=n_shards, index=i, contiguous=True).with_format("numpy")["ids"])
+              for i in range(n_shards))
+    return write_tokens(path, total, shards, desc=f"writing {os.path.basename(path)}", total_chunks=n_shards)
 
 
 def main(argv=None):
