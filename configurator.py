@@ -71,7 +71,7 @@ def load_config(defaults, argv, types_=None):
             if not os.path.isfile(arg):
                 raise ConfigError(f"config file {arg!r} not found (config files live in config/; "
                                   "overrides are written --key=value)")
-            namespace = {}
+            namespace = {"__file__": os.path.abspath(arg)}  # lets a config file include another beside it
             with open(arg) as f:
                 code = compile(f.read(), arg, "exec")
             exec(code, namespace)

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import random
+import shutil
 import sys
 import time
 
@@ -39,6 +40,7 @@ log_interval = 1
 eval_iters = 200  # batches per loss estimate, split across ranks
 eval_only = False  # evaluate once and exit
 always_save_checkpoint = True  # save at every eval, not only when val loss improves
+keep_best = False  # also keep the checkpoint of the lowest val loss as ckpt_best.pt (selection by val, never test)
 init_from = "scratch"  # 'scratch', 'resume' (from out_dir), or a GPT-2: 'gpt2'..'gpt2-xl' or a local HF directory
 seed = 1337
 # data
@@ -291,18 +293,21 @@ def main(argv):
 
         if iter_num % eval_interval == 0 or iter_num == max_iters or eval_only:
             losses = estimate_loss()
+            bench = run_benchmarks(raw_model) if eval_tasks else {}  # every rank scores its share of the items
             rng_states = [capture_rng(aux_gen)]
             if ddp:  # every rank's generators, so that each resumes with its own dropout masks
                 rng_states = [None] * world
                 dist.all_gather_object(rng_states, capture_rng(aux_gen))
             if master:
-                record = {"iter": iter_num, "val_loss": losses["val"], "train_loss_eval": losses["train"], "tokens": tokens_seen}
+                record = {"iter": iter_num, "val_loss": losses["val"], "train_loss_eval": losses["train"],
+                          "tokens": tokens_seen, **bench}
                 bar.write(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
                 if not math.isfinite(losses["val"]):
                     sys.exit(f"error: val loss is {losses['val']} at iteration {iter_num}; stopping. "
                              f"The last good checkpoint in {ckpt_path} is left as it was.")
                 changed = iter_num > (ckpt["iter_num"] if ckpt else 0)  # a just-resumed model is already saved
-                if changed and not eval_only and (losses["val"] < best_val_loss or always_save_checkpoint):
+                improved = losses["val"] < best_val_loss
+                if changed and not eval_only and (improved or always_save_checkpoint):
                     best_val_loss = min(best_val_loss, losses["val"])
                     write_checkpoint(ckpt_path, {
                         "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
@@ -310,6 +315,9 @@ def main(argv):
                         "best_val_loss": best_val_loss, "config": config, "rng": rng_states,
                         "data": {"seed": seed, "next_step": iter_num},
                     })
+                    if keep_best and improved:
+                        best_path = os.path.join(out_dir, "ckpt_best.pt")
+                        keep_copy(ckpt_path, best_path)
                 if probe_set is not None and iter_num % probe_interval == 0:
                     from eval.condensation import quick_probe
                     record.update({f"probe/{k}": v for k, v in quick_probe(raw_model, probe_set).items()})
@@ -392,6 +400,22 @@ def main(argv):
         dist.destroy_process_group()
 
 
+def run_benchmarks(model):
+    """Benchmark accuracies (eval/benchmarks.py) as flat metrics.jsonl keys: bench/<task>/<metric>."""
+    from eval.benchmarks import evaluate
+    results, _ = evaluate(model, eval_tasks, eval_data_dir, limit=eval_limit, num_fewshot=eval_num_fewshot,
+                          progress=False)
+    flat = {}
+    for task, metrics in results.items():
+        if task == "config" or not isinstance(metrics, dict):
+            continue
+        for name, value in metrics.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and not name.endswith("stderr") \
+                    and name not in ("num_fewshot", "n"):
+                flat[f"bench/{task}/{name}"] = value
+    return flat
+
+
 def check_settings():
     """Checks that need more than a type: they stop the run before any work is done."""
     problems = []
@@ -435,6 +459,19 @@ def write_checkpoint(path, ckpt):
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def keep_copy(path, copy_path):
+    """copy_path becomes a copy of path: a hard link where the file system allows (ckpt.pt is
+    replaced by a rename at every save, so the link keeps the old file at no cost), else a copy."""
+    tmp = copy_path + ".tmp"
+    if os.path.exists(tmp):
+        os.remove(tmp)
+    try:
+        os.link(path, tmp)
+    except OSError:
+        shutil.copyfile(path, tmp)
+    os.replace(tmp, copy_path)
 
 
 def read_checkpoint(path):

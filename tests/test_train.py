@@ -17,7 +17,7 @@ def test_trains_and_logs(tiny_dataset, tmp_path):
     out = tmp_path / "out"
     run_train([*TINY_MODEL, f"--dataset={tiny_dataset}", f"--out_dir={out}", "--max_iters=30",
                "--eval_interval=10", "--eval_iters=4", "--learning_rate=3e-3", "--warmup_iters=3",
-               "--probe_interval=10", "--probe_n_seq=4", "--probe_seq_len=16"])
+               "--probe_interval=10", "--probe_n_seq=4", "--probe_seq_len=16", "--keep_best=True"])
     rows = read_metrics(out)
     train_rows = [r for r in rows if "loss" in r]
     eval_rows = [r for r in rows if "val_loss" in r]
@@ -33,6 +33,8 @@ def test_trains_and_logs(tiny_dataset, tmp_path):
     assert ckpt["iter_num"] == 30
     assert not any(k.startswith(("_orig_mod.", "module.")) for k in ckpt["model"])
     assert not (out / "ckpt.pt.tmp").exists()
+    best = torch.load(out / "ckpt_best.pt", weights_only=False)  # keep_best: the lowest val loss so far
+    assert best["best_val_loss"] == min(r["val_loss"] for r in eval_rows[1:])
 
 
 def test_logged_loss_is_the_mean_over_micro_steps(tiny_dataset, tmp_path):
@@ -155,3 +157,29 @@ def test_all_dispersion_variants_and_controls_train(tiny_dataset, tmp_path):
         assert math.isfinite(row["loss"]) and "distill/kl" in row
         assert ("ctrl/raw" if variant == "random_direction" else "disp/raw") in row
         assert "disp/layer2/mean_cos" in row or "ctrl/layer2/grad_norm" in row
+
+
+def test_benchmarks_at_eval_steps(shared, tiny_dataset, tmp_path):
+    import json
+    bench = tmp_path / "bench" / "piqa"
+    bench.mkdir(parents=True)
+    rows = [{"goal": f"How do I open jar {i}?", "sol1": "Twist the lid.", "sol2": "Eat the lid.", "label": i % 2}
+            for i in range(6)]
+    (bench / "validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    run_train([*TINY_MODEL, "--vocab_size=50257", f"--dataset={tiny_dataset}", f"--out_dir={out}", "--max_iters=2",
+               "--eval_interval=2", "--eval_iters=1", "--eval_tasks=piqa", "--eval_limit=4",
+               f"--eval_data_dir={tmp_path / 'bench'}"])
+    evals = [r for r in read_metrics(out) if "val_loss" in r]
+    assert len(evals) == 2
+    for r in evals:
+        assert r["bench/piqa/acc"] in (0.0, 0.25, 0.5, 0.75, 1.0)  # 4 items scored
+
+
+@pytest.mark.parametrize("path", sorted(str(p.relative_to(REPO)) for p in (REPO / "config").glob("*.py")
+                                        if not p.name.startswith("experiment_")))
+def test_every_training_config_file_is_valid(path):
+    import train
+    from configurator import load_config
+    config = load_config(train._defaults, [str(REPO / path)], train._types)
+    assert config["out_dir"] != "out"  # each config writes to its own folder
