@@ -1,0 +1,310 @@
+"""
+Benchmark evaluation: the lm-evaluation-harness tasks of the paper (and a few more), scored
+with our own log-likelihood engine, per item comparable with lm-eval 0.4.x.
+
+    python -m eval.benchmarks --ckpt out/ckpt.pt --tasks paper10,hellaswag \\
+        --data-dir ../shared/benchmarks --out out/eval [--paper-protocol] [--limit 500]
+
+writes OUT/results.json (task -> metric -> value, with <metric>_stderr; group scores; the
+`paper10` mean; a `config` block), OUT/items.jsonl (one record per scored document) and
+prints a table. From Python (train.py calls this at eval steps):
+
+    results, items = evaluate(model, "arc_easy,piqa", data_dir, limit=200)
+
+Few-shot: like lm-eval, --num-fewshot K applies to every task given (TruthfulQA stays 0-shot,
+as lm-eval forces it). The paper ran two passes instead: 0-shot for six tasks and 1-shot (for
+GPT-2; 5 for Qwen3) for ARC-E, ARC-C, MedMCQA and MMLU; --paper-protocol does exactly that.
+Shots come from the split lm-eval draws them from; where that split is not available (e.g.
+MedMCQA train offline), they come from the scored split without the scored document, and the
+task's results say so (`fewshot_matches_lm_eval: false`).
+"""
+
+import argparse
+import json
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import replace
+
+import torch
+
+from eval import tasks as T
+from eval.scoring import (encode_pair, rolling_windows, score_items, mean, mean_stderr, pooled_stderr,
+                          pick_choice, perplexity_and_stderr, weighted_perplexities, EOT_TOKEN)
+
+
+# ----------------------------------------------------------------------------- documents
+
+def load_task_docs(task, data_dir, wikitext=None, download=True, cache=None):
+    """The scored docs of a task. WikiText reads a raw file (--wikitext / DISPERSE_WIKITEXT_TEST)
+    when one is given, else <data-dir>/wikitext/test.jsonl (document-level rows with `page`)."""
+    if task.name == "wikitext":
+        raw = wikitext or os.environ.get("DISPERSE_WIKITEXT_TEST")
+        if raw:
+            with open(raw, encoding="utf-8") as f:
+                return T.wikitext_pages(f.read())
+        try:
+            return T.load_split(task, task.split, data_dir, download=download, cache=cache)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"{e} For wikitext, or give the raw WikiText test file with --wikitext "
+                                    "(env DISPERSE_WIKITEXT_TEST), e.g. shared/corpus/wikitext103/test.raw.") from None
+    return T.load_split(task, task.split, data_dir, download=download, cache=cache)
+
+
+_WARNED = set()  # tasks whose few-shot fallback was already reported in this process
+
+
+def fewshot_pool(task, docs_all, data_dir, download=True, cache=None):
+    """(task as it will sample, pool of shot docs, whether this is lm-eval's own shot source)."""
+    if task.fewshot_split == task.split or task.fewshot_split is None:
+        return task, docs_all, True
+    try:
+        return task, T.load_split(task, task.fewshot_split, data_dir, download=download, cache=cache), True
+    except FileNotFoundError:
+        # lm-eval's shot split is missing: take shots from the scored split, minus the scored doc
+        if task.name not in _WARNED:
+            _WARNED.add(task.name)
+            print(f"warning: {task.name}: few-shot split '{task.fewshot_split}' not found; drawing shots from "
+                  f"'{task.split}' excluding the scored document. This does NOT match lm-eval's shots.")
+        return replace(task, fewshot_excludes_doc=True, fewshot_sampler="default"), docs_all, False
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+def paper_protocol_shots(shots=1):
+    """The paper's two passes as one num_fewshot dict: 0-shot for anli_r2, lambada_openai,
+    openbookqa, piqa, truthfulqa_mc2, winogrande; `shots` (1 for GPT-2, 5 for Qwen3) for
+    arc_easy, arc_challenge, medmcqa and mmlu."""
+    return {**{name: 0 for name in T.PAPER_ZERO_SHOT}, **{name: shots for name in T.PAPER_FEW_SHOT}}
+
+
+def evaluate(model, tasks, data_dir=None, limit=None, num_fewshot=0, batch_size=16, device=None,
+             seed=1234, progress=True, wikitext=None, download=True, max_batch_tokens=8192,
+             dtype=None, enc=None, keep_requests=False):
+    """Score `tasks` (names or groups, list or comma string) and return (results, items).
+    num_fewshot: an int for every task, or a dict task/group name -> shots (missing -> 0),
+    e.g. paper_protocol_shots(1).
+    limit: score only the first `limit` documents of each task (each MMLU subject).
+    seed: lm-eval's few-shot seed. The model is put in eval mode and restored afterwards.
+    keep_requests: also put each item's (context, continuation) texts in its record."""
+    if enc is None:
+        from data.common import get_tokenizer
+        enc = get_tokenizer()
+    data_dir = data_dir or os.environ.get("DISPERSE_BENCHMARKS")
+    model = getattr(model, "module", model)        # DDP wrapper
+    model = getattr(model, "_orig_mod", model)     # torch.compile wrapper: run eager, shapes vary
+    device = device or next(model.parameters()).device
+    names = T.expand(tasks)
+    if isinstance(num_fewshot, dict):  # keys may be groups ("mmlu"): give each leaf task its shots
+        num_fewshot = {leaf: k for key, k in num_fewshot.items() for leaf in T.expand([key])}
+    t0 = time.time()
+
+    # documents -> items (text requests) -> token requests
+    file_cache = {}
+    all_items, token_items, task_info = [], [], {}
+    for name in names:
+        task = T.TASKS[name]
+        docs_all = load_task_docs(task, data_dir, wikitext, download, file_cache)
+        docs = docs_all[:limit] if limit else docs_all
+        k = num_fewshot.get(name, 0) if isinstance(num_fewshot, dict) else int(num_fewshot or 0)
+        k = task.fixed_num_fewshot if task.fixed_num_fewshot is not None else k
+        k = 0 if task.kind == "loglikelihood_rolling" else k  # lm-eval puts no shots before a rolling doc
+        sampling_task, pool, matches = task, None, True
+        if k > 0:
+            sampling_task, pool, matches = fewshot_pool(task, docs_all, data_dir, download, file_cache)
+        items = T.build_items(sampling_task, docs, k, pool, seed)
+        task_info[name] = {"num_fewshot": k, "split": task.split,
+                           "fewshot_split": (None if k == 0 else task.fewshot_split if matches else task.split),
+                           "fewshot_matches_lm_eval": matches}
+        if task.split_note:
+            task_info[name]["note"] = task.split_note
+        for item in items:
+            if task.kind == "loglikelihood_rolling":
+                tokens = enc.encode(item.requests[0][1], allowed_special="all")
+                token_items.append(rolling_windows(tokens, model.config.block_size, EOT_TOKEN))
+            else:
+                token_items.append([encode_pair(enc, c, x, EOT_TOKEN) for c, x in item.requests])
+            all_items.append(item)
+
+    # score every request of every task in one pass (better batches)
+    was_training = model.training
+    model.eval()
+    autocast = (torch.autocast(device_type="cuda", dtype=getattr(torch, dtype))
+                if dtype and dtype != "float32" and str(device).startswith("cuda") else nullcontext())
+    try:
+        with autocast:
+            scores = score_items(model, token_items, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
+                                 device=device, progress=progress, desc=f"scoring {len(all_items)} items")
+    finally:
+        model.train(was_training)
+
+    # per-item records, then per-task metrics
+    records = {name: [] for name in names}
+    for item, item_scores in zip(all_items, scores):
+        rec = item_record(T.TASKS[item.task], item, item_scores)
+        if keep_requests:
+            rec["requests"] = item.requests
+        records[item.task].append(rec)
+    results = {}
+    for name in names:
+        results[name] = {**task_metrics(T.TASKS[name], records[name]), **task_info[name]}
+    results.update(group_metrics(results))
+    results["config"] = {"tasks": tasks if isinstance(tasks, str) else ",".join(tasks), "limit": limit,
+                         "num_fewshot": num_fewshot, "seed": seed, "batch_size": batch_size,
+                         "data_dir": data_dir, "device": str(device), "block_size": model.config.block_size,
+                         "seconds": round(time.time() - t0, 2), "n_items": len(all_items)}
+    items_out = [r for name in names for r in records[name]]
+    return results, items_out
+
+
+def item_record(task, item, item_scores):
+    """What one scored document gives: log-likelihoods, prediction, gold, per-item metrics."""
+    lls = [ll for ll, _ in item_scores]
+    greedy = [g for _, g in item_scores]
+    rec = {"task": task.name, "doc_id": item.doc_id}
+    if task.kind == "loglikelihood_rolling":
+        page = item.doc["page"]
+        rec.update(ll=sum(lls), words=T.wikitext_words(page), bytes=len(page.encode("utf-8")),
+                   windows=len(lls))
+    elif task.kind == "loglikelihood":
+        rec.update(ll=lls[0], is_greedy=greedy[0], acc=float(greedy[0]))
+    else:
+        pred = pick_choice(lls)
+        rec.update(lls=lls, is_greedy=greedy, pred=pred, gold=item.gold, acc=float(pred == item.gold))
+        if "acc_norm" in task.metrics:
+            pred_norm = pick_choice(lls, [len(c) for c in item.choices])
+            rec.update(pred_norm=pred_norm, acc_norm=float(pred_norm == item.gold))
+        if task.process_results is not None:
+            rec.update(task.process_results(item.doc, lls))
+    return rec
+
+
+def task_metrics(task, recs):
+    out = {"n": len(recs)}
+    if not recs:
+        return out
+    if task.kind == "loglikelihood_rolling":
+        out.update(weighted_perplexities([r["ll"] for r in recs], [r["words"] for r in recs],
+                                         [r["bytes"] for r in recs]))
+        return out  # lm-eval reports no stderr for these
+    for metric in task.metrics:
+        if metric == "perplexity":
+            out["perplexity"], out["perplexity_stderr"] = perplexity_and_stderr([r["ll"] for r in recs])
+        else:
+            values = [r[metric] for r in recs]
+            out[metric], out[f"{metric}_stderr"] = mean(values), mean_stderr(values)
+    return out
+
+
+def group_metrics(results):
+    """MMLU and its four categories as lm-eval 0.4.x aggregates them: the size-weighted mean of
+    the subjects' acc (= accuracy over all their questions) with the pooled stderr; computed
+    over the leaf subjects, only when every subject was scored. paper10: the unweighted mean
+    of the ten tasks' accuracies (lambada acc, truthfulqa_mc2 acc, the mmlu aggregate)."""
+    out = {}
+    for group, members in T.GROUPS.items():
+        if group == "paper10":
+            continue
+        leaves = T.expand(members)
+        if not all(leaf in results and results[leaf].get("n") for leaf in leaves):
+            continue
+        sizes = [results[leaf]["n"] for leaf in leaves]
+        accs = [results[leaf]["acc"] for leaf in leaves]
+        stderrs = [results[leaf]["acc_stderr"] for leaf in leaves]
+        out[group] = {"acc": sum(a * n for a, n in zip(accs, sizes)) / sum(sizes), "n": sum(sizes),
+                      "acc_stderr": pooled_stderr(stderrs, sizes) if None not in stderrs else None,
+                      "num_fewshot": results[leaves[0]]["num_fewshot"]}
+    scores = {**results, **out}
+    ten = T.GROUPS["paper10"]
+    if all(name in scores and "acc" in scores[name] for name in ten):
+        out["paper10"] = {"acc": mean([scores[name]["acc"] for name in ten]),
+                          "tasks": {name: scores[name]["acc"] for name in ten}}
+    return out
+
+
+# ----------------------------------------------------------------------------- output
+
+def format_table(results):
+    lines = [f"{'task':<28} {'n':>6} {'shots':>5}  {'metric':<16} {'value':>10} {'stderr':>8}"]
+    for name, res in results.items():
+        if name == "config" or name.startswith("mmlu_") and name not in T.GROUPS:
+            continue  # the 57 subjects are in results.json; the table shows the aggregates
+        metrics = [m for m in res if m not in ("n", "num_fewshot", "tasks", "split", "fewshot_split",
+                                               "fewshot_matches_lm_eval", "note") and not m.endswith("_stderr")]
+        for k, metric in enumerate(metrics):
+            value, se = res[metric], res.get(f"{metric}_stderr")
+            label = name if k == 0 else ""
+            if name == "paper10":
+                label = "paper10 (mean of 10 acc)"
+            n = str(res.get("n", "")) if k == 0 else ""
+            shots = str(res.get("num_fewshot", "")) if k == 0 else ""
+            if k == 0 and res.get("fewshot_matches_lm_eval") is False:
+                shots += "*"
+            lines.append(f"{label:<28} {n:>6} {shots:>5}  {metric:<16} {value:>10.4f} "
+                         f"{'' if se is None else f'{se:.4f}':>8}")
+    if any(isinstance(r, dict) and r.get("fewshot_matches_lm_eval") is False for r in results.values()):
+        lines.append("* shots drawn from the scored split (lm-eval's few-shot split is not available)")
+    return "\n".join(lines)
+
+
+def write_outputs(out_dir, results, items):
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=2, default=lambda x: None if isinstance(x, float) and math.isnan(x) else x)
+    with open(os.path.join(out_dir, "items.jsonl"), "w") as f:
+        for rec in items:
+            f.write(json.dumps(rec) + "\n")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", required=True, help="our ckpt.pt, an out_dir holding it, or a Hugging Face GPT-2 dir")
+    p.add_argument("--tasks", default="paper10", help="comma list of tasks/groups (paper10, mmlu, hellaswag, ...)")
+    p.add_argument("--data-dir", default=os.environ.get("DISPERSE_BENCHMARKS"),
+                   help="folder of <dataset>/<split>.jsonl files (env DISPERSE_BENCHMARKS)")
+    p.add_argument("--wikitext", default=None, help="raw WikiText test file for the wikitext task "
+                   "(env DISPERSE_WIKITEXT_TEST; else <data-dir>/wikitext/test.jsonl)")
+    p.add_argument("--out", default=None, help="output folder for results.json and items.jsonl")
+    p.add_argument("--num-fewshot", type=int, default=None,
+                   help="shots for every task (default 0); with --paper-protocol, for the 4 few-shot tasks (default 1)")
+    p.add_argument("--paper-protocol", action="store_true",
+                   help="0-shot anli_r2, lambada_openai, openbookqa, piqa, truthfulqa_mc2, winogrande; "
+                        "--num-fewshot (default 1, GPT-2) for arc_easy, arc_challenge, medmcqa, mmlu")
+    p.add_argument("--limit", type=int, default=None, help="score the first N docs per task (per MMLU subject)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-batch-tokens", type=int, default=8192,
+                   help="cap on batch rows x prefix tokens (activations and key/value caches grow with it)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="autocast dtype on cuda (log-softmax stays float32)")
+    p.add_argument("--seed", type=int, default=1234, help="few-shot sampling seed (lm-eval's default 1234)")
+    p.add_argument("--no-download", action="store_true", help="never fetch missing files from the hub")
+    args = p.parse_args(argv)
+
+    from model import load_model
+    model, info = load_model(args.ckpt, args.device)
+    tasks = args.tasks
+    if args.paper_protocol:
+        num_fewshot = paper_protocol_shots(1 if args.num_fewshot is None else args.num_fewshot)
+    else:
+        num_fewshot = args.num_fewshot or 0
+    results, items = evaluate(model, tasks, args.data_dir, limit=args.limit, num_fewshot=num_fewshot,
+                              batch_size=args.batch_size, device=args.device, seed=args.seed,
+                              wikitext=args.wikitext, download=not args.no_download,
+                              max_batch_tokens=args.max_batch_tokens, dtype=args.dtype)
+    results["config"].update(ckpt=args.ckpt, model=info, paper_protocol=args.paper_protocol)
+    if args.paper_protocol:
+        results["config"]["num_fewshot"] = {"zero_shot": T.PAPER_ZERO_SHOT, "few_shot": T.PAPER_FEW_SHOT,
+                                            "shots": 1 if args.num_fewshot is None else args.num_fewshot}
+    rank0 = not (torch.distributed.is_available() and torch.distributed.is_initialized()) \
+        or torch.distributed.get_rank() == 0
+    if rank0:
+        print(format_table(results))
+        if args.out:
+            write_outputs(args.out, results, items)
+            print(f"wrote {args.out}/results.json and items.jsonl")
+
+
+if __name__ == "__main__":
+    main()
