@@ -2,14 +2,14 @@
 # Offline data comes from SHARED (default: ../shared beside the checkout); override with make SHARED=...
 SHARED ?= ../shared
 PYTHON ?= python3
-OUT ?= out-demo
+OUT ?= out-experiment-cpu
 export TIKTOKEN_CACHE_DIR := $(abspath $(SHARED)/tiktoken)
 export DISPERSE_SHARED := $(abspath $(SHARED))
 export DISPERSE_BENCHMARKS := $(abspath $(SHARED)/benchmarks)
 export DISPERSE_WIKITEXT := $(abspath $(SHARED)/corpus/wikitext103/valid.raw)
 export DISPERSE_WIKITEXT_TEST := $(abspath $(SHARED)/corpus/wikitext103/test.raw)
 
-.PHONY: install demo test prepare-local clean
+.PHONY: install demo train-demo test prepare-local clean
 
 # torch is pinned and installed first, so pip never swaps in a multi-GB CUDA build on CPU machines
 install:
@@ -22,15 +22,22 @@ data/local/train.bin:
 
 prepare-local: data/local/train.bin
 
+# the main job: CE vs angular dispersion vs a matched random-direction control, 2 seeds each;
+# trains, scores the paper's 10 benchmarks, probes condensation, writes the report
 demo: install data/local/train.bin
-	$(PYTHON) train.py config/train_local_cpu.py --out_dir=$(OUT)
-	$(PYTHON) sample.py --out_dir=$(OUT) --start="The meaning of" --num_samples=2 --max_new_tokens=60
-	$(PYTHON) -m eval.condensation --ckpt $(OUT) --n-seq 20 --seq-len 128 --out $(OUT)/condensation
-	$(PYTHON) -m eval.plots training $(OUT)/metrics.jsonl --out $(OUT)/training.png
-	@echo "done: checkpoint, metrics.jsonl, condensation probe and plots are in $(OUT)/"
+	$(PYTHON) experiment.py config/experiment_cpu.py --exp_dir=$(OUT)
+	$(PYTHON) sample.py --out_dir=$(OUT)/angular/seed0 --start="The meaning of" --num_samples=1 --max_new_tokens=40
+	@echo "done: the report is $(OUT)/report.md (with report.json and PNGs beside it)"
+
+# one small model, no grid: train, sample, probe, plot (a couple of minutes)
+train-demo: install data/local/train.bin
+	$(PYTHON) train.py config/train_local_cpu.py --out_dir=out-train-demo
+	$(PYTHON) sample.py --out_dir=out-train-demo --start="The meaning of" --num_samples=2 --max_new_tokens=60
+	$(PYTHON) -m eval.condensation --ckpt out-train-demo --n-seq 20 --seq-len 128 --out out-train-demo/condensation
+	$(PYTHON) -m eval.plots training out-train-demo/metrics.jsonl --out out-train-demo/training.png
 
 test: install
 	$(PYTHON) -m pytest tests -q
 
 clean:
-	rm -rf out-demo data/local/*.bin data/local/meta.json
+	rm -rf out-experiment-cpu out-train-demo data/local/*.bin data/local/meta.json

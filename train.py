@@ -152,8 +152,11 @@ def main(argv):
 
     # ------------------------------------------------------------------ data
     data_dir = dataset if os.path.isdir(dataset) else os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", dataset)
-    train_data = open_split(data_dir, "train", block_size, vocab_size)
-    val_data = open_split(data_dir, "val", block_size, vocab_size)
+    try:
+        train_data = open_split(data_dir, "train", block_size, vocab_size)
+        val_data = open_split(data_dir, "val", block_size, vocab_size)
+    except (FileNotFoundError, ValueError) as e:
+        sys.exit(f"data error: {e}")
 
     def get_batch(data, key):
         x, y = sample_batch(data, batch_size, block_size, key)
