@@ -145,11 +145,15 @@ class _AngularLowMemory(torch.autograd.Function):
         return (lse - math.log(T * (T - 1))).mean()
 
     @staticmethod
-    def _logits(z_hat, tau, clamp):
+    def _logits(z_hat, tau, clamp, keep_cos=False):
+        """Pair logits -arccos(c)/(pi tau), -inf on the diagonal, from the clamped cosines c;
+        with keep_cos also c itself (the backward pass needs both)."""
         T = z_hat.size(1)
         cos = (z_hat @ z_hat.transpose(1, 2)).clamp_(-1.0 + clamp, 1.0 - clamp)  # (B, T, T)
-        logits = cos.arccos_().mul_(-1.0 / (math.pi * tau))
-        return logits.masked_fill_(torch.eye(T, dtype=torch.bool, device=z_hat.device), float('-inf'))
+        logits = torch.arccos(cos) if keep_cos else cos.arccos_()
+        logits.mul_(-1.0 / (math.pi * tau))
+        logits.masked_fill_(torch.eye(T, dtype=torch.bool, device=z_hat.device), float('-inf'))
+        return (logits, cos) if keep_cos else logits
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -158,12 +162,10 @@ class _AngularLowMemory(torch.autograd.Function):
         B = z.size(0)
         norm = torch.linalg.vector_norm(z, dim=-1, keepdim=True)  # (B, T, 1)
         z_hat = z / (norm + eps)
-        logits = _AngularLowMemory._logits(z_hat, tau, clamp)
-        weights = (logits - lse[:, None, None]).exp_()  # (B, T, T): softmax over the pairs, 0 on the diagonal
-        # d loss / d cos_ij = w_ij / (B pi tau sqrt(1 - c_ij^2)), with c the clamped cosine (straight-through)
-        cos = logits.mul_(-math.pi * tau).cos_()  # recover c from the angle (the diagonal is unused: w = 0 there)
-        grad_cos = weights.div_(cos.pow_(2).neg_().add_(1.0).sqrt_()).mul_(grad_out / (B * math.pi * tau))
-        grad_cos.diagonal(dim1=1, dim2=2).zero_()
+        logits, cos = _AngularLowMemory._logits(z_hat, tau, clamp, keep_cos=True)
+        weights = logits.sub_(lse[:, None, None]).exp_()  # (B, T, T): softmax over the pairs, 0 on the diagonal
+        # d loss / d cos_ij = w_ij / (B pi tau sqrt(1 - c_ij^2)), c the clamped cosine (straight-through)
+        grad_cos = cos.square_().neg_().add_(1.0).rsqrt_().mul_(weights).mul_(grad_out / (B * math.pi * tau))
         grad_z_hat = 2.0 * (grad_cos @ z_hat)  # cos = z_hat z_hat^T and grad_cos is symmetric
         # through z_hat = z / (|z| + eps)
         radial = (grad_z_hat * z).sum(dim=-1, keepdim=True)  # (B, T, 1)
