@@ -183,3 +183,17 @@ def test_every_training_config_file_is_valid(path):
     from configurator import load_config
     config = load_config(train._defaults, [str(REPO / path)], train._types)
     assert config["out_dir"] != "out"  # each config writes to its own folder
+
+
+def test_dispersion_lowers_and_condense_raises_last_layer_cosine(tiny_dataset, tmp_path):
+    """The paper's effect in miniature: same seed, same batches; only the auxiliary term differs."""
+    common = [*TINY_MODEL, f"--dataset={tiny_dataset}", "--max_iters=200", "--eval_interval=200", "--eval_iters=2",
+              "--log_interval=50", "--learning_rate=3e-3", "--warmup_iters=10", "--probe_interval=200",
+              "--probe_n_seq=8", "--probe_seq_len=32", "--dispersion_layers=last", "--dispersion_weight=1.0"]
+    last = {}
+    for arm, extra in (("ce", []), ("angular", ["--dispersion=angular"]), ("condense", ["--dispersion=condense"])):
+        run_train([*common, f"--out_dir={tmp_path / arm}", *extra])
+        final = [r for r in read_metrics(tmp_path / arm) if "probe/spearman" in r][-1]
+        last[arm] = final["probe/layer2/mean_cos"]
+    assert last["angular"] < last["ce"] - 0.02, last
+    assert last["condense"] > last["ce"] + 0.05, last
