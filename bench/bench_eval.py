@@ -49,12 +49,8 @@ def main():
     p.add_argument("--work", default=None)
     p.add_argument("--out", default=None)
     args = p.parse_args()
-    if not (args.data_dir and args.tiktoken_dir):
-        p.error("--data-dir and --tiktoken-dir (or DISPERSE_BENCHMARKS, TIKTOKEN_CACHE_DIR) are required")
-    os.environ.setdefault("TIKTOKEN_CACHE_DIR", args.tiktoken_dir)
-    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        os.environ[var] = "1"
-    os.environ["DISABLE_MULTIPROC"] = "1"
+    from bench.crosscheck_lmeval import go_offline  # stdlib-only at import: safe before transformers
+    go_offline(p, args)
 
     import torch
     if args.threads:

@@ -48,6 +48,16 @@ LMEVAL_YAML = {
 }
 
 
+def go_offline(parser, args):
+    """Check the data flags and keep transformers, datasets and lm-eval off the network."""
+    if not (args.data_dir and args.tiktoken_dir):
+        parser.error("--data-dir and --tiktoken-dir (or DISPERSE_BENCHMARKS, TIKTOKEN_CACHE_DIR) are required")
+    os.environ.setdefault("TIKTOKEN_CACHE_DIR", args.tiktoken_dir)
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        os.environ[var] = "1"
+    os.environ["DISABLE_MULTIPROC"] = "1"  # lm-eval's bootstrap without a process pool
+
+
 def write_yaml(path, fields):
     """A flat YAML file; values are JSON, which YAML reads as is."""
     with open(path, "w") as f:
@@ -224,13 +234,7 @@ def main():
     p.add_argument("--full-tokenizer-check", action="store_true",
                    help="also compare tiktoken with the HF tokenizer on every request of every task (no limit)")
     args = p.parse_args()
-    if not (args.data_dir and args.tiktoken_dir):
-        p.error("--data-dir and --tiktoken-dir (or DISPERSE_BENCHMARKS, TIKTOKEN_CACHE_DIR) are required")
-
-    os.environ.setdefault("TIKTOKEN_CACHE_DIR", args.tiktoken_dir)
-    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        os.environ[var] = "1"
-    os.environ["DISABLE_MULTIPROC"] = "1"  # lm-eval's bootstrap without a process pool
+    go_offline(p, args)
     import torch
     if args.threads:
         torch.set_num_threads(args.threads)
