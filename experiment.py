@@ -117,7 +117,7 @@ def train_args(spec, out_dir):
     """train.py's argv for one run (base config file, then every setting as --key=value)."""
     args = [spec["base_config"]] if spec["base_config"] else []
     settings = {**spec["settings"], "seed": spec["seed"], "out_dir": out_dir, "always_save_checkpoint": True}
-    # always_save_checkpoint: ckpt.pt must be the final model; the best one is kept aside (_train_keep_best)
+    # always_save_checkpoint: ckpt.pt must be the final model; the best one is kept aside (train.py keep_best=True)
     return args + [f"--{k}={_cli_value(v)}" for k, v in settings.items()]
 
 
