@@ -53,6 +53,7 @@ import time
 import numpy as np
 
 from configurator import ConfigError, _parse_value, load_config
+from eval.condensation import json_safe  # nan/inf -> null, so the JSON files are standard
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 
@@ -260,19 +261,8 @@ def _read_json(path):
 def _write_json(path, obj):
     """Write to a temporary file, then rename: a crash never leaves half a file."""
     with open(path + ".tmp", "w") as f:
-        json.dump(_finite(obj), f, indent=1)
+        json.dump(json_safe(obj), f, indent=1)
     os.replace(path + ".tmp", path)
-
-
-def _finite(obj):
-    """nan and inf become None, so the JSON is standard."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 def run_logged(cmd, log_path, threads=0):
@@ -397,13 +387,13 @@ def run_one(cfg, plan, arm, seed, exp_dir, say):
     run_dir = os.path.join(exp_dir, arm, f"seed{seed}")
     spec = run_spec(cfg, plan, arm, seed)
     if os.path.exists(os.path.join(run_dir, "done.json")):
-        if _read_json(os.path.join(run_dir, "done.json"))["spec"] != _finite(spec):
+        if _read_json(os.path.join(run_dir, "done.json"))["spec"] != json_safe(spec):
             raise ExperimentError(f"{run_dir} was made with other settings; use another exp_dir or delete that folder")
         say(f"{arm} seed {seed}: already done, skipped")
         return "skipped"
     os.makedirs(run_dir, exist_ok=True)
     old = _read_json(os.path.join(run_dir, "spec.json"))
-    if old is not None and old != _finite(spec):
+    if old is not None and old != json_safe(spec):
         raise ExperimentError(f"{run_dir} holds an unfinished run with other settings; use another exp_dir or delete that folder")
     _write_json(os.path.join(run_dir, "spec.json"), spec)
     timings = _read_json(os.path.join(run_dir, "timings.json")) or {}

@@ -161,7 +161,7 @@ def get_hidden_states(model, idx):
     """The n_layer + 1 hidden states (B, T, C) of our GPT or of a transformers model, in Hugging
     Face output_hidden_states indexing (embedding output, block outputs, last one after the final norm)."""
     if isinstance(model, GPT):
-        return model(idx, return_hidden=True)[2]
+        return model.body(idx, return_hidden=True)[1]  # no output head: its logits are not needed
     # transformers: run the base model, so the head's (B, T, vocab) logits are never computed
     base = getattr(model, "base_model", model)
     return list(base(input_ids=idx, output_hidden_states=True).hidden_states)
@@ -357,14 +357,14 @@ def quick_probe(model, sequences, batch_size=8):
 
 # ---------------------------------------------------------------------- command line
 
-def _json_safe(obj):
+def json_safe(obj):
     """nan and inf are not JSON: write them as null."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj
 
 
@@ -467,7 +467,7 @@ def main(argv=None):
     os.makedirs(out_dir, exist_ok=True)
     json_path = os.path.join(out_dir, "condensation.json")
     with open(json_path, "w") as f:
-        json.dump(_json_safe(result), f, indent=1)
+        json.dump(json_safe(result), f, indent=1)
     print_table(result)
     print(f"wrote {json_path}")
 
