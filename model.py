@@ -183,6 +183,18 @@ class GPT(nn.Module):
         Returns (logits, loss) or (logits, loss, hidden); logits are (B, T, vocab_size) with the
         padding columns dropped, so they can be compared with any GPT-2 implementation.
         """
+        x, hidden = self.body(idx, return_hidden, tok_emb_noise, kv_caches, last_hidden_before_ln)
+        logits = self.head(x)  # (B, T, vocab_size)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+        if return_hidden:
+            return logits, loss, hidden
+        return logits, loss
+
+    def body(self, idx, return_hidden=False, tok_emb_noise=None, kv_caches=None, last_hidden_before_ln=False):
+        """Everything but the output head: the final states after ln_f (B, T, C), and the hidden
+        states list (or None). Scorers and probes call it to skip the (B, T, vocab) logits."""
         pos_offset = 0
         if kv_caches is not None and kv_caches[0].get("k") is not None:
             pos_offset = kv_caches[0]["k"].size(2)
@@ -198,13 +210,11 @@ class GPT(nn.Module):
         x = self.transformer.ln_f(x)
         if return_hidden and not last_hidden_before_ln:
             hidden.append(x)  # like Hugging Face, the last hidden state is taken after ln_f
-        logits = self.lm_head(x)[..., :self.config.vocab_size]  # (B, T, vocab_size)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
-        if return_hidden:
-            return logits, loss, hidden
-        return logits, loss
+        return x, hidden
+
+    def head(self, x):
+        """Next-token logits (..., vocab_size) from final states (..., C); padding columns dropped."""
+        return self.lm_head(x)[..., :self.config.vocab_size]
 
     def crop_block_size(self, block_size):
         """Use a shorter context than the checkpoint was trained with (e.g. GPT-2's 1024 -> 256)."""

@@ -267,7 +267,7 @@ def main(argv):
     probe_set = None
     if probe_interval and master:
         # a fixed set of held-out sequences, probed for condensation at every probe step
-        from eval.condensation import read_tokens, sample_sequences
+        from eval.condensation import quick_probe, read_tokens, sample_sequences
         if probe_text:
             from data.common import get_tokenizer
             probe_tokens = read_tokens(probe_text, get_tokenizer().encode_ordinary)
@@ -322,7 +322,6 @@ def main(argv):
                         best_path = os.path.join(out_dir, "ckpt_best.pt")
                         keep_copy(ckpt_path, best_path)
                 if probe_set is not None and iter_num % probe_interval == 0:
-                    from eval.condensation import quick_probe
                     record.update({f"probe/{k}": v for k, v in quick_probe(raw_model, probe_set).items()})
                     bar.write(f"iter {iter_num}: last-layer mean cos {record[f'probe/layer{raw_model.config.n_layer}/mean_cos']:.3f}, "
                               f"Spearman rho over depth {record['probe/spearman']:+.2f}")

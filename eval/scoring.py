@@ -92,14 +92,9 @@ def _forward(model, idx, kv_caches=None):
     would dominate time and memory (50257 x 768 per position for GPT-2). Any other model that
     returns (logits, loss) gives its logits as states. Same numbers as model(idx) either way
     (checked in tests/test_benchmarks.py)."""
-    if hasattr(model, "transformer") and hasattr(model, "lm_head") and hasattr(model, "embed"):
-        past = kv_caches[0].get("k") if kv_caches else None
-        tok_emb, pos_emb = model.embed(idx, 0 if past is None else past.size(2))  # (B, T, C), (T, C)
-        x = model.transformer.drop(tok_emb + pos_emb)
-        for i, block in enumerate(model.transformer.h):
-            x = block(x, None if kv_caches is None else kv_caches[i])
-        x = model.transformer.ln_f(x)  # (B, T, C)
-        return x, lambda h: model.lm_head(h)[..., :model.config.vocab_size]
+    if hasattr(model, "body") and hasattr(model, "head"):
+        states, _ = model.body(idx, kv_caches=kv_caches)  # (B, T, C), after ln_f
+        return states, model.head
     logits, _ = model(idx, kv_caches=kv_caches)  # (B, T, V)
     return logits, lambda h: h
 
