@@ -14,8 +14,10 @@ import difflib
 import os
 import types
 
+from errors import InputError
 
-class ConfigError(ValueError):
+
+class ConfigError(InputError):
     pass
 
 
@@ -50,6 +52,28 @@ def _parse_value(text):
         return text
 
 
+def _run_config_file(path, namespace):
+    """exec a config file; its mistakes (a syntax error, an undefined name, a failing call) become
+    a ConfigError naming the file and the line of it that failed."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            code = compile(f.read(), path, "exec")
+    except (SyntaxError, ValueError, UnicodeDecodeError) as e:  # ValueError: a null byte in the source
+        where = f"{path}, line {e.lineno}" if getattr(e, "lineno", None) else path
+        raise ConfigError(f"{where}: {getattr(e, 'msg', e)}; a config file is Python assignments like n_layer = 6") from None
+    try:
+        exec(code, namespace)
+    except Exception as e:
+        tb, line = e.__traceback__, None
+        while tb is not None:  # the innermost frame that is the config file itself
+            if tb.tb_frame.f_code.co_filename == path:
+                line = tb.tb_lineno
+            tb = tb.tb_next
+        if line is None:
+            raise
+        raise ConfigError(f"{path}, line {line}: {type(e).__name__}: {e}") from None
+
+
 def load_config(defaults, argv, types_=None):
     """defaults: {key: default value}. types_: {key: tuple of allowed types} for keys whose
     default (None, say) does not tell the type. argv: config file paths and --key=value."""
@@ -72,9 +96,7 @@ def load_config(defaults, argv, types_=None):
                 raise ConfigError(f"config file {arg!r} not found (config files live in config/; "
                                   "overrides are written --key=value)")
             namespace = {"__file__": os.path.abspath(arg)}  # lets a config file include another beside it
-            with open(arg) as f:
-                code = compile(f.read(), arg, "exec")
-            exec(code, namespace)
+            _run_config_file(arg, namespace)
             for key, value in namespace.items():
                 if key.startswith("_") or isinstance(value, types.ModuleType) or callable(value):
                     continue  # imports, helpers and dunders are not settings

@@ -25,6 +25,8 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+import checkpoint
+
 
 @dataclass
 class GPTConfig:
@@ -416,29 +418,34 @@ def model_config_to_dict(config):
 
 # ---------------------------------------------------------------------- checkpoints
 
-def load_model(path, device="cpu", dropout=0.0):
+def load_model(path, device="cpu", dropout=0.0, allow_unsafe_pickle=False):
     """A model from any of: our training checkpoint (out_dir/ckpt.pt, or the out_dir holding it),
     a Hugging Face GPT-2 model directory (config.json + weights), or a GPT-2 hub name.
-    Returns (model, info) where info says what was loaded (e.g. the iteration of a checkpoint)."""
+    Returns (model, info) where info says what was loaded (e.g. the iteration of a checkpoint).
+    Checkpoints are read safely and verified (checkpoint.py); allow_unsafe_pickle opens older ones."""
     if os.path.isdir(path) and os.path.exists(os.path.join(path, "ckpt.pt")):
         path = os.path.join(path, "ckpt.pt")
+    if path.endswith(".pt") and not os.path.exists(path):
+        raise checkpoint.MissingFileError(f"no checkpoint file at {path}")
     if os.path.isfile(path):
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as e:
-            raise RuntimeError(f"could not read checkpoint {path}: {e}. The file is corrupt or not a "
-                               "torch checkpoint; use another checkpoint or retrain.") from e
-        if not isinstance(ckpt, dict) or "model" not in ckpt or "model_args" not in ckpt:
-            raise RuntimeError(f"{path} is not a disperse-gpt checkpoint (no 'model'/'model_args' entries)")
+        ckpt = checkpoint.read(path, allow_unsafe_pickle)
+        if "model" not in ckpt or "model_args" not in ckpt:
+            raise checkpoint.CheckpointError(f"{path} is not a disperse-gpt checkpoint (no 'model'/'model_args' entries)")
         config = model_config_from_dict(ckpt["model_args"])
         config.dropout = dropout
         model = GPT(config)
-        model.load_state_dict(ckpt["model"])
+        try:
+            model.load_state_dict(ckpt["model"])
+        except RuntimeError as e:
+            raise checkpoint.CheckpointError(f"{path}: its weights do not fit the model its model_args describe ({e})") from None
         info = {"source": "checkpoint", "path": path, "iter_num": ckpt.get("iter_num")}
     elif os.path.isdir(path) and os.path.exists(os.path.join(path, "config.json")) or not os.path.exists(path):
-        model = GPT.from_hf(path, dropout=dropout)
+        try:
+            model = GPT.from_hf(path, dropout=dropout)
+        except FileNotFoundError as e:  # neither a file of ours nor a Hugging Face folder or name
+            raise checkpoint.MissingFileError(str(e)) from None
         info = {"source": "huggingface", "path": path}
     else:
-        raise FileNotFoundError(f"{path}: not a checkpoint file, an out_dir with ckpt.pt, "
-                                "or a Hugging Face model directory with config.json")
+        raise checkpoint.MissingFileError(f"{path}: not a checkpoint file, an out_dir with ckpt.pt, "
+                                          "or a Hugging Face model directory with config.json")
     return model.to(device), info

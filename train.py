@@ -26,9 +26,11 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+import checkpoint
 import disperse
-from configurator import ConfigError, load_config
+from configurator import load_config
 from data.common import open_split, sample_batch
+from errors import InputError, MissingFileError, run_cli
 from model import GPT, GPTConfig, device_peak_flops, load_model, model_config_to_dict
 
 # -----------------------------------------------------------------------------
@@ -42,6 +44,7 @@ eval_only = False  # evaluate once and exit
 always_save_checkpoint = True  # save at every eval, not only when val loss improves
 keep_best = False  # also keep the checkpoint of the lowest val loss as ckpt_best.pt (selection by val, never test)
 init_from = "scratch"  # 'scratch', 'resume' (from out_dir), or a GPT-2: 'gpt2'..'gpt2-xl' or a local HF directory
+allow_unsafe_pickle = False  # open checkpoints not in the safe format (older or foreign files): that can run code
 seed = 1337
 # data
 dataset = "openwebtext"  # a folder under data/ or a path to a prepared folder (train.bin, val.bin, meta.json)
@@ -110,12 +113,10 @@ _types = {  # settings whose default (None, say) does not tell their type
 
 
 def main(argv):
-    try:
-        config = load_config(_defaults, argv, _types)
-    except ConfigError as e:
-        sys.exit(f"config error: {e}")
+    config = load_config(_defaults, argv, _types)
     globals().update(config)  # from here on the settings are plain names, as in nanoGPT
     check_settings()
+    check_input_files()
 
     # ------------------------------------------------------------------ processes and devices
     ddp = int(os.environ.get("RANK", -1)) != -1
@@ -147,16 +148,16 @@ def main(argv):
         torch.backends.cudnn.allow_tf32 = True
     if master:
         os.makedirs(out_dir, exist_ok=True)
+        for name in ("ckpt.pt.tmp", "ckpt_best.pt.tmp", "metrics.jsonl.tmp"):  # left by a run killed mid-write
+            if os.path.exists(os.path.join(out_dir, name)):
+                os.remove(os.path.join(out_dir, name))
         print(f"{world} process(es) on {device_type}, {ptdtype_name}; {tokens_per_iter:,} tokens per iteration "
               f"({gradient_accumulation_steps} micro-steps x {batch_size} x {block_size})")
 
     # ------------------------------------------------------------------ data
     data_dir = dataset if os.path.isdir(dataset) else os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", dataset)
-    try:
-        train_data = open_split(data_dir, "train", block_size, vocab_size)
-        val_data = open_split(data_dir, "val", block_size, vocab_size)
-    except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"data error: {e}")
+    train_data = open_split(data_dir, "train", block_size, vocab_size)  # also checks the largest token id
+    val_data = open_split(data_dir, "val", block_size, vocab_size)
 
     def get_batch(data, key):
         x, y = sample_batch(data, batch_size, block_size, key)
@@ -173,19 +174,20 @@ def main(argv):
         model = GPT(GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head,
                               n_embd=n_embd, dropout=dropout, bias=bias, n_inner=n_inner))
     elif init_from == "resume":
-        ckpt = read_checkpoint(ckpt_path)
-        model = GPT(GPTConfig(**{**ckpt["model_args"], "dropout": dropout}))
-        model.load_state_dict(ckpt["model"])
+        ckpt = read_checkpoint(ckpt_path)  # checksum verified, every number finite
+        with fits(ckpt_path, "model"):
+            model = GPT(GPTConfig(**{**ckpt["model_args"], "dropout": dropout}))
+            model.load_state_dict(ckpt["model"])
         iter_num, best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]
         if master:
             print(f"resuming from {ckpt_path} at iteration {iter_num}")
     else:
-        model, _ = load_model(init_from, dropout=dropout)  # a pretrained GPT-2
+        model, _ = load_model(init_from, dropout=dropout, allow_unsafe_pickle=allow_unsafe_pickle)  # a pretrained GPT-2
     if block_size < model.config.block_size:
         model.crop_block_size(block_size)
     if model.config.vocab_size != vocab_size:
-        sys.exit(f"config error: the model has vocab_size={model.config.vocab_size} but vocab_size={vocab_size}; "
-                 "set vocab_size to the model's")
+        raise InputError(f"the model has vocab_size={model.config.vocab_size} but vocab_size={vocab_size}; "
+                         "set vocab_size to the model's")
     model.to(dev)
     raw_model = model  # the module whose state_dict has clean names: no _orig_mod. or module. prefixes
     if master:
@@ -194,12 +196,14 @@ def main(argv):
     scaler = torch.amp.GradScaler(device_type, enabled=(ptdtype == torch.float16))
     optimizer = raw_model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
     if ckpt is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
+        with fits(ckpt_path, "optimizer state"):
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scaler.load_state_dict(ckpt["scaler"])
+            check_optimizer_state(optimizer)
 
     teacher = None
     if distill_from:
-        teacher, _ = load_model(distill_from, device=dev)
+        teacher, _ = load_model(distill_from, device=dev, allow_unsafe_pickle=allow_unsafe_pickle)
         teacher.eval().requires_grad_(False)
 
     if compile:
@@ -218,7 +222,8 @@ def main(argv):
         if len(states) != world and master:
             print(f"warning: the checkpoint holds RNG states of {len(states)} ranks, this run has {world}; "
                   "the resumed run will not repeat the original one exactly")
-        restore_rng(states[rank % len(states)], aux_gen)
+        with fits(ckpt_path, "RNG state"):
+            restore_rng(states[rank % len(states)], aux_gen)
     use_hidden = dispersion != "none"
     disp_options = dict(tau=dispersion_tau, eps=dispersion_eps, clamp=dispersion_clamp, margin=dispersion_margin,
                         norm_weight=dispersion_norm_weight, max_tokens=dispersion_max_tokens, generator=aux_gen)
@@ -312,7 +317,7 @@ def main(argv):
                 improved = losses["val"] < best_val_loss
                 if changed and not eval_only and (improved or always_save_checkpoint):
                     best_val_loss = min(best_val_loss, losses["val"])
-                    write_checkpoint(ckpt_path, {
+                    checkpoint.write(ckpt_path, {
                         "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                         "model_args": model_config_to_dict(raw_model.config), "iter_num": iter_num,
                         "best_val_loss": best_val_loss, "config": config, "rng": rng_states,
@@ -452,17 +457,6 @@ def peak_memory_mb(device_type):
 
 # ---------------------------------------------------------------------- checkpoints and RNG state
 
-def write_checkpoint(path, ckpt):
-    """Write to a temporary file, flush it to disk, then rename: a crash mid-write never leaves a
-    half-written ckpt.pt, and the previous checkpoint stays until the new one is complete."""
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        torch.save(ckpt, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def keep_copy(path, copy_path):
     """copy_path becomes a copy of path: a hard link where the file system allows (ckpt.pt is
     replaced by a rename at every save, so the link keeps the old file at no cost), else a copy."""
@@ -477,45 +471,115 @@ def keep_copy(path, copy_path):
 
 
 def read_checkpoint(path):
+    """The checkpoint to resume from, verified: its checksum, its entries, and finite numbers
+    everywhere in the model and optimizer states (a diverged run is not resumed)."""
     if not os.path.exists(path):
-        sys.exit(f"error: init_from='resume' but there is no checkpoint at {path}; check out_dir or start with init_from='scratch'")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        sys.exit(f"error: could not read checkpoint {path} ({type(e).__name__}: {e}); it is corrupt. "
-                 "Restore a copy or start again with init_from='scratch'.")
-    missing = [k for k in ("model", "optimizer", "model_args", "iter_num", "rng") if k not in ckpt]
+        raise MissingFileError(f"init_from='resume' but there is no checkpoint at {path}; "
+                               "check out_dir or start with init_from='scratch'")
+    ckpt = checkpoint.read(path, allow_unsafe_pickle)
+    missing = [k for k in ("model", "optimizer", "scaler", "model_args", "iter_num", "best_val_loss", "rng") if k not in ckpt]
     if missing:
-        sys.exit(f"error: checkpoint {path} lacks {missing}; it was not written by this train.py")
+        raise checkpoint.CheckpointError(f"checkpoint {path} lacks {missing}; it was not written by this train.py")
+    if not isinstance(ckpt["iter_num"], int) or ckpt["iter_num"] < 0 or not isinstance(ckpt["rng"], list) or not ckpt["rng"]:
+        raise checkpoint.CheckpointError(f"checkpoint {path}: iter_num={ckpt['iter_num']!r} or its RNG states are malformed")
+    checkpoint.check_finite({"model": ckpt["model"], "optimizer": ckpt["optimizer"]["state"]}, path)
     return ckpt
 
 
+@contextlib.contextmanager
+def fits(path, what):
+    """Loading a checkpoint's `what` into live objects: a mismatch is the file's fault, so it is
+    reported as such (with torch's own account of what did not fit), before any step runs."""
+    try:
+        yield
+    except InputError:
+        raise
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+        raise checkpoint.CheckpointError(f"checkpoint {path}: its {what} does not fit this run "
+                                         f"({type(e).__name__}: {e})") from None
+
+
+def check_optimizer_state(optimizer):
+    """AdamW's moments must have their parameter's shape (load_state_dict does not check it)."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for name, value in optimizer.state.get(p, {}).items():
+                if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != p.shape:
+                    raise ValueError(f"{name} has shape {tuple(value.shape)} for a parameter of shape {tuple(p.shape)}")
+
+
+def check_input_files():
+    """Files and folders named by settings exist, before anything is trained or overwritten."""
+    if probe_text and not os.path.isfile(probe_text):
+        raise MissingFileError(f"probe_text={probe_text!r}: no such file")
+    if eval_tasks:
+        from eval import tasks as T
+        try:
+            names = T.expand(eval_tasks)
+        except KeyError as e:
+            raise InputError(f"eval_tasks: {e.args[0]}") from None
+        missing = [n for n in names if not T.has_split(T.TASKS[n], T.TASKS[n].split, eval_data_dir)]
+        if missing:
+            raise MissingFileError(f"eval_tasks: no data for {', '.join(missing)} in eval_data_dir={eval_data_dir!r} "
+                                   "(it should hold <dataset>/<split>.jsonl files, e.g. shared/benchmarks)")
+
+
 def capture_rng(aux_gen):
+    """Every generator's state as tensors and lists of numbers: a checkpoint holds nothing else."""
+    kind, keys, pos, has_gauss, cached_gauss = np.random.get_state()
+    version, mt_state, gauss_next = random.getstate()
     return {
-        "torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+        "torch": torch.get_rng_state(), "numpy": [kind, keys.tolist(), pos, has_gauss, cached_gauss],
+        "python": [version, list(mt_state), gauss_next],
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         "aux": aux_gen.get_state(),
     }
 
 
 def restore_rng(state, aux_gen):
+    """Inverse of capture_rng (also reads the tuples and arrays of checkpoints older than format 1)."""
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, cached_gauss = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached_gauss))
+    version, mt_state, gauss_next = state["python"]
+    random.setstate((version, tuple(mt_state), gauss_next))
     if state["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
     aux_gen.set_state(state["aux"])
 
 
 def trim_metrics(path, keep_before):
-    """Drop log lines of iterations at or after keep_before (those are redone after a resume)."""
+    """Drop log lines of iterations at or after keep_before (those are redone after a resume).
+    The new log is written beside the old one and renamed over it, so a kill never loses it.
+    Only a cut last line (a kill mid-write; always of an iteration the resumed run redoes) is
+    dropped silently; any other unreadable line stops the run with the log untouched."""
     if not os.path.exists(path):
         return
     with open(path) as f:
-        lines = [line for line in f if line.strip() and json.loads(line)["iter"] < keep_before]
-    with open(path, "w") as f:
-        f.writelines(lines)
+        lines = f.readlines()
+    kept = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            it = record["iter"]
+        except (json.JSONDecodeError, TypeError, KeyError):
+            if n == len(lines) and not line.endswith("\n"):
+                continue
+            raise InputError(f"{path}, line {n}: not a log record ({line[:60].strip()!r}); fix or move "
+                             "that line (or the file) away and start again") from None
+        if it < keep_before:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    if kept == lines:
+        return
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(kept)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_cli(main, sys.argv[1:])

@@ -17,6 +17,7 @@ import sys
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from data.common import prepare_from_documents
+from errors import InputError, MissingFileError, run_cli
 
 
 def find_text_files(inputs, pattern=".txt"):
@@ -29,9 +30,9 @@ def find_text_files(inputs, pattern=".txt"):
         elif os.path.isfile(path):
             files.append(path)
         else:
-            raise FileNotFoundError(f"--input {path!r} is neither a file nor a folder")
+            raise MissingFileError(f"--input {path!r} is neither a file nor a folder")
     if not files:
-        raise FileNotFoundError(f"no {pattern} files found under {inputs}")
+        raise MissingFileError(f"no {pattern} files found under {', '.join(inputs)}; give .txt files or folders holding them")
     return files
 
 
@@ -62,16 +63,24 @@ def main(argv=None):
         parser.error(f"--val_fraction must be between 0 and 1, got {args.val_fraction}")
     train_docs, val_docs = [], []
     for path in find_text_files(args.input):
-        with open(path, encoding="utf-8") as f:
-            docs = split_into_documents(f.read(), args.doc_chars)
+        try:
+            with open(path, encoding="utf-8") as f:
+                docs = split_into_documents(f.read(), args.doc_chars)
+        except UnicodeDecodeError as e:
+            raise InputError(f"{path} is not UTF-8 text (byte {e.start}: {e.reason}); convert it or leave it out") from None
         n_val = max(1, round(len(docs) * args.val_fraction)) if len(docs) > 1 else 0
         train_docs += docs[: len(docs) - n_val]
         val_docs += docs[len(docs) - n_val:]
         print(f"{path}: {len(docs)} documents ({n_val} held out)")
+    if not train_docs:
+        raise InputError(f"no training documents left after holding out --val_fraction={args.val_fraction}; "
+                         "give more text or a smaller --val_fraction")
     if not val_docs:
-        raise ValueError("no validation documents: give more text or a larger --val_fraction")
+        raise InputError(f"no validation documents in {', '.join(args.input)}: a file is held out only if it has "
+                         "at least 2 documents; give more text (paragraphs separated by blank lines), "
+                         "a smaller --doc_chars or a larger --val_fraction")
     return prepare_from_documents(args.out_dir, train_docs, val_docs, source=" ".join(args.input))
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -16,7 +16,8 @@ import numpy as np
 
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from data.common import EOT_TOKEN, get_tokenizer, write_meta, write_tokens
+from data.common import EOT_TOKEN, get_tokenizer, max_token_id, remove_leftovers, write_meta, write_tokens
+from errors import InputError, MissingFileError, run_cli
 
 NUM_PROC = max(1, (os.cpu_count() or 2) // 2)
 
@@ -45,11 +46,13 @@ def main(argv=None):
     try:
         from datasets import Dataset, load_dataset
     except ImportError as e:
-        raise ImportError("OpenWebText preparation uses `pip install datasets`") from e
+        raise InputError("OpenWebText preparation uses `pip install datasets`") from None
     if args.input:
+        if not os.path.isdir(args.input):
+            raise MissingFileError(f"--input {args.input}: no such folder")
         names = sorted(n for n in os.listdir(args.input) if n.endswith(".txt"))
         if not names:
-            raise FileNotFoundError(f"no .txt files in {args.input}")
+            raise MissingFileError(f"no .txt files in {args.input}")
         texts = [open(os.path.join(args.input, n), encoding="utf-8").read() for n in names]
         dataset = Dataset.from_dict({"text": texts})
     else:
@@ -57,14 +60,16 @@ def main(argv=None):
     split = dataset.train_test_split(test_size=0.0005, seed=2357, shuffle=True)
     summary = {"source": args.input or "openwebtext"}
     os.makedirs(args.out_dir, exist_ok=True)
+    remove_leftovers(args.out_dir)
     for name, dset in (("train", split["train"]), ("val", split["test"])):
         nbytes = sum(len(t.encode("utf-8")) for t in dset["text"]) if args.input else None
         tokenized = dset.map(tokenize, remove_columns=["text"], desc=f"tokenizing {name}", num_proc=args.num_proc)
-        n_tokens = write_hf_split(tokenized, os.path.join(args.out_dir, f"{name}.bin"))
-        summary[name] = {"documents": len(dset), "tokens": n_tokens, "bytes": nbytes}
+        path = os.path.join(args.out_dir, f"{name}.bin")
+        n_tokens = write_hf_split(tokenized, path)
+        summary[name] = {"documents": len(dset), "tokens": n_tokens, "max_token_id": max_token_id(path), "bytes": nbytes}
         print(f"{name}: {len(dset):,} documents, {n_tokens:,} tokens" + (f", {nbytes:,} bytes" if nbytes else ""))
     write_meta(args.out_dir, **summary)
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -13,6 +13,7 @@ import urllib.request
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from data.common import prepare_from_documents
+from errors import InputError, MissingFileError, run_cli
 
 URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 
@@ -29,7 +30,9 @@ def main(argv=None):
             try:
                 urllib.request.urlretrieve(URL, args.input)
             except OSError as e:
-                raise RuntimeError(f"download failed ({e}); offline, pass --input with a local copy") from e
+                raise InputError(f"download of {URL} failed ({e}); offline, pass --input with a local copy") from None
+    if not os.path.isfile(args.input):
+        raise MissingFileError(f"--input {args.input}: no such file")
     with open(args.input, encoding="utf-8") as f:
         text = f.read()
     n = int(0.9 * len(text))
@@ -38,4 +41,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

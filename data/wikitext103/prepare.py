@@ -19,6 +19,7 @@ import sys
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from data.common import prepare_from_documents
+from errors import InputError, MissingFileError, run_cli
 
 HEADING = re.compile(r"^ = [^=].* = $")
 
@@ -56,17 +57,17 @@ def main(argv=None):
     if args.input:
         train_lines, val_lines = read_local(args.input, "train"), read_local(args.input, "valid")
         if val_lines is None:
-            raise FileNotFoundError(f"no wiki.valid.raw or valid.raw in {args.input}")
+            raise MissingFileError(f"no wiki.valid.raw or valid.raw in {args.input}")
         if train_lines is None:
             if not args.train_from_valid:
-                raise FileNotFoundError(f"no wiki.train.raw or train.raw in {args.input} "
+                raise MissingFileError(f"no wiki.train.raw or train.raw in {args.input} "
                                         "(pass --train_from_valid to train on the validation text for a smoke test)")
             train_lines = val_lines
     else:
         try:
             from datasets import load_dataset
         except ImportError as e:
-            raise ImportError("downloading WikiText-103 needs `pip install datasets`; offline, pass --input") from e
+            raise InputError("downloading WikiText-103 needs `pip install datasets`; offline, pass --input") from None
         ds = load_dataset("Salesforce/wikitext", "wikitext-103-raw-v1")
         train_lines, val_lines = ds["train"]["text"], ds["validation"]["text"]
     return prepare_from_documents(args.out_dir, articles(train_lines), articles(val_lines),
@@ -74,4 +75,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

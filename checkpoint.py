@@ -1,0 +1,168 @@
+"""
+Checkpoint files: what they hold, how they are written, and how they are read.
+
+A checkpoint is a torch.save file of one dict whose values are tensors and plain Python
+types (dict, list, tuple, str, int, float, bool, None) and nothing else, so it is read with
+torch.load(weights_only=True): that unpickler builds only those types, and opening a
+checkpoint, even one from a stranger, cannot run code. Two entries sit beside the payload:
+
+    format   "disperse-gpt-checkpoint/1"
+    sha256   digest of every other entry: each tensor's dtype, shape and bytes, each plain
+             value, in order. Checked on every read: a damaged file is an error that names
+             it, not a model with silently different weights (zip's CRCs are not checked
+             by torch.load).
+
+Writes go to PATH.tmp, are flushed to disk, then renamed over PATH, so a crash at any
+moment leaves either the old checkpoint or the new one, never half of one.
+
+Files in no format (written before this one, which pickled numpy's and Python's RNG
+states, or by another program) can only be opened by full unpickling, which runs any code
+the file carries. read(path, allow_unsafe_pickle=True) does that after a warning; do it
+only for files you made yourself or whose source you trust.
+"""
+
+import hashlib
+import os
+
+import torch
+
+from errors import InputError, MissingFileError
+
+FORMAT = "disperse-gpt-checkpoint/1"
+UNSAFE_HINT = ("if you made this file yourself or trust its source, open it with the allow-unsafe-pickle "
+               "option (train.py, sample.py: --allow_unsafe_pickle=True; python -m eval.*: "
+               "--allow-unsafe-pickle; Python: allow_unsafe_pickle=True); the next checkpoint a resumed "
+               "run writes is in the safe format")
+
+
+class CheckpointError(InputError):
+    """A checkpoint that cannot be read or trusted; the message names the file."""
+
+
+def _feed(h, obj, where):
+    """Feed obj into the hash h, unambiguously: a type tag, then a length or the value."""
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous().reshape(-1)
+        h.update(f"T{t.dtype}{tuple(obj.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().data)
+    elif isinstance(obj, dict):
+        h.update(f"d{len(obj)}".encode())
+        for k, v in obj.items():
+            _feed(h, k, where)
+            _feed(h, v, f"{where}.{k}")
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"{'l' if isinstance(obj, list) else 't'}{len(obj)}".encode())
+        for i, v in enumerate(obj):
+            _feed(h, v, f"{where}[{i}]")
+    elif isinstance(obj, str):
+        data = obj.encode()
+        h.update(f"s{len(data)}:".encode() + data)
+    elif obj is None or isinstance(obj, (bool, int, float, torch.dtype)):
+        text = repr(obj).encode()  # repr(float) round-trips exactly
+        h.update(f"{type(obj).__name__}{len(text)}:".encode() + text)
+    else:
+        raise TypeError(f"checkpoint entry {where} is a {type(obj).__module__}.{type(obj).__name__}; a checkpoint "
+                        "holds only tensors and plain Python types (convert it, e.g. numpy arrays with .tolist())")
+
+
+def digest(payload):
+    """sha256 hex digest of a checkpoint's contents (every entry but 'sha256')."""
+    h = hashlib.sha256()
+    _feed(h, {k: v for k, v in payload.items() if k != "sha256"}, "checkpoint")
+    return h.hexdigest()
+
+
+def write(path, payload):
+    """Write payload (a dict of tensors and plain types) atomically, with its format and checksum."""
+    ckpt = {"format": FORMAT, **payload}
+    ckpt["sha256"] = digest(ckpt)  # also refuses anything that is not a tensor or a plain type
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        torch.save(ckpt, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    try:  # make the rename itself durable (POSIX; a no-op elsewhere)
+        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def read(path, allow_unsafe_pickle=False):
+    """The payload of the checkpoint at path (its entries but 'format' and 'sha256'), on the CPU,
+    after checking its format and checksum. The file is only read, never changed."""
+    if not os.path.isfile(path):
+        raise MissingFileError(f"no checkpoint file at {path}")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic[:2] != b"PK" and magic[:1] != b"\x80":  # torch.save writes a zip file (or, long ago, a pickle)
+        raise CheckpointError(f"{path} is not a torch checkpoint (it starts with bytes {magic!r}): it is "
+                              "truncated, zeroed or another kind of file. Restore a copy or train again.")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        refused = "Weights only load failed" in str(e) or "legacy .tar format" in str(e)
+        if not refused:
+            raise CheckpointError(f"could not read checkpoint {path} ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                                  "it is truncated or damaged. Restore a copy or train again.") from None
+        if not allow_unsafe_pickle:
+            found = [line.strip() for line in str(e).splitlines() if "Unsupported global" in line]
+            raise CheckpointError(
+                f"{path} is not a safe checkpoint: it holds pickled Python objects ({found[0] if found else 'legacy format'}), "
+                "and unpickling them can run arbitrary code. It was written by an older disperse-gpt or by "
+                f"another program; {UNSAFE_HINT}.") from None
+        ckpt = _unsafe_load(path)
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path} holds a {type(ckpt).__name__}, not a checkpoint (a dict with 'model', "
+                              "'model_args', ...); it was not written by this project's train.py")
+    if "sha256" not in ckpt:
+        if not allow_unsafe_pickle:
+            raise CheckpointError(f"{path} has no checksum (format {ckpt.get('format', 'none')!r}), so its contents "
+                                  f"cannot be verified; {UNSAFE_HINT}.")
+        print(f"warning: {path} has no checksum: its contents cannot be verified", flush=True)
+        return ckpt
+    if ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path} has format {ckpt.get('format')!r}; this code reads {FORMAT!r} "
+                              "(update disperse-gpt to read newer checkpoints)")
+    stored = ckpt.pop("sha256")
+    try:
+        actual = digest(ckpt)
+    except TypeError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    if actual != stored:
+        raise CheckpointError(f"{path} is damaged: its contents do not match the checksum stored in it (sha256 "
+                              f"{actual[:16]}... instead of {stored[:16]}...). It was left as it is; restore a copy "
+                              "(e.g. ckpt_best.pt) or train again.")
+    del ckpt["format"]
+    return ckpt
+
+
+def _unsafe_load(path):
+    print(f"warning: opening {path} with full unpickling (allow_unsafe_pickle): this runs any code the file "
+          "carries. Do this only for files you made yourself or whose source you trust.", flush=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise CheckpointError(f"could not read checkpoint {path} ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                              "it is truncated or damaged. Restore a copy or train again.") from None
+
+
+def check_finite(tensors, path):
+    """Raise CheckpointError if any floating-point tensor in a nested dict/list holds NaN or inf."""
+    def walk(obj, where):
+        if isinstance(obj, torch.Tensor):
+            if obj.is_floating_point() and not torch.isfinite(obj).all():
+                bad = (~torch.isfinite(obj)).sum().item()
+                raise CheckpointError(f"{path}: {where} holds {bad} non-finite values (NaN or inf); the training "
+                                      "that wrote it had diverged. Resume from an earlier copy or train again.")
+        elif isinstance(obj, dict):
+            for k, v in obj.items():
+                walk(v, f"{where}.{k}")
+        elif isinstance(obj, (list, tuple)):
+            for i, v in enumerate(obj):
+                walk(v, f"{where}[{i}]")
+    walk(tensors, "checkpoint")

@@ -1,0 +1,32 @@
+"""
+How every command-line tool reports a bad input: one message on stderr, exit status 1, no traceback.
+
+Library code raises InputError (or a subclass) when something the user gave is wrong: a
+setting, a file, a folder, a line of a file. Its message says what is wrong, where (the file,
+line or key) and how to fix it. Each CLI's entry point is
+
+    if __name__ == "__main__":
+        run_cli(main)
+
+and run_cli prints an InputError as "error: <message>". Every other exception is a bug and
+keeps its traceback. The classes subclass ValueError (and FileNotFoundError for a missing
+file), so callers that catch those keep working.
+"""
+
+import sys
+
+
+class InputError(ValueError):
+    """Something the user gave is wrong; str(e) says what, where, and how to fix it."""
+
+
+class MissingFileError(InputError, FileNotFoundError):
+    """An input file or folder that is not there."""
+
+
+def run_cli(main, argv=None):
+    """main(argv), with an InputError turned into one line on stderr and exit status 1."""
+    try:
+        return main(argv)
+    except InputError as e:
+        sys.exit(f"error: {e}")
