@@ -12,8 +12,9 @@ import sys
 
 import torch
 
-from configurator import ConfigError, load_config
+from configurator import load_config
 from data.common import get_tokenizer
+from errors import InputError, MissingFileError, run_cli
 from model import load_model
 
 # -----------------------------------------------------------------------------
@@ -28,16 +29,16 @@ seed = 1337
 device = "auto"
 dtype = "auto"  # auto: bfloat16 on CUDA where supported, else float32
 compile = False
+allow_unsafe_pickle = False  # open checkpoints not in the safe format (older or foreign files): that can run code
 # -----------------------------------------------------------------------------
 _defaults = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))}
 
 
 def main(argv):
-    try:
-        config = load_config(_defaults, argv)
-    except ConfigError as e:
-        sys.exit(f"config error: {e}")
+    config = load_config(_defaults, argv)
     globals().update(config)
+    if dtype not in ("auto", "float32", "bfloat16", "float16"):
+        raise InputError(f"dtype={dtype!r}; choose auto, float32, bfloat16 or float16")
     dev = device
     if dev == "auto":
         dev = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
@@ -47,17 +48,25 @@ def main(argv):
 
     path = out_dir if init_from == "resume" else init_from
     if init_from == "resume" and not os.path.exists(os.path.join(out_dir, "ckpt.pt")):
-        sys.exit(f"error: no checkpoint at {os.path.join(out_dir, 'ckpt.pt')}; train first or set --out_dir")
-    model, info = load_model(path, device=dev)
+        raise MissingFileError(f"no checkpoint at {os.path.join(out_dir, 'ckpt.pt')}; train first or set --out_dir")
+    prompt = start
+    if prompt.startswith("FILE:"):
+        if not os.path.isfile(prompt[5:]):
+            raise MissingFileError(f"start={start!r}: no such file {prompt[5:]!r}")
+        with open(prompt[5:], encoding="utf-8") as f:
+            prompt = f.read()
+    model, info = load_model(path, device=dev, allow_unsafe_pickle=allow_unsafe_pickle)
     model.eval()
     if compile:
         model = torch.compile(model)
     enc = get_tokenizer()
-    prompt = start
-    if prompt.startswith("FILE:"):
-        with open(prompt[5:], encoding="utf-8") as f:
-            prompt = f.read()
     ids = enc.encode(prompt, allowed_special={"<|endoftext|>"})
+    if not ids:
+        raise InputError(f"start={start!r} is an empty prompt; give at least one character (the default is a newline)")
+    if max(ids) >= model.config.vocab_size:
+        raise InputError(f"the prompt has GPT-2 token id {max(ids)} but the model {path} has vocab_size="
+                         f"{model.config.vocab_size}; it was trained on other token ids, so sample it with a prompt "
+                         "of ids below that (this script encodes prompts with GPT-2's tokenizer)")
     x = torch.tensor(ids, dtype=torch.long, device=dev)[None, ...]  # (1, T)
     generator = torch.Generator(device=dev).manual_seed(seed)
     autocast = torch.autocast(device_type=device_type, dtype=ptdtype) if ptdtype != torch.float32 else torch.no_grad()
@@ -69,4 +78,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_cli(main, sys.argv[1:])

@@ -29,6 +29,7 @@ from dataclasses import replace
 
 import torch
 
+from errors import InputError, MissingFileError, run_cli
 from eval import tasks as T
 from eval.scoring import (encode_pair, rolling_windows, score_items, mean, mean_stderr, pooled_stderr,
                           pick_choice, perplexity_and_stderr, weighted_perplexities, EOT_TOKEN)
@@ -47,7 +48,7 @@ def load_task_docs(task, data_dir, wikitext=None, download=True, cache=None):
         try:
             return T.load_split(task, task.split, data_dir, download=download, cache=cache)
         except FileNotFoundError as e:
-            raise FileNotFoundError(f"{e} For wikitext, or give the raw WikiText test file with --wikitext "
+            raise MissingFileError(f"{e} For wikitext, or give the raw WikiText test file with --wikitext "
                                     "(env DISPERSE_WIKITEXT_TEST), e.g. shared/corpus/wikitext103/test.raw.") from None
     return T.load_split(task, task.split, data_dir, download=download, cache=cache)
 
@@ -113,7 +114,10 @@ def evaluate(model, tasks, data_dir=None, limit=None, num_fewshot=0, batch_size=
         sampling_task, pool, matches = task, None, True
         if k > 0:
             sampling_task, pool, matches = fewshot_pool(task, docs_all, data_dir, download, file_cache)
-        items = T.build_items(sampling_task, docs, k, pool, seed)
+        try:
+            items = T.build_items(sampling_task, docs, k, pool, seed)
+        except KeyError as e:
+            raise T.missing_field(task, data_dir, e) from None
         task_info[name] = {"num_fewshot": k, "split": task.split,
                            "fewshot_split": (None if k == 0 else task.fewshot_split if matches else task.split),
                            "fewshot_matches_lm_eval": matches}
@@ -280,10 +284,21 @@ def main(argv=None):
                    help="autocast dtype on cuda (log-softmax stays float32)")
     p.add_argument("--seed", type=int, default=1234, help="few-shot sampling seed (lm-eval's default 1234)")
     p.add_argument("--no-download", action="store_true", help="never fetch missing files from the hub")
+    p.add_argument("--allow-unsafe-pickle", action="store_true",
+                   help="open a checkpoint not in the safe format (older or foreign): unpickling it can run code")
     args = p.parse_args(argv)
+    try:  # the cheap checks first: nothing is loaded before the inputs are known to be there
+        T.expand(args.tasks)
+    except KeyError as e:
+        raise InputError(f"--tasks: {e.args[0]}") from None
+    if args.data_dir and not os.path.isdir(args.data_dir):
+        raise MissingFileError(f"--data-dir {args.data_dir}: no such folder (it should hold <dataset>/<split>.jsonl "
+                               "files, e.g. shared/benchmarks)")
+    if args.wikitext and not os.path.isfile(args.wikitext):
+        raise MissingFileError(f"--wikitext {args.wikitext}: no such file")
 
     from model import load_model
-    model, info = load_model(args.ckpt, args.device)
+    model, info = load_model(args.ckpt, args.device, allow_unsafe_pickle=args.allow_unsafe_pickle)
     tasks = args.tasks
     if args.paper_protocol:
         num_fewshot = paper_protocol_shots(1 if args.num_fewshot is None else args.num_fewshot)
@@ -307,4 +322,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -68,6 +68,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from errors import InputError, run_cli
 from model import GPT, load_model
 
 NORM_FLOOR = 1e-3  # rows are divided by max(||x||, 1e-3), as in the paper's code
@@ -135,7 +136,7 @@ def sample_sequences(token_ids, n_seq, seq_len, seed=0):
     with seed + r (so window r does not depend on n_seq), moved back if needed to fit the text."""
     n = len(token_ids)
     if n < seq_len:
-        raise ValueError(f"the text has {n} tokens, fewer than seq_len={seq_len}; use a longer text or a shorter --seq-len")
+        raise InputError(f"the text has {n} tokens, fewer than seq_len={seq_len}; use a longer text or a shorter --seq-len")
     last_start = min(int(0.95 * n), n - seq_len)
     out = np.empty((n_seq, seq_len), dtype=np.int64)
     for r in range(n_seq):
@@ -420,6 +421,8 @@ def main(argv=None):
     parser.add_argument("--label", default=None, help="name in plot titles; default: the checkpoint's folder name")
     parser.add_argument("--backend", choices=("ours", "transformers"), default="ours",
                         help="ours: load into model.py's GPT; transformers: AutoModel (any architecture)")
+    parser.add_argument("--allow-unsafe-pickle", action="store_true",
+                        help="open a checkpoint not in the safe format (older or foreign): unpickling it can run code")
     args = parser.parse_args(argv)
 
     text_path = args.text or os.environ.get("DISPERSE_WIKITEXT")
@@ -437,7 +440,7 @@ def main(argv=None):
     t0 = time.time()
     encode, tokenizer = None, "tiktoken gpt2"
     if args.backend == "ours":
-        model, info = load_model(args.ckpt, args.device)
+        model, info = load_model(args.ckpt, args.device, allow_unsafe_pickle=args.allow_unsafe_pickle)
     else:
         model, encode, tokenizer = _load_transformers(args.ckpt, args.device)
         info = {"source": "transformers", "path": args.ckpt}
@@ -452,7 +455,10 @@ def main(argv=None):
         print(f"--seq-len {seq_len} is longer than the model's context of {ctx} tokens: using {ctx}")
         seq_len = ctx
     tokens = read_tokens(text_path, encode)
-    sequences = sample_sequences(tokens, args.n_seq, seq_len, args.seed)  # (R, S)
+    try:
+        sequences = sample_sequences(tokens, args.n_seq, seq_len, args.seed)  # (R, S)
+    except InputError as e:
+        raise InputError(f"--text {text_path}: {e}") from None
     print(f"probing {args.ckpt} ({n_layer} layers) on {args.n_seq} x {seq_len} tokens of {text_path} "
           f"({len(tokens):,} tokens)")
 
@@ -484,4 +490,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

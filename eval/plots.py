@@ -24,6 +24,8 @@ import re
 
 import numpy as np
 
+from errors import InputError, MissingFileError, run_cli
+
 
 def _new_figure(n_panels, panel_width, panel_height):
     """A figure on the Agg canvas with n_panels axes side by side."""
@@ -198,8 +200,19 @@ def plot_training(metrics_paths, labels=None, path="training_curves.png"):
 # ---------------------------------------------------------------------- command line
 
 def _load_result(path):
-    with open(path) as f:
-        return json.load(f)
+    """A condensation.json, checked for what the figures read."""
+    try:
+        with open(path) as f:
+            result = json.load(f)
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}, line {e.lineno}: not valid JSON ({e.msg}); give a condensation.json "
+                         "written by python -m eval.condensation") from None
+    layers = result.get("layers") if isinstance(result, dict) else None
+    if not (isinstance(layers, list) and layers and "hist_edges" in result
+            and all(isinstance(l, dict) and {"layer_fraction", "hist", "mean_cos"} <= l.keys() for l in layers)):
+        raise InputError(f"{path} is not a condensation probe result (it needs 'layers' with layer_fraction, hist "
+                         "and mean_cos, and 'hist_edges'); give a condensation.json written by python -m eval.condensation")
+    return result
 
 
 def main(argv=None):
@@ -212,6 +225,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.labels and len(args.labels) != len(args.files):
         parser.error(f"{len(args.labels)} labels for {len(args.files)} files")
+    for path in args.files:
+        if not os.path.isfile(path):
+            raise MissingFileError(f"{path}: no such file")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise InputError("the figures need matplotlib: pip install matplotlib") from None
 
     if args.kind == "training":
         panels = plot_training(args.files, args.labels, args.out)
@@ -226,4 +246,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

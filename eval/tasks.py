@@ -24,6 +24,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable
 
+from errors import InputError, MissingFileError
+
 
 @dataclass
 class Task:
@@ -445,8 +447,36 @@ def build_items(task, docs, num_fewshot=0, fewshot_docs=None, seed=1234):
 # ----------------------------------------------------------------------------- data
 
 def read_jsonl(path):
+    """The rows of a JSONL file; a line that is not a JSON object is an error naming the file and line."""
+    rows = []
     with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"{path}, line {n}: not valid JSON ({e.msg}, column {e.colno}); the file is cut "
+                                 "or damaged: fetch or copy it again") from None
+            if not isinstance(row, dict):
+                raise InputError(f"{path}, line {n}: a {type(row).__name__}, expected a JSON object (one row per line)")
+            rows.append(row)
+    return rows
+
+
+def missing_field(task, data_dir, error):
+    """The InputError for a KeyError raised while reading a task's rows: which file, line and field."""
+    name = error.args[0] if error.args else None
+    for split in dict.fromkeys((task.split, task.fewshot_split)):
+        path = split and split_path(data_dir, task.dataset, split)
+        if not path:
+            continue
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if line.strip() and name not in json.loads(line):
+                    return InputError(f"{task.name}: {path}, line {n}: the row has no field {name!r}; every row of "
+                                      f"this file needs the fields of the {task.hf[0] if task.hf else task.dataset} dataset")
+    return InputError(f"{task.name}: a row of its {task.dataset} files lacks the field {name!r} (or a field inside it)")
 
 
 def default_cache_dir():
@@ -511,7 +541,7 @@ def load_split(task, split, data_dir, download=True, cache=None):
         except Exception as e:  # no `datasets`, no network, unknown split...
             print(f"note: could not download {task.dataset}/{split} from the hub ({type(e).__name__}: {e})")
     if path is None:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{task.name}: missing {os.path.join(data_dir or '<data-dir>', task.dataset, split + '.jsonl')}. "
             "Point --data-dir (or env DISPERSE_BENCHMARKS) at a folder of <dataset>/<split>.jsonl files "
             "(e.g. shared/benchmarks), or go online with `datasets` installed to download it.")
@@ -519,10 +549,13 @@ def load_split(task, split, data_dir, download=True, cache=None):
         rows = read_jsonl(path)
     else:
         rows = cache[path] = cache[path] if path in cache else read_jsonl(path)
-    if task.doc_filter is not None:
-        rows = [r for r in rows if task.doc_filter(r)]
-    if task.process_docs is not None:
-        rows = task.process_docs(rows)
+    try:
+        if task.doc_filter is not None:
+            rows = [r for r in rows if task.doc_filter(r)]
+        if task.process_docs is not None:
+            rows = task.process_docs(rows)
+    except KeyError as e:
+        raise missing_field(task, data_dir, e) from None
     return rows
 
 
