@@ -23,6 +23,7 @@ only for files you made yourself or whose source you trust.
 
 import hashlib
 import os
+import re
 
 import torch
 
@@ -92,9 +93,12 @@ def write(path, payload):
         pass
 
 
-def read(path, allow_unsafe_pickle=False):
+def read(path, allow_unsafe_pickle=False, require_checksum=True):
     """The payload of the checkpoint at path (its entries but 'format' and 'sha256'), on the CPU,
-    after checking its format and checksum. The file is only read, never changed."""
+    after checking its format and checksum. The file is only read, never changed.
+    require_checksum=False lets a file of plain tensors without a checksum (written by other
+    code; opening it runs nothing) through with a warning: fine for looking at a model, not
+    for resuming a run that will overwrite it."""
     if not os.path.isfile(path):
         raise MissingFileError(f"no checkpoint file at {path}")
     with open(path, "rb") as f:
@@ -107,12 +111,13 @@ def read(path, allow_unsafe_pickle=False):
     except Exception as e:
         refused = "Weights only load failed" in str(e) or "legacy .tar format" in str(e)
         if not refused:
-            raise CheckpointError(f"could not read checkpoint {path} ({type(e).__name__}: {str(e).splitlines()[0]}); "
+            raise CheckpointError(f"could not read checkpoint {path} ({_first_sentence(e)}); "
                                   "it is truncated or damaged. Restore a copy or train again.") from None
         if not allow_unsafe_pickle:
-            found = [line.strip() for line in str(e).splitlines() if "Unsupported global" in line]
+            found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
             raise CheckpointError(
-                f"{path} is not a safe checkpoint: it holds pickled Python objects ({found[0] if found else 'legacy format'}), "
+                f"{path} is not a safe checkpoint: it holds pickled Python objects "
+                f"({'such as ' + found.group(1) if found else 'in the legacy format'}), "
                 "and unpickling them can run arbitrary code. It was written by an older disperse-gpt or by "
                 f"another program; {UNSAFE_HINT}.") from None
         ckpt = _unsafe_load(path)
@@ -120,10 +125,11 @@ def read(path, allow_unsafe_pickle=False):
         raise CheckpointError(f"{path} holds a {type(ckpt).__name__}, not a checkpoint (a dict with 'model', "
                               "'model_args', ...); it was not written by this project's train.py")
     if "sha256" not in ckpt:
-        if not allow_unsafe_pickle:
+        if require_checksum and not allow_unsafe_pickle:
             raise CheckpointError(f"{path} has no checksum (format {ckpt.get('format', 'none')!r}), so its contents "
                                   f"cannot be verified; {UNSAFE_HINT}.")
-        print(f"warning: {path} has no checksum: its contents cannot be verified", flush=True)
+        print(f"warning: {path} has no checksum (it was not written by checkpoint.py), so damage in it "
+              "cannot be detected", flush=True)
         return ckpt
     if ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} has format {ckpt.get('format')!r}; this code reads {FORMAT!r} "
@@ -141,13 +147,17 @@ def read(path, allow_unsafe_pickle=False):
     return ckpt
 
 
+def _first_sentence(error):
+    return f"{type(error).__name__}: {str(error).splitlines()[0].split('. ')[0]}" if str(error) else type(error).__name__
+
+
 def _unsafe_load(path):
     print(f"warning: opening {path} with full unpickling (allow_unsafe_pickle): this runs any code the file "
           "carries. Do this only for files you made yourself or whose source you trust.", flush=True)
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
-        raise CheckpointError(f"could not read checkpoint {path} ({type(e).__name__}: {str(e).splitlines()[0]}); "
+        raise CheckpointError(f"could not read checkpoint {path} ({_first_sentence(e)}); "
                               "it is truncated or damaged. Restore a copy or train again.") from None
 
 

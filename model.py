@@ -428,7 +428,7 @@ def load_model(path, device="cpu", dropout=0.0, allow_unsafe_pickle=False):
     if path.endswith(".pt") and not os.path.exists(path):
         raise checkpoint.MissingFileError(f"no checkpoint file at {path}")
     if os.path.isfile(path):
-        ckpt = checkpoint.read(path, allow_unsafe_pickle)
+        ckpt = checkpoint.read(path, allow_unsafe_pickle, require_checksum=False)  # only read, never overwritten
         if "model" not in ckpt or "model_args" not in ckpt:
             raise checkpoint.CheckpointError(f"{path} is not a disperse-gpt checkpoint (no 'model'/'model_args' entries)")
         config = model_config_from_dict(ckpt["model_args"])

@@ -276,6 +276,10 @@ def main(argv):
         if probe_text:
             from data.common import get_tokenizer
             probe_tokens = read_tokens(probe_text, get_tokenizer().encode_ordinary)
+            if len(probe_tokens) and probe_tokens.max() >= vocab_size:
+                raise InputError(f"probe_text={probe_text!r} is encoded with GPT-2's tokenizer, which gives ids up "
+                                 f"to {probe_tokens.max()}, but vocab_size={vocab_size}; leave probe_text empty to probe "
+                                 "the dataset's val.bin")
         else:
             probe_tokens = val_data
         probe_set = sample_sequences(probe_tokens, probe_n_seq, min(probe_seq_len, block_size), seed=0)
@@ -317,7 +321,7 @@ def main(argv):
                 improved = losses["val"] < best_val_loss
                 if changed and not eval_only and (improved or always_save_checkpoint):
                     best_val_loss = min(best_val_loss, losses["val"])
-                    checkpoint.write(ckpt_path, {
+                    write_checkpoint(ckpt_path, {
                         "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                         "model_args": model_config_to_dict(raw_model.config), "iter_num": iter_num,
                         "best_val_loss": best_val_loss, "config": config, "rng": rng_states,
@@ -470,6 +474,9 @@ def keep_copy(path, copy_path):
     os.replace(tmp, copy_path)
 
 
+write_checkpoint = checkpoint.write  # atomic, with its checksum
+
+
 def read_checkpoint(path):
     """The checkpoint to resume from, verified: its checksum, its entries, and finite numbers
     everywhere in the model and optimizer states (a diverged run is not resumed)."""
@@ -518,6 +525,9 @@ def check_input_files():
             names = T.expand(eval_tasks)
         except KeyError as e:
             raise InputError(f"eval_tasks: {e.args[0]}") from None
+        if vocab_size < 50257:
+            raise InputError(f"eval_tasks: the benchmarks are encoded with GPT-2's tokenizer (50257 ids) but "
+                             f"vocab_size={vocab_size}; train with vocab_size >= 50257 or leave eval_tasks empty")
         missing = [n for n in names if not T.has_split(T.TASKS[n], T.TASKS[n].split, eval_data_dir)]
         if missing:
             raise MissingFileError(f"eval_tasks: no data for {', '.join(missing)} in eval_data_dir={eval_data_dir!r} "

@@ -299,6 +299,9 @@ def main(argv=None):
 
     from model import load_model
     model, info = load_model(args.ckpt, args.device, allow_unsafe_pickle=args.allow_unsafe_pickle)
+    if model.config.vocab_size <= EOT_TOKEN:
+        raise InputError(f"{args.ckpt}: the model has vocab_size={model.config.vocab_size}, but the benchmarks are "
+                         f"encoded with GPT-2's tokenizer (ids up to {EOT_TOKEN}); score a model trained on GPT-2 tokens")
     tasks = args.tasks
     if args.paper_protocol:
         num_fewshot = paper_protocol_shots(1 if args.num_fewshot is None else args.num_fewshot)

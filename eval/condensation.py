@@ -455,6 +455,9 @@ def main(argv=None):
         print(f"--seq-len {seq_len} is longer than the model's context of {ctx} tokens: using {ctx}")
         seq_len = ctx
     tokens = read_tokens(text_path, encode)
+    if isinstance(model, GPT) and len(tokens) and int(tokens.max()) >= model.config.vocab_size:
+        raise InputError(f"--text {text_path} holds token id {int(tokens.max())} but the model {args.ckpt} has "
+                         f"vocab_size={model.config.vocab_size}; probe it with text in its own token ids (a prepared .bin file)")
     try:
         sequences = sample_sequences(tokens, args.n_seq, seq_len, args.seed)  # (R, S)
     except InputError as e:

@@ -42,6 +42,8 @@ def test_local_prepare_round_trip(shared, tmp_path):
     assert meta["train"]["tokens"] == len(np.fromfile(out / "train.bin", dtype=np.uint16)) == summary["train"]["tokens"]
     assert meta["train"]["documents"] == 3 and meta["val"]["documents"] == 2
     assert meta["vocab_size"] == 50257 and meta["dtype"] == "uint16"
+    for split in ("train", "val"):
+        assert meta[split]["max_token_id"] == int(np.fromfile(out / f"{split}.bin", dtype=np.uint16).max())
 
 
 def test_shakespeare_and_wikitext_prepare_offline(shared, tmp_path):
@@ -107,3 +109,18 @@ def test_batches_are_stateless_and_shifted(tmp_path):
     x3, _ = sample_batch(data, 4, 16, (1, 0, 5, 3))
     assert np.array_equal(x, x2) and not np.array_equal(x, x3)
     assert np.array_equal(x[:, 1:], y[:, :-1]) and x.shape == (4, 16) and x.dtype == np.int64
+
+
+def test_loader_checks_the_largest_token_id_and_the_token_count(tmp_path):
+    from errors import InputError
+    write_split(str(tmp_path / "train.bin"), [list(range(100)) + [300]])
+    write_meta(str(tmp_path), vocab_size=256)  # no max_token_id (an older meta.json): the loader scans the file
+    with pytest.raises(InputError, match="train.bin holds token id 300 but the model has vocab_size=300"):
+        open_split(str(tmp_path), "train", 8, vocab_size=300)
+    assert len(open_split(str(tmp_path), "train", 8, vocab_size=301)) == 101
+    write_meta(str(tmp_path), vocab_size=256, train={"tokens": 101, "max_token_id": 300})  # recorded: no scan
+    with pytest.raises(InputError, match="holds token id 300"):
+        open_split(str(tmp_path), "train", 8, vocab_size=300)
+    write_meta(str(tmp_path), train={"tokens": 90, "max_token_id": 300})
+    with pytest.raises(InputError, match="holds 101 tokens but .*meta.json says 90"):
+        open_split(str(tmp_path), "train", 8)
