@@ -18,16 +18,19 @@ moment leaves either the old checkpoint or the new one, never half of one.
 Files in no format (written before this one, which pickled numpy's and Python's RNG
 states, or by another program) can only be opened by full unpickling, which runs any code
 the file carries. read(path, allow_unsafe_pickle=True) does that after a warning; do it
-only for files you made yourself or whose source you trust.
+only for files you made yourself or whose source you trust. To convert such a file once:
+
+    python checkpoint.py upgrade OLD.pt NEW.pt      # unpickles OLD.pt: only if you trust it
 """
 
 import hashlib
 import os
 import re
+import sys
 
 import torch
 
-from errors import InputError, MissingFileError
+from errors import InputError, MissingFileError, run_cli
 
 FORMAT = "disperse-gpt-checkpoint/1"
 UNSAFE_HINT = ("if you made this file yourself or trust its source, open it with the allow-unsafe-pickle "
@@ -176,3 +179,28 @@ def check_finite(tensors, path):
             for i, v in enumerate(obj):
                 walk(v, f"{where}[{i}]")
     walk(tensors, "checkpoint")
+
+
+def to_plain(obj):
+    """obj with numpy arrays and scalars (what older checkpoints pickled) turned into lists and numbers."""
+    if isinstance(obj, dict):
+        return type(obj)((k, to_plain(v)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_plain(v) for v in obj)
+    if type(obj).__module__ == "numpy":
+        return obj.tolist()  # ndarray -> nested lists; numpy scalar -> int/float/bool
+    return obj
+
+
+def main(argv):
+    if len(argv) != 3 or argv[0] != "upgrade":
+        raise InputError("usage: python checkpoint.py upgrade OLD.pt NEW.pt (unpickles OLD.pt: only for a file you trust)")
+    old, new = argv[1], argv[2]
+    if os.path.abspath(old) == os.path.abspath(new):
+        raise InputError("NEW.pt must differ from OLD.pt, so the original stays until you have checked the copy")
+    write(new, to_plain(read(old, allow_unsafe_pickle=True)))
+    print(f"wrote {new}: format {FORMAT}, verified on every read")
+
+
+if __name__ == "__main__":
+    run_cli(main, sys.argv[1:])

@@ -613,3 +613,13 @@ def test_start_removes_leftover_temporary_files_and_trims_atomically(base, tiny_
     assert os.stat(out / "metrics.jsonl").st_ino != inode  # a new file renamed over the old one
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in rows] == [0, 0, 1, 2, 2, 3, 4]
+
+
+def test_upgrade_converts_an_old_checkpoint_once(base, tiny_dataset, tmp_path, capsys):
+    out = copy_run(base, tmp_path)
+    old_format(base, tmp_path / "old.pt")
+    checkpoint.main(["upgrade", str(tmp_path / "old.pt"), str(out / "ckpt.pt")])
+    assert "runs any code the file carries" in capsys.readouterr().out
+    code, _, err = run_inprocess("train", train_args(tiny_dataset, out, "--init_from=resume", "--max_iters=4"), capsys)
+    assert code == 0, err[-2000:]  # no opt-in needed any more
+    assert checkpoint.read(str(out / "ckpt.pt"))["iter_num"] == 4
