@@ -134,8 +134,8 @@ def main(argv):
     master = rank == 0
     device_type = "cuda" if dev.startswith("cuda") else "mps" if dev.startswith("mps") else "cpu"
     if gradient_accumulation_steps % world != 0:
-        sys.exit(f"config error: gradient_accumulation_steps={gradient_accumulation_steps} must be a multiple of "
-                 f"the number of processes ({world}); it counts micro-steps summed over all ranks")
+        raise InputError(f"gradient_accumulation_steps={gradient_accumulation_steps} must be a multiple of "
+                         f"the number of processes ({world}); it counts micro-steps summed over all ranks")
     accum_per_rank = gradient_accumulation_steps // world
     tokens_per_iter = gradient_accumulation_steps * batch_size * block_size
     ptdtype_name = dtype
@@ -199,7 +199,7 @@ def main(argv):
         with fits(ckpt_path, "optimizer state"):
             optimizer.load_state_dict(ckpt["optimizer"])
             scaler.load_state_dict(ckpt["scaler"])
-            check_optimizer_state(optimizer)
+            check_state(raw_model, ckpt["model"], optimizer)
 
     teacher = None
     if distill_from:
@@ -448,7 +448,7 @@ def check_settings():
     if distill_weight > 0 and not distill_from:
         problems.append("distill_weight > 0 needs distill_from (a teacher checkpoint or HF directory)")
     if problems:
-        sys.exit("config error: " + "; ".join(problems))
+        raise InputError("; ".join(problems))
 
 
 def peak_memory_mb(device_type):
@@ -506,13 +506,21 @@ def fits(path, what):
                                          f"({type(e).__name__}: {e})") from None
 
 
-def check_optimizer_state(optimizer):
-    """AdamW's moments must have their parameter's shape (load_state_dict does not check it)."""
+def check_state(model, model_state, optimizer):
+    """What load_state_dict lets through: weights of another dtype (it casts them), AdamW moments
+    of another shape or dtype, or a negative second moment."""
+    for name, value in model.state_dict().items():
+        if model_state[name].dtype != value.dtype:
+            raise ValueError(f"model.{name} is {model_state[name].dtype}, the model's is {value.dtype}")
     for group in optimizer.param_groups:
         for p in group["params"]:
             for name, value in optimizer.state.get(p, {}).items():
-                if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != p.shape:
-                    raise ValueError(f"{name} has shape {tuple(value.shape)} for a parameter of shape {tuple(p.shape)}")
+                if not isinstance(value, torch.Tensor) or name == "step":
+                    continue
+                if value.shape != p.shape or not value.is_floating_point():
+                    raise ValueError(f"{name} is {value.dtype} {tuple(value.shape)} for a parameter of shape {tuple(p.shape)}")
+                if name == "exp_avg_sq" and (value < 0).any():
+                    raise ValueError(f"{name} has negative entries (it is a running mean of squares)")
 
 
 def check_input_files():

@@ -124,6 +124,8 @@ def read_tokens(path, encode):
     """Token ids (1-D array) of a text file, or of a prepared .bin file of GPT-2 ids (read as is).
     encode: str -> list of ids, used for text files only."""
     if path.endswith(".bin"):
+        if os.path.getsize(path) % 2:
+            raise InputError(f"{path} has an odd number of bytes: not a prepared file of uint16 token ids")
         return np.memmap(path, dtype=np.uint16, mode="r")
     with open(path, encoding="utf-8", errors="replace") as f:
         text = f.read()

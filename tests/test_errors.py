@@ -328,7 +328,17 @@ def resume_optimizer_state_of_another_shape(ctx):
         payload["optimizer"]["state"][0]["exp_avg"] = torch.zeros(3, 3)
         checkpoint.write(str(path), payload)
     cli, argv, path = resume_from(ctx, reshaped)
-    return cli, argv, "exp_avg has shape (3, 3)"
+    return cli, argv, "exp_avg is torch.float32 (3, 3) for a parameter of shape (128, 32)"
+
+
+@case("train")
+def resume_weights_of_another_dtype(ctx):
+    def integer_weights(path):
+        payload = payload_of(ctx["base"])
+        payload["model"]["lm_head.weight"] = payload["model"]["lm_head.weight"].long()
+        checkpoint.write(str(path), payload)
+    cli, argv, path = resume_from(ctx, integer_weights)
+    return cli, argv, "is torch.int64, the model's is torch.float32"
 
 
 @case("train")
