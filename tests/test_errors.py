@@ -119,7 +119,7 @@ def resume_from(ctx, write_bad_checkpoint):
     """train.py --init_from=resume in a copy of the base run whose ckpt.pt was replaced."""
     out = copy_run(ctx["base"], ctx["tmp"])
     write_bad_checkpoint(out / "ckpt.pt")
-    return "train", train_args(ctx["data"], out, "--init_from=resume", "--max_iters=4"), str(out / "ckpt.pt")
+    return train_args(ctx["data"], out, "--init_from=resume", "--max_iters=4"), str(out / "ckpt.pt")
 
 
 def malicious_pickle(path, marker):
@@ -186,48 +186,48 @@ SUBPROCESS = []
 # train.py: settings
 @case("train")
 def unknown_key(ctx):
-    return "train", train_args(ctx["data"], ctx["tmp"] / "out", "--n_layr=3"), "n_layr"
+    return train_args(ctx["data"], ctx["tmp"] / "out", "--n_layr=3"), "n_layr"
 
 
 @case("train")
 def wrong_type(ctx):
-    return "train", train_args(ctx["data"], ctx["tmp"] / "out", "--batch_size=abc"), "batch_size='abc'"
+    return train_args(ctx["data"], ctx["tmp"] / "out", "--batch_size=abc"), "batch_size='abc'"
 
 
 @case("train", also_subprocess=True)
 def config_file_syntax_error(ctx):
     path = ctx["tmp"] / "bad.py"
     path.write_text("n_layer = 2\nn_head = = 3\n")
-    return "train", [str(path), *train_args(ctx["data"], ctx["tmp"] / "out")], f"{path}, line 2"
+    return [str(path), *train_args(ctx["data"], ctx["tmp"] / "out")], f"{path}, line 2"
 
 
 @case("train")
 def config_file_undefined_name(ctx):
     path = ctx["tmp"] / "bad.py"
     path.write_text("n_layer = 2\nn_head = heads_per_layer * 2\n")
-    return "train", [str(path), *train_args(ctx["data"], ctx["tmp"] / "out")], f"{path}, line 2: NameError"
+    return [str(path), *train_args(ctx["data"], ctx["tmp"] / "out")], f"{path}, line 2: NameError"
 
 
 @case("train")
 def config_file_missing(ctx):
-    return "train", ["config/no_such_file.py", *train_args(ctx["data"], ctx["tmp"] / "out")], "no_such_file.py"
+    return ["config/no_such_file.py", *train_args(ctx["data"], ctx["tmp"] / "out")], "no_such_file.py"
 
 
 @case("train")
 def eval_task_unknown(ctx):
-    return "train", train_args(ctx["data"], ctx["tmp"] / "out", "--eval_tasks=piqaa",
+    return train_args(ctx["data"], ctx["tmp"] / "out", "--eval_tasks=piqaa",
                                f"--eval_data_dir={ctx['tmp']}"), "piqaa"
 
 
 @case("train")
 def probe_text_missing(ctx):
-    return "train", train_args(ctx["data"], ctx["tmp"] / "out", "--probe_text=/no/such/text.txt"), "/no/such/text.txt"
+    return train_args(ctx["data"], ctx["tmp"] / "out", "--probe_text=/no/such/text.txt"), "/no/such/text.txt"
 
 
 # train.py: data
 @case("train")
 def dataset_missing(ctx):
-    return "train", train_args("/no/such/folder", ctx["tmp"] / "out"), "/no/such/folder/train.bin"
+    return train_args("/no/such/folder", ctx["tmp"] / "out"), "/no/such/folder/train.bin"
 
 
 @case("train")
@@ -235,26 +235,26 @@ def odd_sized_bin(ctx):
     data = copy_data(ctx["tiny_dataset"], ctx["tmp"])
     with open(data / "train.bin", "ab") as f:
         f.write(b"\x00")
-    return "train", train_args(data, ctx["tmp"] / "out"), f"{data / 'train.bin'} has an odd number of bytes"
+    return train_args(data, ctx["tmp"] / "out"), f"{data / 'train.bin'} has an odd number of bytes"
 
 
 @case("train")
 def bad_meta_json(ctx):
     data = copy_data(ctx["tiny_dataset"], ctx["tmp"])
     (data / "meta.json").write_text('{"dtype": "uint16", ')
-    return "train", train_args(data, ctx["tmp"] / "out"), f"{data / 'meta.json'} is not valid JSON"
+    return train_args(data, ctx["tmp"] / "out"), f"{data / 'meta.json'} is not valid JSON"
 
 
 @case("train")
 def short_val_bin(ctx):
     data = copy_data(ctx["tiny_dataset"], ctx["tmp"])
     np.arange(10, dtype=np.uint16).tofile(data / "val.bin")
-    return "train", train_args(data, ctx["tmp"] / "out"), f"{data / 'val.bin'} holds 10 tokens"
+    return train_args(data, ctx["tmp"] / "out"), f"{data / 'val.bin'} holds 10 tokens"
 
 
 @case("train")
 def vocab_mismatch(ctx):
-    return "train", train_args(ctx["data"], ctx["tmp"] / "out", "--vocab_size=50"), "vocab_size=50"
+    return train_args(ctx["data"], ctx["tmp"] / "out", "--vocab_size=50"), "vocab_size=50"
 
 
 @case("train")
@@ -266,13 +266,13 @@ def token_ids_beyond_the_vocabulary(ctx):
     ids[len(ids) // 3] = 200
     ids.tofile(data / "train.bin")
     out = copy_run(ctx["base"], ctx["tmp"])  # its ckpt.pt and metrics.jsonl must survive
-    return "train", train_args(data, out), f"{data / 'train.bin'} holds token id 200"
+    return train_args(data, out), f"{data / 'train.bin'} holds token id 200"
 
 
 # train.py: resuming
 @case("train")
 def resume_without_checkpoint(ctx):
-    return "train", train_args(ctx["data"], ctx["tmp"] / "out", "--init_from=resume"), str(ctx["tmp"] / "out" / "ckpt.pt")
+    return train_args(ctx["data"], ctx["tmp"] / "out", "--init_from=resume"), str(ctx["tmp"] / "out" / "ckpt.pt")
 
 
 @case("train")
@@ -287,28 +287,28 @@ def resume_zeroed_checkpoint(ctx):
 
 @case("train")
 def resume_bare_tensor(ctx):
-    cli, argv, path = resume_from(ctx, lambda p: torch.save(torch.zeros(3), p))
-    return cli, argv, f"{path} holds a Tensor"
+    argv, path = resume_from(ctx, lambda p: torch.save(torch.zeros(3), p))
+    return argv, f"{path} holds a Tensor"
 
 
 @case("train")
 def resume_bit_rot(ctx):
-    cli, argv, path = resume_from(ctx, bit_rot)
-    return cli, argv, f"{path} is damaged"
+    argv, path = resume_from(ctx, bit_rot)
+    return argv, f"{path} is damaged"
 
 
 @case("train")
 def resume_malicious_pickle(ctx):
     marker = ctx["tmp"] / "pwned"
-    cli, argv, path = resume_from(ctx, lambda p: malicious_pickle(p, marker))
+    argv, path = resume_from(ctx, lambda p: malicious_pickle(p, marker))
     ctx["after"] = lambda: not marker.exists()
-    return cli, argv, f"{path} is not a safe checkpoint"
+    return argv, f"{path} is not a safe checkpoint"
 
 
 @case("train")
 def resume_old_format_checkpoint(ctx):
-    cli, argv, path = resume_from(ctx, lambda p: old_format(ctx["base"], p))
-    return cli, argv, (f"{path} is not a safe checkpoint", "--allow_unsafe_pickle=True")
+    argv, path = resume_from(ctx, lambda p: old_format(ctx["base"], p))
+    return argv, (f"{path} is not a safe checkpoint", "--allow_unsafe_pickle=True")
 
 
 @case("train")
@@ -317,8 +317,8 @@ def resume_non_finite_optimizer_state(ctx):
         payload = payload_of(ctx["base"])
         payload["optimizer"]["state"][0]["exp_avg"].view(-1)[0] = float("nan")
         checkpoint.write(str(path), payload)  # a valid checksum: the numbers themselves are wrong
-    cli, argv, path = resume_from(ctx, diverged)
-    return cli, argv, f"{path}: checkpoint.optimizer.0.exp_avg holds 1 non-finite values"
+    argv, path = resume_from(ctx, diverged)
+    return argv, f"{path}: checkpoint.optimizer.0.exp_avg holds 1 non-finite values"
 
 
 @case("train")
@@ -327,8 +327,8 @@ def resume_optimizer_state_of_another_shape(ctx):
         payload = payload_of(ctx["base"])
         payload["optimizer"]["state"][0]["exp_avg"] = torch.zeros(3, 3)
         checkpoint.write(str(path), payload)
-    cli, argv, path = resume_from(ctx, reshaped)
-    return cli, argv, "exp_avg is torch.float32 (3, 3) for a parameter of shape (128, 32)"
+    argv, path = resume_from(ctx, reshaped)
+    return argv, "exp_avg is torch.float32 (3, 3) for a parameter of shape (128, 32)"
 
 
 @case("train")
@@ -337,8 +337,8 @@ def resume_weights_of_another_dtype(ctx):
         payload = payload_of(ctx["base"])
         payload["model"]["lm_head.weight"] = payload["model"]["lm_head.weight"].long()
         checkpoint.write(str(path), payload)
-    cli, argv, path = resume_from(ctx, integer_weights)
-    return cli, argv, "is torch.int64, the model's is torch.float32"
+    argv, path = resume_from(ctx, integer_weights)
+    return argv, "is torch.int64, the model's is torch.float32"
 
 
 @case("train")
@@ -346,21 +346,21 @@ def resume_with_a_damaged_log(ctx):
     out = copy_run(ctx["base"], ctx["tmp"])
     lines = (out / "metrics.jsonl").read_text().splitlines(keepends=True)
     (out / "metrics.jsonl").write_text(lines[0] + '{"iter": 1, "lo\n' + "".join(lines[1:]))
-    return "train", train_args(ctx["data"], out, "--init_from=resume", "--max_iters=4"), \
+    return train_args(ctx["data"], out, "--init_from=resume", "--max_iters=4"), \
         f"{out / 'metrics.jsonl'}, line 2"
 
 
 # sample.py
 @case("sample", also_subprocess=True)
 def sample_without_checkpoint(ctx):
-    return "sample", [f"--out_dir={ctx['tmp'] / 'out'}"], str(ctx["tmp"] / "out" / "ckpt.pt")
+    return [f"--out_dir={ctx['tmp'] / 'out'}"], str(ctx["tmp"] / "out" / "ckpt.pt")
 
 
 @case("sample")
 def sample_truncated_checkpoint(ctx):
     out = copy_run(ctx["base"], ctx["tmp"])
     truncate(out / "ckpt.pt")
-    return "sample", [f"--out_dir={out}", "--start=!", "--max_new_tokens=2"], str(out / "ckpt.pt")
+    return [f"--out_dir={out}", "--start=!", "--max_new_tokens=2"], str(out / "ckpt.pt")
 
 
 @case("sample")
@@ -369,17 +369,17 @@ def sample_malicious_pickle(ctx):
     out = copy_run(ctx["base"], ctx["tmp"])
     malicious_pickle(out / "ckpt.pt", marker)
     ctx["after"] = lambda: not marker.exists()
-    return "sample", [f"--out_dir={out}"], f"{out / 'ckpt.pt'} is not a safe checkpoint"
+    return [f"--out_dir={out}"], f"{out / 'ckpt.pt'} is not a safe checkpoint"
 
 
 @case("sample", needs_shared=True)
 def sample_prompt_beyond_the_vocabulary(ctx):
-    return "sample", [f"--out_dir={ctx['base']}", "--start=The king"], "vocab_size=128"
+    return [f"--out_dir={ctx['base']}", "--start=The king"], "vocab_size=128"
 
 
 @case("sample")
 def sample_prompt_file_missing(ctx):
-    return "sample", [f"--out_dir={ctx['base']}", "--start=FILE:/no/such/prompt.txt"], "/no/such/prompt.txt"
+    return [f"--out_dir={ctx['base']}", "--start=FILE:/no/such/prompt.txt"], "/no/such/prompt.txt"
 
 
 # python -m eval.benchmarks
@@ -389,27 +389,27 @@ def bench_args(ctx, *extra, ckpt=None):
 
 @case("benchmarks")
 def bench_missing_data_dir(ctx):
-    return "benchmarks", bench_args(ctx, "--tasks", "piqa", "--data-dir", "/no/such/benchmarks"), "/no/such/benchmarks"
+    return bench_args(ctx, "--tasks", "piqa", "--data-dir", "/no/such/benchmarks"), "/no/such/benchmarks"
 
 
 @case("benchmarks", needs_shared=True)
 def bench_task_file_missing(ctx):
     folder = ctx["tmp"] / "empty"
     folder.mkdir()
-    return "benchmarks", bench_args(ctx, "--tasks", "piqa", "--data-dir", str(folder)), \
+    return bench_args(ctx, "--tasks", "piqa", "--data-dir", str(folder)), \
         str(folder / "piqa" / "validation.jsonl")
 
 
 @case("benchmarks", also_subprocess=True)
 def bench_unknown_task(ctx):
-    return "benchmarks", bench_args(ctx, "--tasks", "piqa,hellaswagg"), "hellaswagg"
+    return bench_args(ctx, "--tasks", "piqa,hellaswagg"), "hellaswagg"
 
 
 @case("benchmarks", needs_shared=True)
 def bench_cut_jsonl_line(ctx):
     line = json.dumps(PIQA_ROW)
     folder = bench_dir(ctx["tmp"], line + "\n" + line[:20] + "\n" + line + "\n")
-    return "benchmarks", bench_args(ctx, "--tasks", "piqa", "--data-dir", str(folder)), \
+    return bench_args(ctx, "--tasks", "piqa", "--data-dir", str(folder)), \
         f"{folder / 'piqa' / 'validation.jsonl'}, line 2: not valid JSON"
 
 
@@ -417,35 +417,35 @@ def bench_cut_jsonl_line(ctx):
 def bench_row_missing_a_field(ctx):
     rows = [PIQA_ROW, PIQA_ROW, {k: v for k, v in PIQA_ROW.items() if k != "sol2"}]
     folder = bench_dir(ctx["tmp"], "".join(json.dumps(r) + "\n" for r in rows))
-    return "benchmarks", bench_args(ctx, "--tasks", "piqa", "--data-dir", str(folder)), \
+    return bench_args(ctx, "--tasks", "piqa", "--data-dir", str(folder)), \
         f"{folder / 'piqa' / 'validation.jsonl'}, line 3: the row has no field 'sol2'"
 
 
 @case("benchmarks")
 def bench_missing_checkpoint(ctx):
     path = ctx["tmp"] / "out" / "ckpt.pt"
-    return "benchmarks", bench_args(ctx, "--tasks", "piqa", ckpt=path), str(path)
+    return bench_args(ctx, "--tasks", "piqa", ckpt=path), str(path)
 
 
 @case("benchmarks")
 def bench_truncated_checkpoint(ctx):
     out = copy_run(ctx["base"], ctx["tmp"])
     truncate(out / "ckpt.pt")
-    return "benchmarks", bench_args(ctx, "--tasks", "piqa", ckpt=out / "ckpt.pt"), str(out / "ckpt.pt")
+    return bench_args(ctx, "--tasks", "piqa", ckpt=out / "ckpt.pt"), str(out / "ckpt.pt")
 
 
 # python -m eval.condensation
 @case("benchmarks", needs_shared=True)
 def bench_model_with_another_vocabulary(ctx):
     folder = bench_dir(ctx["tmp"], json.dumps(PIQA_ROW) + "\n")
-    return "benchmarks", bench_args(ctx, "--tasks", "piqa", "--data-dir", str(folder), ckpt=ctx["base"]), "vocab_size=128"
+    return bench_args(ctx, "--tasks", "piqa", "--data-dir", str(folder), ckpt=ctx["base"]), "vocab_size=128"
 
 
 @case("condensation", needs_shared=True)
 def condensation_text_beyond_the_vocabulary(ctx):
     text = ctx["tmp"] / "text.txt"
     text.write_text("Some text for the probe. " * 20)
-    return "condensation", ["--ckpt", str(ctx["base"]), "--text", str(text), "--seq-len", "16",
+    return ["--ckpt", str(ctx["base"]), "--text", str(text), "--seq-len", "16",
                             "--out", str(ctx["tmp"] / "probe")], (str(text), "vocab_size=128")
 
 
@@ -453,7 +453,7 @@ def condensation_text_beyond_the_vocabulary(ctx):
 def condensation_text_shorter_than_a_sequence(ctx):
     text = ctx["tmp"] / "short.txt"
     text.write_text("Too short.")
-    return "condensation", ["--ckpt", str(ctx["gpt2_vocab_model"]), "--text", str(text), "--seq-len", "16",
+    return ["--ckpt", str(ctx["gpt2_vocab_model"]), "--text", str(text), "--seq-len", "16",
                             "--out", str(ctx["tmp"] / "probe")], str(text)
 
 
@@ -462,20 +462,20 @@ def condensation_missing_checkpoint(ctx):
     text = ctx["tmp"] / "text.txt"
     text.write_text("Some text. " * 50)
     path = ctx["tmp"] / "nothing" / "ckpt.pt"
-    return "condensation", ["--ckpt", str(path), "--text", str(text)], str(path)
+    return ["--ckpt", str(path), "--text", str(text)], str(path)
 
 
 # python -m eval.plots
 @case("plots", also_subprocess=True)
 def plots_missing_file(ctx):
-    return "plots", ["heatmap", str(ctx["tmp"] / "no.json"), "--out", str(ctx["tmp"] / "a.png")], str(ctx["tmp"] / "no.json")
+    return ["heatmap", str(ctx["tmp"] / "no.json"), "--out", str(ctx["tmp"] / "a.png")], str(ctx["tmp"] / "no.json")
 
 
 @case("plots")
 def plots_not_a_probe_result(ctx):
     path = ctx["tmp"] / "condensation.json"
     path.write_text('{"iter": 3}')
-    return "plots", ["mean_cos", str(path), "--out", str(ctx["tmp"] / "a.png")], f"{path} is not a condensation probe result"
+    return ["mean_cos", str(path), "--out", str(ctx["tmp"] / "a.png")], f"{path} is not a condensation probe result"
 
 
 # the data preparers (always subprocesses: they start in half a second)
@@ -483,7 +483,7 @@ def plots_not_a_probe_result(ctx):
 def local_empty_folder(ctx):
     folder = ctx["tmp"] / "in"
     folder.mkdir()
-    return "local", ["--input", str(folder), "--out_dir", str(ctx["tmp"] / "prepared")], f"no .txt files found under {folder}"
+    return ["--input", str(folder), "--out_dir", str(ctx["tmp"] / "prepared")], f"no .txt files found under {folder}"
 
 
 @case("local")
@@ -491,12 +491,12 @@ def local_no_txt_files(ctx):
     folder = ctx["tmp"] / "in"
     folder.mkdir()
     (folder / "notes.md").write_text("# not text for training\n")
-    return "local", ["--input", str(folder), "--out_dir", str(ctx["tmp"] / "prepared")], f"no .txt files found under {folder}"
+    return ["--input", str(folder), "--out_dir", str(ctx["tmp"] / "prepared")], f"no .txt files found under {folder}"
 
 
 @case("local")
 def local_missing_path(ctx):
-    return "local", ["--input", "/no/such/corpus", "--out_dir", str(ctx["tmp"] / "prepared")], "/no/such/corpus"
+    return ["--input", "/no/such/corpus", "--out_dir", str(ctx["tmp"] / "prepared")], "/no/such/corpus"
 
 
 @case("local")
@@ -504,24 +504,24 @@ def local_single_paragraph(ctx):
     text = ctx["tmp"] / "one.txt"
     text.write_text("Only one paragraph here, so nothing can be held out.\n")
     prepared = copy_data(ctx["tiny_dataset"], ctx["tmp"])  # an earlier preparation: must survive
-    return "local", ["--input", str(text), "--out_dir", str(prepared)], f"no validation documents in {text}"
+    return ["--input", str(text), "--out_dir", str(prepared)], f"no validation documents in {text}"
 
 
 @case("shakespeare")
 def shakespeare_missing_input(ctx):
-    return "shakespeare", ["--input", "/no/such/input.txt", "--out_dir", str(ctx["tmp"] / "sh")], "/no/such/input.txt"
+    return ["--input", "/no/such/input.txt", "--out_dir", str(ctx["tmp"] / "sh")], "/no/such/input.txt"
 
 
 @case("wikitext")
 def wikitext_folder_without_valid_file(ctx):
     folder = ctx["tmp"] / "raw"
     folder.mkdir()
-    return "wikitext", ["--input", str(folder), "--out_dir", str(ctx["tmp"] / "wt")], f"wiki.valid.raw or valid.raw in {folder}"
+    return ["--input", str(folder), "--out_dir", str(ctx["tmp"] / "wt")], f"wiki.valid.raw or valid.raw in {folder}"
 
 
 @case("openwebtext")
 def openwebtext_missing_input(ctx):
-    return "openwebtext", ["--input", "/no/such/docs", "--out_dir", str(ctx["tmp"] / "owt")], "/no/such/docs"
+    return ["--input", "/no/such/docs", "--out_dir", str(ctx["tmp"] / "owt")], "/no/such/docs"
 
 
 @pytest.mark.parametrize("name, mode", [(n, "subprocess" if CASES[n][0] in FAST_TO_START else "in-process")
@@ -538,7 +538,7 @@ def test_bad_input_gets_a_clear_message(name, mode, base, gpt2_vocab_model, tiny
     monkeypatch.delenv("DISPERSE_BENCHMARKS", raising=False)
     ctx = {"tmp": tmp_path, "base": base, "gpt2_vocab_model": gpt2_vocab_model, "tiny_dataset": tiny_dataset,
            "data": tiny_dataset}
-    cli, argv, culprit = build(ctx)
+    argv, culprit = build(ctx)
     before = snapshot(tmp_path, tiny_dataset, base)
 
     if mode == "subprocess":
