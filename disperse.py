@@ -326,7 +326,9 @@ def dispersion_term(hidden, variant, layers, weight, *, max_tokens=None, generat
     to dispersion_loss. Returns (total, stats); stats holds detached tensors
     (no .item() here, so no device sync; convert at log steps):
     'disp/raw' (unweighted layer mean), 'disp/weighted', and per layer
-    'disp/layer{i}/loss' and 'disp/layer{i}/mean_cos' (on the same subsample)."""
+    'disp/layer{i}/loss' and 'disp/layer{i}/pair_cos' (mean_pairwise_cos, the mean cosine
+    over the off-diagonal pairs the loss sees, on the same subsample; not the probe's
+    mean_cos, which includes the diagonal)."""
     chosen = layer_indices(len(hidden) - 1, layers)
     stats = {}
     per_layer = []
@@ -336,12 +338,43 @@ def dispersion_term(hidden, variant, layers, weight, *, max_tokens=None, generat
         loss = dispersion_loss(h, variant, **loss_options)
         per_layer.append(loss)
         stats[f'disp/layer{i}/loss'] = loss.detach()
-        stats[f'disp/layer{i}/mean_cos'] = mean_pairwise_cos(h, eps=loss_options.get('eps', 1e-2))
+        stats[f'disp/layer{i}/pair_cos'] = mean_pairwise_cos(h, eps=loss_options.get('eps', 1e-2))
     raw = torch.stack(per_layer).mean()  # mean, not sum, across layers
     total = weight * raw
     stats['disp/raw'] = raw.detach()
     stats['disp/weighted'] = total.detach()
     return total, stats
+
+
+def _angular_gradients(hidden, chosen, weight, generator, angular_options):
+    """Per selected layer i: the gradient of weight * mean_layers(angular) w.r.t. hidden[i], taken
+    on a detached copy (so the model's graph is not touched), and the angular value itself."""
+    grads, values = {}, {}
+    for i in chosen:
+        with torch.enable_grad():
+            probe = hidden[i].detach().requires_grad_()
+            angular = dispersion_loss(probe, 'angular', generator=generator, **angular_options)
+            (grad,) = torch.autograd.grad(weight * angular / len(chosen), probe)
+        grads[i], values[i] = grad.float(), angular.detach()
+    return grads, values
+
+
+def _control_surrogate(hidden, control_grads):
+    """sum_layers sum(h * g): a scalar whose gradient w.r.t. each hidden[i] is exactly
+    control_grads[i] (the .float() cast's backward returns it in h's dtype)."""
+    surrogate = 0.0
+    for i, grad in control_grads.items():
+        h = hidden[i]
+        with torch.autocast(device_type=h.device.type, enabled=False):
+            surrogate = surrogate + (h.float() * grad.to(h.device)).sum()
+    return surrogate
+
+
+def _control_stats(angular_grads, angular_values):
+    stats = {f'ctrl/layer{i}/grad_norm': torch.linalg.vector_norm(g) for i, g in angular_grads.items()}
+    stats.update({f'ctrl/layer{i}/angular': v for i, v in angular_values.items()})
+    stats['ctrl/raw'] = torch.stack(list(angular_values.values())).mean()
+    return stats
 
 
 def random_direction_term(hidden, layers, weight, generator, **angular_options):
@@ -354,28 +387,60 @@ def random_direction_term(hidden, layers, weight, generator, **angular_options):
     subsampling if max_tokens is given), rescaled to ||r|| = ||g||. The returned
     surrogate is sum_layers sum(h * r), whose gradient w.r.t. h is exactly r.
     Its VALUE is meaningless (a random projection of the activations): log the
-    grad norms, never the surrogate. Returns (surrogate, stats) with detached
-    'ctrl/layer{i}/grad_norm', 'ctrl/layer{i}/angular' and 'ctrl/raw' (mean angular)."""
+    grad norms, never the surrogate.
+
+    Matched at the hidden states only: the B*T independent directions cancel once
+    backpropagated into the shared weights, so the parameter gradient is many times
+    weaker than the angular term's (train.py logs the ratio, ctrl/param_grad_ratio);
+    rotated_angular_term is the control matched in the parameters.
+
+    Returns (surrogate, stats, angular_grads): stats holds detached
+    'ctrl/layer{i}/grad_norm', 'ctrl/layer{i}/angular' and 'ctrl/raw' (mean angular);
+    angular_grads maps each selected layer i to g (float32, detached), the gradient
+    the angular term itself would have put on hidden[i]."""
     chosen = layer_indices(len(hidden) - 1, layers)
-    stats = {}
-    surrogate = 0.0
-    angular_values = []
-    for i in chosen:
-        h = hidden[i]
-        with torch.enable_grad():
-            probe = h.detach().requires_grad_()
-            angular = dispersion_loss(probe, 'angular', generator=generator, **angular_options)
-            (grad,) = torch.autograd.grad(weight * angular / len(chosen), probe)
-        grad_norm = torch.linalg.vector_norm(grad.float())
-        with torch.autocast(device_type=h.device.type, enabled=False):
-            direction = torch.randn(h.shape, generator=generator, device=generator.device).to(h.device)
-            direction = direction * (grad_norm / torch.linalg.vector_norm(direction))  # (B, T, C)
-            surrogate = surrogate + (h.float() * direction).sum()
-        angular_values.append(angular.detach())
-        stats[f'ctrl/layer{i}/grad_norm'] = grad_norm.detach()
-        stats[f'ctrl/layer{i}/angular'] = angular.detach()
-    stats['ctrl/raw'] = torch.stack(angular_values).mean()
-    return surrogate, stats
+    angular_grads, angular_values = _angular_gradients(hidden, chosen, weight, generator, angular_options)
+    directions = {}
+    for i, grad in angular_grads.items():
+        r = torch.randn(grad.shape, generator=generator, device=generator.device).to(grad.device)  # (B, T, C)
+        directions[i] = r * (torch.linalg.vector_norm(grad) / torch.linalg.vector_norm(r))
+    return _control_surrogate(hidden, directions), _control_stats(angular_grads, angular_values), angular_grads
+
+
+def random_rotation(C, generator):
+    """A Haar-distributed random orthogonal C x C matrix (float32), drawn from `generator`: the
+    QR decomposition of a Gaussian matrix, with the signs of R's diagonal moved into Q (without
+    that fix QR's sign convention makes Q not uniformly distributed; Mezzadri 2007)."""
+    gaussian = torch.randn(C, C, generator=generator, device=generator.device, dtype=torch.float64)
+    q, r = torch.linalg.qr(gaussian)
+    return (q * torch.sign(torch.diagonal(r))[None, :]).float()  # column j times sign(r_jj)
+
+
+def rotated_angular_term(hidden, layers, weight, rotation, *, generator=None, **angular_options):
+    """Control matched in the parameters: the angular term's own gradient on each selected
+    layer's hidden states, with every token's gradient vector rotated by the same orthogonal
+    C x C matrix `rotation` (see random_rotation; train.py draws one per optimizer step).
+
+    For each layer h: g = d(weight * angular(h) / n_selected)/dh on a detached copy (as in
+    random_direction_term; `generator` is used only for the angular loss's subsampling);
+    the control gradient is g @ rotation. Rotating each row keeps every token's gradient norm
+    and the token x token Gram matrix g g^T, so the gradient of any linear map writing into
+    the hidden state (weight W: x W^T, gradient g^T x, and its bias) keeps its norm exactly,
+    and gradients of different tokens add up (or cancel) in the weights as the angular ones
+    do; what it destroys is the direction, i.e. the geometry that spreads the tokens. The
+    returned surrogate sum_layers sum(h * (g @ rotation)) has exactly that gradient w.r.t. h;
+    its VALUE is meaningless: log the grad norms, never the surrogate.
+
+    Returns (surrogate, stats, angular_grads) like random_direction_term."""
+    chosen = layer_indices(len(hidden) - 1, layers)
+    C = hidden[chosen[0]].size(-1)
+    if rotation.shape != (C, C):
+        raise ValueError(f"rotation must be a ({C}, {C}) matrix for hidden states of width {C}, "
+                         f"got {tuple(rotation.shape)}")
+    angular_grads, angular_values = _angular_gradients(hidden, chosen, weight, generator, angular_options)
+    rotation = rotation.float()
+    rotated = {i: grad @ rotation.to(grad.device) for i, grad in angular_grads.items()}  # (B, T, C)
+    return _control_surrogate(hidden, rotated), _control_stats(angular_grads, angular_values), angular_grads
 
 
 def neftune_noise(shape, alpha, generator=None, device="cpu", dtype=torch.float32):

@@ -409,14 +409,14 @@ def test_dispersion_term_is_weighted_layer_mean():
     assert total.item() == pytest.approx(expected, abs=1e-6)
 
     keys = {'disp/raw', 'disp/weighted'}
-    keys |= {f'disp/layer{i}/{k}' for i in range(1, 5) for k in ('loss', 'mean_cos')}
+    keys |= {f'disp/layer{i}/{k}' for i in range(1, 5) for k in ('loss', 'pair_cos')}
     assert set(stats) == keys
     for value in stats.values():
         assert isinstance(value, torch.Tensor) and not value.requires_grad
         float(value)
     assert stats['disp/raw'].item() == pytest.approx(expected / 0.3, abs=1e-6)
     assert stats['disp/layer2/loss'].item() == pytest.approx(per_layer[1].item(), abs=1e-7)
-    assert stats['disp/layer2/mean_cos'].item() == pytest.approx(mean_pairwise_cos(hidden[2]).item(), abs=1e-7)
+    assert stats['disp/layer2/pair_cos'].item() == pytest.approx(mean_pairwise_cos(hidden[2]).item(), abs=1e-7)
 
     total.backward()
     assert hidden[0].grad is None  # embedding output excluded under 'all'
@@ -432,7 +432,7 @@ def test_dispersion_term_logs_cos_on_the_same_subsample():
         positions = torch.randperm(20, generator=replay)[:5]
         sub = hidden[i][:, positions]
         assert stats[f'disp/layer{i}/loss'].item() == pytest.approx(dispersion_loss(sub, 'angular').item(), abs=1e-7)
-        assert stats[f'disp/layer{i}/mean_cos'].item() == pytest.approx(mean_pairwise_cos(sub).item(), abs=1e-7)
+        assert stats[f'disp/layer{i}/pair_cos'].item() == pytest.approx(mean_pairwise_cos(sub).item(), abs=1e-7)
 
 
 # ----------------------------------------------------------------------------
@@ -442,7 +442,7 @@ def test_random_direction_matches_angular_gradient_norm_not_direction():
     weight = 0.7
     layers = [1, 3, 4]
     hidden = hidden_states()
-    surrogate, stats = random_direction_term(hidden, layers, weight, torch.Generator().manual_seed(4), tau=0.5)
+    surrogate, stats, _ = random_direction_term(hidden, layers, weight, torch.Generator().manual_seed(4), tau=0.5)
     surrogate.backward()
 
     reference = hidden_states()
