@@ -416,21 +416,40 @@ def random_rotation(C, generator):
     return (q * torch.sign(torch.diagonal(r))[None, :]).float()  # column j times sign(r_jj)
 
 
-def rotated_angular_term(hidden, layers, weight, rotation, *, generator=None, **angular_options):
+def param_grad_norm(outputs, grad_outputs, params):
+    """||d/d params of sum_k <outputs[k], grad_outputs[k]>||, the norm over all of params, by
+    torch.autograd.grad: the graph is kept and no .grad is written (one backward pass)."""
+    grads = torch.autograd.grad(outputs, params, grad_outputs=grad_outputs, retain_graph=True, allow_unused=True)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads if g is not None]))
+
+
+def rotated_angular_term(hidden, layers, weight, rotation, *, params=None, generator=None, **angular_options):
     """Control matched in the parameters: the angular term's own gradient on each selected
     layer's hidden states, with every token's gradient vector rotated by the same orthogonal
-    C x C matrix `rotation` (see random_rotation; train.py draws one per optimizer step).
+    C x C matrix `rotation` (see random_rotation; train.py draws one per optimizer step),
+    and, if the model's `params` are given, rescaled so that its gradient w.r.t. them has
+    exactly the norm the angular term's has on this batch.
 
     For each layer h: g = d(weight * angular(h) / n_selected)/dh on a detached copy (as in
     random_direction_term; `generator` is used only for the angular loss's subsampling);
-    the control gradient is g @ rotation. Rotating each row keeps every token's gradient norm
-    and the token x token Gram matrix g g^T, so the gradient of any linear map writing into
-    the hidden state (weight W: x W^T, gradient g^T x, and its bias) keeps its norm exactly,
-    and gradients of different tokens add up (or cancel) in the weights as the angular ones
-    do; what it destroys is the direction, i.e. the geometry that spreads the tokens. The
-    returned surrogate sum_layers sum(h * (g @ rotation)) has exactly that gradient w.r.t. h;
-    its VALUE is meaningless: log the grad norms, never the surrogate.
+    the control gradient is s * g @ rotation. Rotating each row keeps every token's gradient
+    norm and the token x token Gram matrix g g^T, so the gradient of any linear map writing
+    into the hidden state (weight W: x W^T, gradient g^T x, and its bias) keeps its norm
+    exactly, and gradients of different tokens add up (or cancel) in the weights as the
+    angular ones do; what it destroys is the direction, i.e. the geometry that spreads the
+    tokens. Through the layers before (LayerNorm, attention, MLP) the norm is NOT kept: the
+    angular gradient of token t is a combination of the other tokens' hidden vectors, so it
+    lies where the hidden states lie, which is where the network's output is most sensitive
+    to its weights; a random rotation moves it out. Once training has condensed the states
+    into few directions, rotation alone reaches the weights 2-5x more weakly
+    (bench/bench_controls.py). Hence s = ||J^T g|| / ||J^T (g @ rotation)|| (J: the Jacobian
+    of the selected hidden states w.r.t. params), one scalar for all layers, computed by two
+    extra backward passes from the hidden states; logged as 'ctrl/scale'. The price: at the
+    hidden states the control's gradient is s times the angular one's (every layer alike).
+    With params=None, s = 1 (rotation only, matched at the hidden states).
 
+    The returned surrogate sum_layers sum(h * s * (g @ rotation)) has exactly that gradient
+    w.r.t. h; its VALUE is meaningless: log the grad norms, never the surrogate.
     Returns (surrogate, stats, angular_grads) like random_direction_term."""
     chosen = layer_indices(len(hidden) - 1, layers)
     C = hidden[chosen[0]].size(-1)
@@ -440,7 +459,15 @@ def rotated_angular_term(hidden, layers, weight, rotation, *, generator=None, **
     angular_grads, angular_values = _angular_gradients(hidden, chosen, weight, generator, angular_options)
     rotation = rotation.float()
     rotated = {i: grad @ rotation.to(grad.device) for i, grad in angular_grads.items()}  # (B, T, C)
-    return _control_surrogate(hidden, rotated), _control_stats(angular_grads, angular_values), angular_grads
+    stats = _control_stats(angular_grads, angular_values)
+    if params is not None:
+        outputs = [hidden[i] for i in chosen]
+        angular_norm = param_grad_norm(outputs, [angular_grads[i].to(hidden[i].dtype) for i in chosen], params)
+        rotated_norm = param_grad_norm(outputs, [rotated[i].to(hidden[i].dtype) for i in chosen], params)
+        scale = angular_norm / rotated_norm.clamp_min(1e-30)  # both 0 only when the angular gradient is 0
+        rotated = {i: grad * scale for i, grad in rotated.items()}
+        stats['ctrl/scale'] = scale.detach()
+    return _control_surrogate(hidden, rotated), stats, angular_grads
 
 
 def neftune_noise(shape, alpha, generator=None, device="cpu", dtype=torch.float32):

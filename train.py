@@ -86,6 +86,8 @@ dispersion_margin = 0.5  # orthogonalization's margin (0.5 = 90 degrees)
 dispersion_norm_weight = 0.1  # l2_repel's norm penalty weight
 dispersion_last_pre_ln = False  # last layer before ln_f instead of after (HF indexing is after)
 dispersion_warmup_iters = 0  # linear warmup of the weight; 0: constant, as in the paper
+dispersion_match_params = True  # rotated_angular: rescale it to the angular term's parameter-gradient norm at
+#                                 every micro-step (2 extra backward passes); False: rotation only
 # other controls
 neftune_alpha = 0.0  # NEFTune: uniform noise alpha/sqrt(T*C) on the token embeddings
 distill_from = None  # teacher: a checkpoint or Hugging Face GPT-2 directory
@@ -234,6 +236,8 @@ def main(argv):
                         norm_weight=dispersion_norm_weight, max_tokens=dispersion_max_tokens, generator=aux_gen)
     disp_layers = disperse.layer_indices(raw_model.config.n_layer, dispersion_layers) if use_hidden else []
 
+    trainable = [p for p in raw_model.parameters() if p.requires_grad]
+
     def aux_loss(hidden, it, rotation, with_ratio):
         """The dispersion term (or control) on the hidden states; the part of it that enters the
         logged loss (none of a control's surrogate, whose value means nothing); its figures for the log."""
@@ -245,8 +249,9 @@ def main(argv):
         if dispersion == "random_direction":
             surrogate, stats, angular_grads = disperse.random_direction_term(hidden, disp_layers, weight, aux_gen, **options)
         else:
-            surrogate, stats, angular_grads = disperse.rotated_angular_term(hidden, disp_layers, weight, rotation,
-                                                                            generator=aux_gen, **options)
+            surrogate, stats, angular_grads = disperse.rotated_angular_term(
+                hidden, disp_layers, weight, rotation, params=trainable if dispersion_match_params else None,
+                generator=aux_gen, **options)
         if with_ratio:
             stats["ctrl/param_grad_ratio"] = param_grad_ratio(surrogate, hidden, angular_grads)
         return surrogate, torch.zeros((), device=dev), stats
@@ -254,17 +259,13 @@ def main(argv):
     def param_grad_ratio(surrogate, hidden, angular_grads):
         """||d control / d params|| / ||d (weight * angular) / d params|| on the same micro-batch. The
         angular term's parameter gradient is the backward pass of its hidden-state gradients, which
-        the control computed anyway; both come from torch.autograd.grad, so .grad (the real step)
-        is untouched. Cost: two extra backward passes through the model, at log steps only."""
-        params = [p for p in raw_model.parameters() if p.requires_grad]
+        the control computed anyway; both go through torch.autograd.grad, so .grad (the real step) is
+        untouched. Cost: two extra backward passes through the model, at log steps only."""
         layers = list(angular_grads)
-        control = torch.autograd.grad(surrogate, params, retain_graph=True, allow_unused=True)
-        angular = torch.autograd.grad([hidden[i] for i in layers], params, retain_graph=True, allow_unused=True,
-                                      grad_outputs=[angular_grads[i].to(hidden[i].dtype) for i in layers])
-
-        def norm(grads):
-            return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads if g is not None]))
-        return norm(control) / norm(angular)
+        control = disperse.param_grad_norm([surrogate], None, trainable)
+        angular = disperse.param_grad_norm([hidden[i] for i in layers],
+                                           [angular_grads[i].to(hidden[i].dtype) for i in layers], trainable)
+        return control / angular
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -375,9 +376,15 @@ def main(argv):
         sums = torch.zeros(3, device=dev)  # total loss, cross-entropy, auxiliary term: summed over micro-steps
         stats_sum, stats_count = {}, {}
         log_step = master and iter_num % log_interval == 0
-        # rotated_angular: one rotation per optimizer step, shared by every layer and micro-step (disperse.py
-        # rotated_angular_term says why); drawn from aux_gen, so data order and dropout masks do not change
-        rotation = disperse.random_rotation(raw_model.config.n_embd, aux_gen) if dispersion == "rotated_angular" else None
+        rotation = None
+        if dispersion == "rotated_angular":
+            # one rotation per optimizer step, shared by every layer, micro-step and rank: the weights sum
+            # the gradients of all of them, and only a shared rotation keeps the angular gradients' Gram
+            # matrix across layers (independent ones per layer reach the weights 1.5x more weakly,
+            # bench/bench_controls.py). Its generator is keyed by (seed, step), like the batches: no RNG
+            # stream moves (data order, dropout masks, aux_gen) and a resumed run draws the same ones.
+            rotation_gen = torch.Generator().manual_seed(int(np.random.default_rng([seed, 3, iter_num]).integers(2**62)))
+            rotation = disperse.random_rotation(raw_model.config.n_embd, rotation_gen).to(dev)
         for micro_step in range(accum_per_rank):
             last = micro_step == accum_per_rank - 1
             sync = contextlib.nullcontext() if (not ddp or last) else model.no_sync()
@@ -417,9 +424,10 @@ def main(argv):
             sys.exit(f"error: non-finite loss ({mean_loss}) at iteration {iter_num}; stopping before the update. "
                      f"The last good checkpoint in {ckpt_path} is left as it was (resume with --init_from=resume, "
                      "perhaps with a lower learning_rate or dtype=bfloat16).")
+        grad_norm = None
         if grad_clip > 0:
             scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)
+            grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)  # before clipping
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
@@ -432,6 +440,8 @@ def main(argv):
             mfu = flops_per_iter / dt / (peak * world) if peak else None
             record = {"iter": iter_num, "loss": mean_loss, "ce": mean_ce, "lr": lr, "tokens": tokens_seen,
                       "dt_ms": dt * 1000, "mfu": mfu, "mem_mb": peak_memory_mb(device_type)}
+            if grad_norm is not None:
+                record["grad_norm"] = grad_norm.item()
             if use_hidden or teacher is not None:
                 record["aux"] = mean_aux
                 # per-layer figures from this rank's micro-steps (computing them costs one no-grad pass over the pairs)
