@@ -495,10 +495,18 @@ def check_settings():
         problems.append("eval_tasks needs eval_data_dir (the folder of <task>/<split>.jsonl files)")
     if distill_weight > 0 and not distill_from:
         problems.append("distill_weight > 0 needs distill_from (a teacher checkpoint or HF directory)")
-    if wandb_log and importlib.util.find_spec("wandb") is None:
+    if wandb_log and not module_available("wandb"):
         problems.append("wandb_log=True but wandb is not installed; pip install wandb, or set wandb_log=False")
     if problems:
         sys.exit("config error: " + "; ".join(problems))
+
+
+def module_available(name):
+    """Whether `import name` would find the module, without importing it."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def peak_memory_mb(device_type):
