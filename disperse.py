@@ -38,6 +38,22 @@ the variants are:
                    Placement control: dispersion between, not within, sequences.
   norm_penalty     mean over tokens of ||z_i||^2 (activation-norm control).
 
+Two more controls are not losses but gradients built from the angular term's own
+gradient g_i = d(weight * mean_layers angular)/d hidden[i] (taken on a detached copy),
+applied through a surrogate sum(h * control_gradient) whose value means nothing
+(train.py logs loss = CE for them):
+  random_direction a Gaussian direction per layer with ||g_i||'s norm: matched at the
+                   hidden states, but its independent per-token directions cancel in
+                   the shared weights (8-50x weaker there).
+  rotated_angular  g_i @ Q, Q a Haar-random orthogonal C x C matrix per optimizer step,
+                   shared by all layers, rescaled by one scalar so that its gradient
+                   w.r.t. the model's parameters has the angular term's norm (matched
+                   in the parameters; see rotated_angular_term for why rescaling is needed).
+
+Training logs, per selected layer, `disp/layer{i}/pair_cos`: the mean cosine over the
+off-diagonal pairs of each sequence (mean_pairwise_cos), what the loss acts on. The
+condensation probe's `mean_cos` (eval/condensation.py, the paper's m_l) includes the diagonal.
+
 clamp_st is a straight-through clamp: the forward value is
 clamp(c, -1+clamp, 1-clamp), the backward treats it as the identity, so
 arccos' derivative is evaluated at the clamped value: bounded (<= 1/sqrt(1-(1-clamp)^2))

@@ -439,17 +439,23 @@ def test_dispersion_term_logs_cos_on_the_same_subsample():
 # ----------------------------------------------------------------------------
 # random_direction_term
 
-def test_random_direction_matches_angular_gradient_norm_not_direction():
-    weight = 0.7
-    layers = [1, 3, 4]
+def control_and_angular_gradients(control, layers, weight, *args):
+    """hidden_states() after backward of control(hidden, layers, weight, *args, tau=0.5)'s
+    surrogate, its stats, and hidden_states() after backward of the angular term it copies."""
     hidden = hidden_states()
-    surrogate, stats, _ = random_direction_term(hidden, layers, weight, torch.Generator().manual_seed(4), tau=0.5)
+    surrogate, stats, _ = control(hidden, layers, weight, *args, tau=0.5)
     surrogate.backward()
-
     reference = hidden_states()
     total, _ = dispersion_term(reference, 'angular', layers, weight, tau=0.5)
     total.backward()
+    return hidden, stats, reference
 
+
+def test_random_direction_matches_angular_gradient_norm_not_direction():
+    weight = 0.7
+    layers = [1, 3, 4]
+    hidden, stats, reference = control_and_angular_gradients(random_direction_term, layers, weight,
+                                                             torch.Generator().manual_seed(4))
     assert hidden[0].grad is None and hidden[2].grad is None
     for i in layers:
         ours, target = hidden[i].grad, reference[i].grad
@@ -505,14 +511,8 @@ def test_random_rotation_is_uniform():
 def test_rotated_angular_gradient_is_the_rotated_angular_gradient():
     weight, layers = 0.7, [1, 3, 4]
     rotation = random_rotation(8, torch.Generator().manual_seed(7))
-    hidden = hidden_states()
-    surrogate, stats, angular_grads = rotated_angular_term(hidden, layers, weight, rotation, tau=0.5)
-    surrogate.backward()
-
-    reference = hidden_states()
-    total, _ = dispersion_term(reference, 'angular', layers, weight, tau=0.5)
-    total.backward()
-
+    hidden, stats, reference = control_and_angular_gradients(rotated_angular_term, layers, weight, rotation)
+    _, _, angular_grads = rotated_angular_term(hidden_states(), layers, weight, rotation, tau=0.5)
     assert hidden[0].grad is None and hidden[2].grad is None
     for i in layers:
         ours, target = hidden[i].grad, reference[i].grad
