@@ -457,7 +457,7 @@ def rotated_angular_term(hidden, layers, weight, rotation, *, params=None, gener
     angular gradient of token t is a combination of the other tokens' hidden vectors, so it
     lies where the hidden states lie, which is where the network's output is most sensitive
     to its weights; a random rotation moves it out. Once training has condensed the states
-    into few directions, rotation alone reaches the weights 2-5x more weakly
+    into few directions, rotation alone reaches the weights up to 5x more weakly
     (bench/bench_controls.py). Hence s = ||J^T g|| / ||J^T (g @ rotation)|| (J: the Jacobian
     of the selected hidden states w.r.t. params), one scalar for all layers, computed by two
     extra backward passes from the hidden states; logged as 'ctrl/scale'. The price: at the

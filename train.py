@@ -380,7 +380,7 @@ def main(argv):
         if dispersion == "rotated_angular":
             # one rotation per optimizer step, shared by every layer, micro-step and rank: the weights sum
             # the gradients of all of them, and only a shared rotation keeps the angular gradients' Gram
-            # matrix across layers (independent ones per layer reach the weights 1.5x more weakly,
+            # matrix across layers (independent ones per layer reach the weights 1.1-1.7x more weakly,
             # bench/bench_controls.py). Its generator is keyed by (seed, step), like the batches: no RNG
             # stream moves (data order, dropout masks, aux_gen) and a resumed run draws the same ones.
             rotation_gen = torch.Generator().manual_seed(int(np.random.default_rng([seed, 3, iter_num]).integers(2**62)))

@@ -109,7 +109,7 @@ def main():
         result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                   "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
                   "torch": torch.__version__, "command": "python " + " ".join(sys.argv),
-                  "settings": vars(args), "rows": rows, "overall": overall}
+                  "settings": {**vars(args), "dataset": os.path.relpath(args.dataset)}, "rows": rows, "overall": overall}
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
         print(f"wrote {args.json}")
