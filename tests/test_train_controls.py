@@ -2,7 +2,6 @@
 from the model and the batch; the parameter-gradient ratio of the controls over a run; wandb."""
 
 import json
-import math
 import os
 import subprocess
 import sys
