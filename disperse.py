@@ -38,6 +38,22 @@ the variants are:
                    Placement control: dispersion between, not within, sequences.
   norm_penalty     mean over tokens of ||z_i||^2 (activation-norm control).
 
+Two more controls are not losses but gradients built from the angular term's own
+gradient g_i = d(weight * mean_layers angular)/d hidden[i] (taken on a detached copy),
+applied through a surrogate sum(h * control_gradient) whose value means nothing
+(train.py logs loss = CE for them):
+  random_direction a Gaussian direction per layer with ||g_i||'s norm: matched at the
+                   hidden states, but its independent per-token directions cancel in
+                   the shared weights (8-50x weaker there).
+  rotated_angular  g_i @ Q, Q a Haar-random orthogonal C x C matrix per optimizer step,
+                   shared by all layers, rescaled by one scalar so that its gradient
+                   w.r.t. the model's parameters has the angular term's norm (matched
+                   in the parameters; see rotated_angular_term for why rescaling is needed).
+
+Training logs, per selected layer, `disp/layer{i}/pair_cos`: the mean cosine over the
+off-diagonal pairs of each sequence (mean_pairwise_cos), what the loss acts on. The
+condensation probe's `mean_cos` (eval/condensation.py, the paper's m_l) includes the diagonal.
+
 clamp_st is a straight-through clamp: the forward value is
 clamp(c, -1+clamp, 1-clamp), the backward treats it as the identity, so
 arccos' derivative is evaluated at the clamped value: bounded (<= 1/sqrt(1-(1-clamp)^2))
@@ -326,7 +342,9 @@ def dispersion_term(hidden, variant, layers, weight, *, max_tokens=None, generat
     to dispersion_loss. Returns (total, stats); stats holds detached tensors
     (no .item() here, so no device sync; convert at log steps):
     'disp/raw' (unweighted layer mean), 'disp/weighted', and per layer
-    'disp/layer{i}/loss' and 'disp/layer{i}/mean_cos' (on the same subsample)."""
+    'disp/layer{i}/loss' and 'disp/layer{i}/pair_cos' (mean_pairwise_cos, the mean cosine
+    over the off-diagonal pairs the loss sees, on the same subsample; not the probe's
+    mean_cos, which includes the diagonal)."""
     chosen = layer_indices(len(hidden) - 1, layers)
     stats = {}
     per_layer = []
@@ -336,12 +354,43 @@ def dispersion_term(hidden, variant, layers, weight, *, max_tokens=None, generat
         loss = dispersion_loss(h, variant, **loss_options)
         per_layer.append(loss)
         stats[f'disp/layer{i}/loss'] = loss.detach()
-        stats[f'disp/layer{i}/mean_cos'] = mean_pairwise_cos(h, eps=loss_options.get('eps', 1e-2))
+        stats[f'disp/layer{i}/pair_cos'] = mean_pairwise_cos(h, eps=loss_options.get('eps', 1e-2))
     raw = torch.stack(per_layer).mean()  # mean, not sum, across layers
     total = weight * raw
     stats['disp/raw'] = raw.detach()
     stats['disp/weighted'] = total.detach()
     return total, stats
+
+
+def _angular_gradients(hidden, chosen, weight, generator, angular_options):
+    """Per selected layer i: the gradient of weight * mean_layers(angular) w.r.t. hidden[i], taken
+    on a detached copy (so the model's graph is not touched), and the angular value itself."""
+    grads, values = {}, {}
+    for i in chosen:
+        with torch.enable_grad():
+            probe = hidden[i].detach().requires_grad_()
+            angular = dispersion_loss(probe, 'angular', generator=generator, **angular_options)
+            (grad,) = torch.autograd.grad(weight * angular / len(chosen), probe)
+        grads[i], values[i] = grad.float(), angular.detach()
+    return grads, values
+
+
+def _control_surrogate(hidden, control_grads):
+    """sum_layers sum(h * g): a scalar whose gradient w.r.t. each hidden[i] is exactly
+    control_grads[i] (the .float() cast's backward returns it in h's dtype)."""
+    surrogate = 0.0
+    for i, grad in control_grads.items():
+        h = hidden[i]
+        with torch.autocast(device_type=h.device.type, enabled=False):
+            surrogate = surrogate + (h.float() * grad.to(h.device)).sum()
+    return surrogate
+
+
+def _control_stats(angular_grads, angular_values):
+    stats = {f'ctrl/layer{i}/grad_norm': torch.linalg.vector_norm(g) for i, g in angular_grads.items()}
+    stats.update({f'ctrl/layer{i}/angular': v for i, v in angular_values.items()})
+    stats['ctrl/raw'] = torch.stack(list(angular_values.values())).mean()
+    return stats
 
 
 def random_direction_term(hidden, layers, weight, generator, **angular_options):
@@ -354,28 +403,87 @@ def random_direction_term(hidden, layers, weight, generator, **angular_options):
     subsampling if max_tokens is given), rescaled to ||r|| = ||g||. The returned
     surrogate is sum_layers sum(h * r), whose gradient w.r.t. h is exactly r.
     Its VALUE is meaningless (a random projection of the activations): log the
-    grad norms, never the surrogate. Returns (surrogate, stats) with detached
-    'ctrl/layer{i}/grad_norm', 'ctrl/layer{i}/angular' and 'ctrl/raw' (mean angular)."""
+    grad norms, never the surrogate.
+
+    Matched at the hidden states only: the B*T independent directions cancel once
+    backpropagated into the shared weights, so the parameter gradient is many times
+    weaker than the angular term's (train.py logs the ratio, ctrl/param_grad_ratio);
+    rotated_angular_term is the control matched in the parameters.
+
+    Returns (surrogate, stats, angular_grads): stats holds detached
+    'ctrl/layer{i}/grad_norm', 'ctrl/layer{i}/angular' and 'ctrl/raw' (mean angular);
+    angular_grads maps each selected layer i to g (float32, detached), the gradient
+    the angular term itself would have put on hidden[i]."""
     chosen = layer_indices(len(hidden) - 1, layers)
-    stats = {}
-    surrogate = 0.0
-    angular_values = []
-    for i in chosen:
-        h = hidden[i]
-        with torch.enable_grad():
-            probe = h.detach().requires_grad_()
-            angular = dispersion_loss(probe, 'angular', generator=generator, **angular_options)
-            (grad,) = torch.autograd.grad(weight * angular / len(chosen), probe)
-        grad_norm = torch.linalg.vector_norm(grad.float())
-        with torch.autocast(device_type=h.device.type, enabled=False):
-            direction = torch.randn(h.shape, generator=generator, device=generator.device).to(h.device)
-            direction = direction * (grad_norm / torch.linalg.vector_norm(direction))  # (B, T, C)
-            surrogate = surrogate + (h.float() * direction).sum()
-        angular_values.append(angular.detach())
-        stats[f'ctrl/layer{i}/grad_norm'] = grad_norm.detach()
-        stats[f'ctrl/layer{i}/angular'] = angular.detach()
-    stats['ctrl/raw'] = torch.stack(angular_values).mean()
-    return surrogate, stats
+    angular_grads, angular_values = _angular_gradients(hidden, chosen, weight, generator, angular_options)
+    directions = {}
+    for i, grad in angular_grads.items():
+        r = torch.randn(grad.shape, generator=generator, device=generator.device).to(grad.device)  # (B, T, C)
+        directions[i] = r * (torch.linalg.vector_norm(grad) / torch.linalg.vector_norm(r))
+    return _control_surrogate(hidden, directions), _control_stats(angular_grads, angular_values), angular_grads
+
+
+def random_rotation(C, generator):
+    """A Haar-distributed random orthogonal C x C matrix (float32), drawn from `generator`: the
+    QR decomposition of a Gaussian matrix, with the signs of R's diagonal moved into Q (without
+    that fix QR's sign convention makes Q not uniformly distributed; Mezzadri 2007)."""
+    gaussian = torch.randn(C, C, generator=generator, device=generator.device, dtype=torch.float64)
+    q, r = torch.linalg.qr(gaussian)
+    return (q * torch.sign(torch.diagonal(r))[None, :]).float()  # column j times sign(r_jj)
+
+
+def param_grad_norm(outputs, grad_outputs, params):
+    """||d/d params of sum_k <outputs[k], grad_outputs[k]>||, the norm over all of params, by
+    torch.autograd.grad: the graph is kept and no .grad is written (one backward pass)."""
+    grads = torch.autograd.grad(outputs, params, grad_outputs=grad_outputs, retain_graph=True, allow_unused=True)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads if g is not None]))
+
+
+def rotated_angular_term(hidden, layers, weight, rotation, *, params=None, generator=None, **angular_options):
+    """Control matched in the parameters: the angular term's own gradient on each selected
+    layer's hidden states, with every token's gradient vector rotated by the same orthogonal
+    C x C matrix `rotation` (see random_rotation; train.py draws one per optimizer step),
+    and, if the model's `params` are given, rescaled so that its gradient w.r.t. them has
+    exactly the norm the angular term's has on this batch.
+
+    For each layer h: g = d(weight * angular(h) / n_selected)/dh on a detached copy (as in
+    random_direction_term; `generator` is used only for the angular loss's subsampling);
+    the control gradient is s * g @ rotation. Rotating each row keeps every token's gradient
+    norm and the token x token Gram matrix g g^T, so the gradient of any linear map writing
+    into the hidden state (weight W: x W^T, gradient g^T x, and its bias) keeps its norm
+    exactly, and gradients of different tokens add up (or cancel) in the weights as the
+    angular ones do; what it destroys is the direction, i.e. the geometry that spreads the
+    tokens. Through the layers before (LayerNorm, attention, MLP) the norm is NOT kept: the
+    angular gradient of token t is a combination of the other tokens' hidden vectors, so it
+    lies where the hidden states lie, which is where the network's output is most sensitive
+    to its weights; a random rotation moves it out. Once training has condensed the states
+    into few directions, rotation alone reaches the weights up to 5x more weakly
+    (bench/bench_controls.py). Hence s = ||J^T g|| / ||J^T (g @ rotation)|| (J: the Jacobian
+    of the selected hidden states w.r.t. params), one scalar for all layers, computed by two
+    extra backward passes from the hidden states; logged as 'ctrl/scale'. The price: at the
+    hidden states the control's gradient is s times the angular one's (every layer alike).
+    With params=None, s = 1 (rotation only, matched at the hidden states).
+
+    The returned surrogate sum_layers sum(h * s * (g @ rotation)) has exactly that gradient
+    w.r.t. h; its VALUE is meaningless: log the grad norms, never the surrogate.
+    Returns (surrogate, stats, angular_grads) like random_direction_term."""
+    chosen = layer_indices(len(hidden) - 1, layers)
+    C = hidden[chosen[0]].size(-1)
+    if rotation.shape != (C, C):
+        raise ValueError(f"rotation must be a ({C}, {C}) matrix for hidden states of width {C}, "
+                         f"got {tuple(rotation.shape)}")
+    angular_grads, angular_values = _angular_gradients(hidden, chosen, weight, generator, angular_options)
+    rotation = rotation.float()
+    rotated = {i: grad @ rotation.to(grad.device) for i, grad in angular_grads.items()}  # (B, T, C)
+    stats = _control_stats(angular_grads, angular_values)
+    if params is not None:
+        outputs = [hidden[i] for i in chosen]
+        angular_norm = param_grad_norm(outputs, [angular_grads[i].to(hidden[i].dtype) for i in chosen], params)
+        rotated_norm = param_grad_norm(outputs, [rotated[i].to(hidden[i].dtype) for i in chosen], params)
+        scale = angular_norm / rotated_norm.clamp_min(1e-30)  # both 0 only when the angular gradient is 0
+        rotated = {i: grad * scale for i, grad in rotated.items()}
+        stats['ctrl/scale'] = scale.detach()
+    return _control_surrogate(hidden, rotated), stats, angular_grads
 
 
 def neftune_noise(shape, alpha, generator=None, device="cpu", dtype=torch.float32):

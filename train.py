@@ -13,6 +13,7 @@ and are checked by configurator.py before any work starts.
 """
 
 import contextlib
+import importlib.util
 import json
 import math
 import os
@@ -32,6 +33,10 @@ from configurator import load_config
 from data.common import open_split, sample_batch
 from errors import InputError, MissingFileError, run_cli
 from model import GPT, GPTConfig, device_peak_flops, load_model, model_config_to_dict
+
+# dispersion settings that are controls built from the angular term's gradient (disperse.py), not losses:
+# their surrogate's value means nothing, so the logged loss is CE for them
+CONTROLS = ("random_direction", "rotated_angular")
 
 # -----------------------------------------------------------------------------
 # default settings: GPT-2 (124M) from scratch on OpenWebText, 8 GPUs
@@ -73,7 +78,7 @@ lr_decay_iters = None  # None: max_iters
 min_lr = 6e-5
 # dispersion loss (disperse.py): total = CE + dispersion_weight * mean over layers
 dispersion = "none"  # none, angular, decorrelation, l2_repel, orthogonalization, or a control:
-#                      condense, cross_sequence, norm_penalty, random_direction
+#                      condense, cross_sequence, norm_penalty, random_direction, rotated_angular
 dispersion_weight = 0.1
 dispersion_tau = 1.0
 dispersion_layers = "all"  # all, last, early_half, late_half, or HF hidden-state indices "1,6,12"
@@ -84,6 +89,8 @@ dispersion_margin = 0.5  # orthogonalization's margin (0.5 = 90 degrees)
 dispersion_norm_weight = 0.1  # l2_repel's norm penalty weight
 dispersion_last_pre_ln = False  # last layer before ln_f instead of after (HF indexing is after)
 dispersion_warmup_iters = 0  # linear warmup of the weight; 0: constant, as in the paper
+dispersion_match_params = True  # rotated_angular: rescale it to the angular term's parameter-gradient norm at
+#                                 every micro-step (2 extra backward passes); False: rotation only
 # other controls
 neftune_alpha = 0.0  # NEFTune: uniform noise alpha/sqrt(T*C) on the token embeddings
 distill_from = None  # teacher: a checkpoint or Hugging Face GPT-2 directory
@@ -104,6 +111,11 @@ device = "auto"  # auto, cpu, cuda, cuda:1, mps
 dtype = "auto"  # auto (bfloat16 where supported, else float16 on CUDA, float32 on CPU), float32, bfloat16, float16
 compile = True  # torch.compile the model
 peak_flops = None  # one device's peak FLOP/s for MFU; None: look it up (model.PEAK_FLOPS)
+# experiment tracking: Weights & Biases gets the records of metrics.jsonl (which stays the source of truth)
+wandb_log = False
+wandb_project = "disperse-gpt"
+wandb_run_name = ""  # empty: wandb picks a name
+wandb_group = ""  # e.g. the experiment, so that its arms and seeds show together
 # -----------------------------------------------------------------------------
 _defaults = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str, type(None)))}
 _types = {  # settings whose default (None, say) does not tell their type
@@ -229,14 +241,36 @@ def main(argv):
                         norm_weight=dispersion_norm_weight, max_tokens=dispersion_max_tokens, generator=aux_gen)
     disp_layers = disperse.layer_indices(raw_model.config.n_layer, dispersion_layers) if use_hidden else []
 
-    def aux_loss(hidden, it):
-        """The dispersion term (or control) on the hidden states, and its figures for the log."""
+    trainable = [p for p in raw_model.parameters() if p.requires_grad]
+
+    def aux_loss(hidden, it, rotation, with_ratio):
+        """The dispersion term (or control) on the hidden states; the part of it that enters the
+        logged loss (none of a control's surrogate, whose value means nothing); its figures for the log."""
         weight = dispersion_weight * (min(1.0, (it + 1) / dispersion_warmup_iters) if dispersion_warmup_iters else 1.0)
+        if dispersion not in CONTROLS:
+            total, stats = disperse.dispersion_term(hidden, dispersion, disp_layers, weight, **disp_options)
+            return total, total.detach().float(), stats
+        options = {k: v for k, v in disp_options.items() if k != "generator"}
         if dispersion == "random_direction":
-            options = {k: v for k, v in disp_options.items() if k != "generator"}
-            surrogate, stats = disperse.random_direction_term(hidden, disp_layers, weight, aux_gen, **options)
-            return surrogate, {**stats, "ctrl/surrogate": surrogate.detach().float()}
-        return disperse.dispersion_term(hidden, dispersion, disp_layers, weight, **disp_options)
+            surrogate, stats, angular_grads = disperse.random_direction_term(hidden, disp_layers, weight, aux_gen, **options)
+        else:
+            surrogate, stats, angular_grads = disperse.rotated_angular_term(
+                hidden, disp_layers, weight, rotation, params=trainable if dispersion_match_params else None,
+                generator=aux_gen, **options)
+        if with_ratio:
+            stats["ctrl/param_grad_ratio"] = param_grad_ratio(surrogate, hidden, angular_grads)
+        return surrogate, torch.zeros((), device=dev), stats
+
+    def param_grad_ratio(surrogate, hidden, angular_grads):
+        """||d control / d params|| / ||d (weight * angular) / d params|| on the same micro-batch. The
+        angular term's parameter gradient is the backward pass of its hidden-state gradients, which
+        the control computed anyway; both go through torch.autograd.grad, so .grad (the real step) is
+        untouched. Cost: two extra backward passes through the model, at log steps only."""
+        layers = list(angular_grads)
+        control = disperse.param_grad_norm([surrogate], None, trainable)
+        angular = disperse.param_grad_norm([hidden[i] for i in layers],
+                                           [angular_grads[i].to(hidden[i].dtype) for i in layers], trainable)
+        return control / angular
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -290,9 +324,17 @@ def main(argv):
     peak = peak_flops or device_peak_flops(dev)
     flops_per_iter = raw_model.flops_per_token(block_size) * tokens_per_iter
 
+    wandb_run = None
+    if wandb_log and master:
+        import wandb  # only now: wandb is optional (check_settings made sure it is installed)
+        wandb_run = wandb.init(project=wandb_project, name=wandb_run_name or None, group=wandb_group or None,
+                               config=config)
+
     def log(record):
         with open(metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        if wandb_run is not None:
+            wandb_run.log(record, step=record["iter"])
 
     # ------------------------------------------------------------------ the loop
     from tqdm import tqdm
@@ -341,7 +383,17 @@ def main(argv):
         # one optimizer step: accumulate gradients over the micro-steps, sync them on the last one
         t0 = time.perf_counter()
         sums = torch.zeros(3, device=dev)  # total loss, cross-entropy, auxiliary term: summed over micro-steps
-        stats_sum = {}
+        stats_sum, stats_count = {}, {}
+        log_step = master and iter_num % log_interval == 0
+        rotation = None
+        if dispersion == "rotated_angular":
+            # one rotation per optimizer step, shared by every layer, micro-step and rank: the weights sum
+            # the gradients of all of them, and only a shared rotation keeps the angular gradients' Gram
+            # matrix across layers (independent ones per layer reach the weights 1.1-1.7x more weakly,
+            # bench/bench_controls.py). Its generator is keyed by (seed, step), like the batches: no RNG
+            # stream moves (data order, dropout masks, aux_gen) and a resumed run draws the same ones.
+            rotation_gen = torch.Generator().manual_seed(int(np.random.default_rng([seed, 3, iter_num]).integers(2**62)))
+            rotation = disperse.random_rotation(raw_model.config.n_embd, rotation_gen).to(dev)
         for micro_step in range(accum_per_rank):
             last = micro_step == accum_per_rank - 1
             sync = contextlib.nullcontext() if (not ddp or last) else model.no_sync()
@@ -355,23 +407,23 @@ def main(argv):
                     if use_hidden:
                         logits, ce, hidden = model(x, y, return_hidden=True, tok_emb_noise=noise,
                                                    last_hidden_before_ln=dispersion_last_pre_ln)
-                        aux, stats = aux_loss(hidden, iter_num)
+                        aux, aux_value, stats = aux_loss(hidden, iter_num, rotation, log_step and micro_step == 0)
                     else:
                         logits, ce = model(x, y, tok_emb_noise=noise)
-                        aux, stats = torch.zeros((), device=dev), {}
+                        aux, aux_value, stats = torch.zeros((), device=dev), torch.zeros((), device=dev), {}
                     if teacher is not None:
                         with torch.no_grad():
                             teacher_logits, _ = teacher(x)
                         kd = disperse.distillation_loss(logits, teacher_logits, distill_temperature)
                         aux = aux + distill_weight * kd
+                        aux_value = aux_value + distill_weight * kd.detach().float()
                         stats = {**stats, "distill/kl": kd.detach()}
                     loss = ce + aux
                 scaler.scale(loss / accum_per_rank).backward()  # / accum: gradients of the mean over micro-steps
-            # the random-direction surrogate's value means nothing (disperse.py): it is left out of the log
-            aux_value = aux.detach().float() - (stats["ctrl/surrogate"] if "ctrl/surrogate" in stats else 0.0)
             sums += torch.stack([ce.detach().float() + aux_value, ce.detach().float(), aux_value])
             for k, v in stats.items():
                 stats_sum[k] = stats_sum.get(k, 0.0) + v.float()
+                stats_count[k] = stats_count.get(k, 0) + 1  # ctrl/param_grad_ratio: first micro-step only
         if ddp:
             dist.all_reduce(sums, op=dist.ReduceOp.AVG)
         mean_loss, mean_ce, mean_aux = (sums / accum_per_rank).tolist()  # mean over micro-steps and ranks
@@ -381,9 +433,10 @@ def main(argv):
             sys.exit(f"error: non-finite loss ({mean_loss}) at iteration {iter_num}; stopping before the update. "
                      f"The last good checkpoint in {ckpt_path} is left as it was (resume with --init_from=resume, "
                      "perhaps with a lower learning_rate or dtype=bfloat16).")
+        grad_norm = None
         if grad_clip > 0:
             scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)
+            grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)  # before clipping
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
@@ -392,14 +445,16 @@ def main(argv):
         dt = time.perf_counter() - t0
         tokens_seen += tokens_per_iter
 
-        if master and iter_num % log_interval == 0:
+        if log_step:
             mfu = flops_per_iter / dt / (peak * world) if peak else None
             record = {"iter": iter_num, "loss": mean_loss, "ce": mean_ce, "lr": lr, "tokens": tokens_seen,
                       "dt_ms": dt * 1000, "mfu": mfu, "mem_mb": peak_memory_mb(device_type)}
+            if grad_norm is not None:
+                record["grad_norm"] = grad_norm.item()
             if use_hidden or teacher is not None:
                 record["aux"] = mean_aux
                 # per-layer figures from this rank's micro-steps (computing them costs one no-grad pass over the pairs)
-                record.update({k: v.item() / accum_per_rank for k, v in stats_sum.items() if k != "ctrl/surrogate"})
+                record.update({k: v.item() / stats_count[k] for k, v in stats_sum.items()})
             log(record)
             bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", ms=f"{dt * 1000:.0f}",
                             mfu=f"{mfu * 100:.1f}%" if mfu else "n/a")
@@ -407,6 +462,8 @@ def main(argv):
         iter_num += 1
 
     bar.close()
+    if wandb_run is not None:
+        wandb_run.finish()
     if ddp:
         dist.destroy_process_group()
 
@@ -430,8 +487,8 @@ def run_benchmarks(model):
 def check_settings():
     """Checks that need more than a type: they stop the run before any work is done."""
     problems = []
-    if dispersion not in disperse.VARIANTS + ("none", "random_direction"):
-        problems.append(f"dispersion={dispersion!r}; choose one of none, {', '.join(disperse.VARIANTS)}, random_direction")
+    if dispersion not in disperse.VARIANTS + CONTROLS + ("none",):
+        problems.append(f"dispersion={dispersion!r}; choose one of none, {', '.join(disperse.VARIANTS + CONTROLS)}")
     for key in ("batch_size", "block_size", "gradient_accumulation_steps", "eval_interval", "eval_iters", "log_interval"):
         if globals()[key] < 1:
             problems.append(f"{key}={globals()[key]} must be at least 1")
@@ -447,8 +504,18 @@ def check_settings():
         problems.append("eval_tasks needs eval_data_dir (the folder of <task>/<split>.jsonl files)")
     if distill_weight > 0 and not distill_from:
         problems.append("distill_weight > 0 needs distill_from (a teacher checkpoint or HF directory)")
+    if wandb_log and not module_available("wandb"):
+        problems.append("wandb_log=True but wandb is not installed; pip install wandb, or set wandb_log=False")
     if problems:
         raise InputError("; ".join(problems))
+
+
+def module_available(name):
+    """Whether `import name` would find the module, without importing it."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def peak_memory_mb(device_type):

@@ -11,7 +11,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from disperse import (VARIANTS, dispersion_loss, dispersion_term, distillation_loss,  # noqa: E402
-                      layer_indices, mean_pairwise_cos, neftune_noise, random_direction_term)
+                      layer_indices, mean_pairwise_cos, neftune_noise, param_grad_norm, random_direction_term,
+                      random_rotation, rotated_angular_term)
 
 OPTIONS = dict(tau=0.7, eps=1e-2, clamp=0.1, margin=0.5, norm_weight=0.1)
 
@@ -409,14 +410,14 @@ def test_dispersion_term_is_weighted_layer_mean():
     assert total.item() == pytest.approx(expected, abs=1e-6)
 
     keys = {'disp/raw', 'disp/weighted'}
-    keys |= {f'disp/layer{i}/{k}' for i in range(1, 5) for k in ('loss', 'mean_cos')}
+    keys |= {f'disp/layer{i}/{k}' for i in range(1, 5) for k in ('loss', 'pair_cos')}
     assert set(stats) == keys
     for value in stats.values():
         assert isinstance(value, torch.Tensor) and not value.requires_grad
         float(value)
     assert stats['disp/raw'].item() == pytest.approx(expected / 0.3, abs=1e-6)
     assert stats['disp/layer2/loss'].item() == pytest.approx(per_layer[1].item(), abs=1e-7)
-    assert stats['disp/layer2/mean_cos'].item() == pytest.approx(mean_pairwise_cos(hidden[2]).item(), abs=1e-7)
+    assert stats['disp/layer2/pair_cos'].item() == pytest.approx(mean_pairwise_cos(hidden[2]).item(), abs=1e-7)
 
     total.backward()
     assert hidden[0].grad is None  # embedding output excluded under 'all'
@@ -432,23 +433,29 @@ def test_dispersion_term_logs_cos_on_the_same_subsample():
         positions = torch.randperm(20, generator=replay)[:5]
         sub = hidden[i][:, positions]
         assert stats[f'disp/layer{i}/loss'].item() == pytest.approx(dispersion_loss(sub, 'angular').item(), abs=1e-7)
-        assert stats[f'disp/layer{i}/mean_cos'].item() == pytest.approx(mean_pairwise_cos(sub).item(), abs=1e-7)
+        assert stats[f'disp/layer{i}/pair_cos'].item() == pytest.approx(mean_pairwise_cos(sub).item(), abs=1e-7)
 
 
 # ----------------------------------------------------------------------------
 # random_direction_term
 
-def test_random_direction_matches_angular_gradient_norm_not_direction():
-    weight = 0.7
-    layers = [1, 3, 4]
+def control_and_angular_gradients(control, layers, weight, *args):
+    """hidden_states() after backward of control(hidden, layers, weight, *args, tau=0.5)'s
+    surrogate, its stats, and hidden_states() after backward of the angular term it copies."""
     hidden = hidden_states()
-    surrogate, stats = random_direction_term(hidden, layers, weight, torch.Generator().manual_seed(4), tau=0.5)
+    surrogate, stats, _ = control(hidden, layers, weight, *args, tau=0.5)
     surrogate.backward()
-
     reference = hidden_states()
     total, _ = dispersion_term(reference, 'angular', layers, weight, tau=0.5)
     total.backward()
+    return hidden, stats, reference
 
+
+def test_random_direction_matches_angular_gradient_norm_not_direction():
+    weight = 0.7
+    layers = [1, 3, 4]
+    hidden, stats, reference = control_and_angular_gradients(random_direction_term, layers, weight,
+                                                             torch.Generator().manual_seed(4))
     assert hidden[0].grad is None and hidden[2].grad is None
     for i in layers:
         ours, target = hidden[i].grad, reference[i].grad
@@ -464,6 +471,121 @@ def test_random_direction_leaves_global_rng_alone():
     state = torch.get_rng_state()
     random_direction_term(hidden, 'all', 1.0, torch.Generator().manual_seed(0))
     assert torch.equal(state, torch.get_rng_state())
+
+
+def test_random_direction_returns_the_angular_gradients():
+    hidden = hidden_states()
+    _, _, angular_grads = random_direction_term(hidden, [2, 4], 0.7, torch.Generator().manual_seed(4), tau=0.5)
+    reference = hidden_states()
+    total, _ = dispersion_term(reference, 'angular', [2, 4], 0.7, tau=0.5)
+    total.backward()
+    assert sorted(angular_grads) == [2, 4]
+    for i in (2, 4):
+        assert torch.allclose(angular_grads[i], reference[i].grad.float(), atol=1e-7, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------
+# rotated_angular_term
+
+def test_random_rotation_is_the_sign_fixed_qr_of_a_gaussian():
+    q = random_rotation(6, torch.Generator().manual_seed(5))
+    gaussian = torch.randn(6, 6, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    assert q.dtype == torch.float32 and q.shape == (6, 6)
+    assert torch.allclose(q.double().T @ q.double(), torch.eye(6, dtype=torch.float64), atol=1e-6)
+    r = q.double().T @ gaussian  # the R of gaussian = Q R: upper triangular with a positive diagonal
+    assert torch.allclose(torch.tril(r, -1), torch.zeros(6, 6, dtype=torch.float64), atol=1e-5)
+    assert (torch.diagonal(r) > 0).all()
+    assert torch.equal(q, random_rotation(6, torch.Generator().manual_seed(5)))
+
+
+def test_random_rotation_is_uniform():
+    # Haar: every entry has mean 0 and variance 1/C. Without the sign fix, QR's convention makes
+    # q[0, 0] = -|g_00| / |g_0| < 0 in every draw.
+    g = torch.Generator().manual_seed(6)
+    draws = torch.stack([random_rotation(3, g) for _ in range(2000)]).double()  # (2000, 3, 3)
+    se = (1 / 3) ** 0.5 / 2000 ** 0.5
+    assert draws.mean(dim=0).abs().max() < 4 * se
+    assert torch.allclose(draws.pow(2).mean(dim=0), torch.full((3, 3), 1 / 3, dtype=torch.float64), atol=0.03)
+
+
+def test_rotated_angular_gradient_is_the_rotated_angular_gradient():
+    weight, layers = 0.7, [1, 3, 4]
+    rotation = random_rotation(8, torch.Generator().manual_seed(7))
+    hidden, stats, reference = control_and_angular_gradients(rotated_angular_term, layers, weight, rotation)
+    _, _, angular_grads = rotated_angular_term(hidden_states(), layers, weight, rotation, tau=0.5)
+    assert hidden[0].grad is None and hidden[2].grad is None
+    for i in layers:
+        ours, target = hidden[i].grad, reference[i].grad
+        assert torch.allclose(ours, target @ rotation, atol=1e-7, rtol=1e-5)
+        # what the rotation keeps: each token's gradient norm and the token x token Gram matrix
+        assert torch.allclose(ours.norm(dim=-1), target.norm(dim=-1), rtol=1e-5, atol=1e-9)
+        assert torch.allclose(ours @ ours.transpose(1, 2), target @ target.transpose(1, 2), rtol=1e-4, atol=1e-9)
+        assert abs(((ours * target).sum() / (ours.norm() * target.norm())).item()) < 0.5  # what it changes
+        assert stats[f'ctrl/layer{i}/grad_norm'].item() == pytest.approx(target.norm().item(), rel=1e-5)
+        assert torch.allclose(angular_grads[i], target.float(), atol=1e-7, rtol=1e-5)
+    assert 'ctrl/scale' not in stats
+    with pytest.raises(ValueError, match=r"rotation must be a \(8, 8\) matrix"):
+        rotated_angular_term(hidden, layers, weight, torch.eye(7))
+
+
+def test_rotation_keeps_the_weight_gradient_of_a_linear_map_into_the_hidden_state():
+    # h = x W^T + b: grad_W = g^T x and grad_b = sum_t g_t, and (g R)^T x = R^T g^T x has the same norm
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(2, 7, 5, generator=g, dtype=torch.float64)
+    norms = {}
+    for arm in ('angular', 'rotated'):
+        linear = torch.nn.Linear(5, 8).double()
+        torch.nn.init.normal_(linear.weight, generator=torch.Generator().manual_seed(9))
+        torch.nn.init.normal_(linear.bias, generator=torch.Generator().manual_seed(10))
+        hidden = [x, linear(x)]
+        if arm == 'angular':
+            term, _ = dispersion_term(hidden, 'angular', [1], 0.5)
+        else:
+            term, _, _ = rotated_angular_term(hidden, [1], 0.5, random_rotation(8, torch.Generator().manual_seed(10)))
+        term.backward()
+        norms[arm] = (linear.weight.grad.norm().item(), linear.bias.grad.norm().item())
+    assert norms['rotated'] == pytest.approx(norms['angular'], rel=1e-5)
+
+
+def tiny_network(seed=11, B=2, T=6, C=8):
+    """Hidden states of a two-layer residual network with nonlinearities, and its parameters."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, T, C, generator=g, dtype=torch.float64)
+    w1, w2 = (torch.randn(C, C, generator=g, dtype=torch.float64).requires_grad_() for _ in range(2))
+    h1 = x + torch.tanh(x @ w1)
+    h2 = h1 + torch.tanh(h1 @ w2)
+    return [x, h1, h2], [w1, w2]
+
+
+def test_rotated_angular_with_params_matches_the_angular_parameter_gradient_norm():
+    rotation = random_rotation(8, torch.Generator().manual_seed(12))
+    hidden, params = tiny_network()
+    surrogate, stats, _ = rotated_angular_term(hidden, 'all', 0.3, rotation, params=params)
+    surrogate.backward()
+    control = torch.cat([p.grad.flatten() for p in params]).norm().item()
+
+    hidden, params = tiny_network()
+    total, _ = dispersion_term(hidden, 'angular', 'all', 0.3)
+    total.backward()
+    angular = torch.cat([p.grad.flatten() for p in params]).norm().item()
+
+    hidden, params = tiny_network()
+    plain, _, _ = rotated_angular_term(hidden, 'all', 0.3, rotation)
+    plain.backward()
+    rotated_only = torch.cat([p.grad.flatten() for p in params]).norm().item()
+
+    assert control == pytest.approx(angular, rel=1e-5)
+    assert stats['ctrl/scale'].item() == pytest.approx(angular / rotated_only, rel=1e-5)
+    assert abs(stats['ctrl/scale'].item() - 1) > 0.05  # through tanh the rotation alone does not keep the norm
+
+
+def test_param_grad_norm_leaves_grads_and_graph_alone():
+    hidden, params = tiny_network()
+    seed_grad = torch.ones_like(hidden[2])
+    norm = param_grad_norm([hidden[2]], [seed_grad], params)
+    assert all(p.grad is None for p in params)
+    hidden[2].sum().backward()  # the graph is still there
+    assert norm.item() == pytest.approx(torch.cat([p.grad.flatten() for p in params]).norm().item(), rel=1e-6)
 
 
 # ----------------------------------------------------------------------------

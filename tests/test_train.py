@@ -148,15 +148,15 @@ def test_all_dispersion_variants_and_controls_train(tiny_dataset, tmp_path):
     teacher = tmp_path / "teacher"
     run_train([*TINY_MODEL, f"--dataset={tiny_dataset}", f"--out_dir={teacher}", "--max_iters=2", "--eval_interval=2", "--eval_iters=1"])
     for variant in ("angular", "decorrelation", "l2_repel", "orthogonalization", "condense", "cross_sequence",
-                    "norm_penalty", "random_direction"):
+                    "norm_penalty", "random_direction", "rotated_angular"):
         out = tmp_path / variant
         run_train([*TINY_MODEL, f"--dataset={tiny_dataset}", f"--out_dir={out}", "--max_iters=2", "--eval_interval=2",
                    "--eval_iters=1", f"--dispersion={variant}", "--dispersion_layers=late_half",
                    f"--distill_from={teacher}", "--distill_weight=0.5"])
         row = [r for r in read_metrics(out) if "loss" in r][-1]
         assert math.isfinite(row["loss"]) and "distill/kl" in row
-        assert ("ctrl/raw" if variant == "random_direction" else "disp/raw") in row
-        assert "disp/layer2/mean_cos" in row or "ctrl/layer2/grad_norm" in row
+        assert ("ctrl/raw" if variant in ("random_direction", "rotated_angular") else "disp/raw") in row
+        assert "disp/layer2/pair_cos" in row or "ctrl/layer2/grad_norm" in row
 
 
 def test_benchmarks_at_eval_steps(shared, tiny_dataset, tmp_path):
