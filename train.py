@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import disperse
 from configurator import ConfigError, load_config
 from data.common import open_split, sample_batch
-from model import GPT, GPTConfig, device_peak_flops, load_model, model_config_to_dict
+from model import GPT, GPTConfig, device_peak_flops, load_model, model_config_from_dict, model_config_to_dict
 
 # -----------------------------------------------------------------------------
 # default settings: GPT-2 (124M) from scratch on OpenWebText, 8 GPUs
@@ -41,7 +41,8 @@ eval_iters = 200  # batches per loss estimate, split across ranks
 eval_only = False  # evaluate once and exit
 always_save_checkpoint = True  # save at every eval, not only when val loss improves
 keep_best = False  # also keep the checkpoint of the lowest val loss as ckpt_best.pt (selection by val, never test)
-init_from = "scratch"  # 'scratch', 'resume' (from out_dir), or a GPT-2: 'gpt2'..'gpt2-xl' or a local HF directory
+init_from = "scratch"  # 'scratch', 'resume' (from out_dir), our ckpt.pt, or a Hugging Face GPT-2 / Llama / Qwen2 / Qwen3
+#                         directory or hub name ('gpt2', 'Qwen/Qwen3-0.6B'); the model settings below then come from it
 seed = 1337
 # data
 dataset = "openwebtext"  # a folder under data/ or a path to a prepared folder (train.bin, val.bin, meta.json)
@@ -56,6 +57,19 @@ n_inner = None  # MLP width; None is 4 * n_embd
 dropout = 0.0  # 0 for pretraining; 0.1 for GPT-2 mid-training as in the paper
 bias = False  # biases in Linears and LayerNorms (a pretrained GPT-2 always has them)
 vocab_size = 50257
+# the block's variant (model.py GPTConfig); the defaults are GPT-2's. A Qwen3-shaped model:
+# norm=rmsnorm pos_emb=rope mlp=swiglu n_kv_head=8 head_dim=128 qk_norm=True bias=False rope_theta=1e6
+norm = "layernorm"  # layernorm or rmsnorm
+norm_eps = 1e-5
+pos_emb = "learned"  # learned positions or rope
+rope_theta = 10000.0
+mlp = "gelu"  # gelu, or swiglu (n_inner wide; None: 8/3 * n_embd rounded up to a multiple of 256)
+n_kv_head = None  # grouped-query attention: key/value heads; None: n_head
+head_dim = None  # per-head width; None: n_embd // n_head
+qk_norm = False  # RMSNorm on each head's queries and keys
+qkv_bias = None  # bias of the q/k/v projection alone; None: same as bias (Qwen2: bias=False, qkv_bias=True)
+tie_embeddings = True  # output head shares the token embedding
+gradient_checkpointing = False  # recompute each block's activations in backward: less memory, ~30% more compute
 # optimizer: AdamW
 learning_rate = 6e-4
 max_iters = 600000
@@ -104,7 +118,8 @@ peak_flops = None  # one device's peak FLOP/s for MFU; None: look it up (model.P
 # -----------------------------------------------------------------------------
 _defaults = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str, type(None)))}
 _types = {  # settings whose default (None, say) does not tell their type
-    "n_inner": (int, type(None)), "lr_decay_iters": (int, type(None)), "dispersion_max_tokens": (int, type(None)),
+    "n_inner": (int, type(None)), "n_kv_head": (int, type(None)), "head_dim": (int, type(None)),
+    "qkv_bias": (bool, type(None)), "lr_decay_iters": (int, type(None)), "dispersion_max_tokens": (int, type(None)),
     "distill_from": (str, type(None)), "peak_flops": (float, type(None)), "dispersion_layers": (str, int, list),
 }
 
@@ -170,8 +185,7 @@ def main(argv):
     iter_num, best_val_loss, ckpt = 0, float("inf"), None
     ckpt_path = os.path.join(out_dir, "ckpt.pt")
     if init_from == "scratch":
-        model = GPT(GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head,
-                              n_embd=n_embd, dropout=dropout, bias=bias, n_inner=n_inner))
+        model = GPT(model_config_from_dict(config))  # the model settings above
     elif init_from == "resume":
         ckpt = read_checkpoint(ckpt_path)
         model = GPT(GPTConfig(**{**ckpt["model_args"], "dropout": dropout}))
@@ -180,12 +194,13 @@ def main(argv):
         if master:
             print(f"resuming from {ckpt_path} at iteration {iter_num}")
     else:
-        model, _ = load_model(init_from, dropout=dropout)  # a pretrained GPT-2
+        model, _ = load_model(init_from, dropout=dropout)  # a checkpoint or a pretrained Hugging Face model
     if block_size < model.config.block_size:
         model.crop_block_size(block_size)
     if model.config.vocab_size != vocab_size:
         sys.exit(f"config error: the model has vocab_size={model.config.vocab_size} but vocab_size={vocab_size}; "
                  "set vocab_size to the model's")
+    model.gradient_checkpointing = gradient_checkpointing
     model.to(dev)
     raw_model = model  # the module whose state_dict has clean names: no _orig_mod. or module. prefixes
     if master:
@@ -436,6 +451,10 @@ def check_settings():
         problems.append(f"probe_interval={probe_interval} must be a multiple of eval_interval={eval_interval}")
     if eval_tasks and not eval_data_dir:
         problems.append("eval_tasks needs eval_data_dir (the folder of <task>/<split>.jsonl files)")
+    try:
+        model_config_from_dict(globals())  # the model settings' own checks (n_embd % n_head, n_head % n_kv_head, ...)
+    except ValueError as e:
+        problems.append(str(e))
     if distill_weight > 0 and not distill_from:
         problems.append("distill_weight > 0 needs distill_from (a teacher checkpoint or HF directory)")
     if problems:
