@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from conftest import tiny_hf_model
 from model import GPT, GPTConfig, apply_rope, config_from_hf, load_model, rope_tables
 
 transformers = pytest.importorskip("transformers")
@@ -15,25 +16,7 @@ VOCAB = 101  # not a multiple of 64: the padded rows must stay invisible
 
 
 def hf_tiny(family, **overrides):
-    """A transformers causal LM of the family at random init, every weight (norm gains and
-    biases too) drawn at random so that a wrongly mapped tensor cannot hide."""
-    common = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    config = {
-        "gpt2": lambda: transformers.GPT2Config(vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=2, n_head=4,
-                                                resid_pdrop=0, embd_pdrop=0, attn_pdrop=0, **overrides),
-        "llama": lambda: transformers.LlamaConfig(**{**common, "rope_theta": 5e5, "rms_norm_eps": 1e-5, **overrides}),
-        "qwen2": lambda: transformers.Qwen2Config(**{**common, **overrides}),
-        "qwen3": lambda: transformers.Qwen3Config(**{**common, "head_dim": 16, "rope_theta": 1e6,
-                                                     "tie_word_embeddings": True, **overrides}),
-    }[family]()
-    torch.manual_seed(0)
-    model = {"gpt2": transformers.GPT2LMHeadModel, "llama": transformers.LlamaForCausalLM,
-             "qwen2": transformers.Qwen2ForCausalLM, "qwen3": transformers.Qwen3ForCausalLM}[family](config)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    return model.eval()
+    return tiny_hf_model(family, vocab_size=VOCAB, **overrides)
 
 
 def ids(n=2, T=20, seed=0):
