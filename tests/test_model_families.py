@@ -221,3 +221,15 @@ def test_legacy_rope_keys_are_read():
           "tie_word_embeddings": True, "max_position_embeddings": 128, "rms_norm_eps": 1e-6}
     config = config_from_hf(hc)
     assert config.rope_theta == 1e6 and config.qk_norm and config.n_kv_head == 1 and config.head_dim is None
+
+
+def test_gpt2_base_model_files_without_the_transformer_prefix(tmp_path):
+    """The hub's gpt2 files hold GPT2Model keys (h.0.attn..., wte.weight) and the old mask buffers."""
+    hf = hf_tiny("gpt2")
+    hf.transformer.save_pretrained(tmp_path)  # GPT2Model: no lm_head, no 'transformer.' prefix
+    from safetensors.torch import load_file, save_file
+    sd = load_file(tmp_path / "model.safetensors")
+    assert "wte.weight" in sd
+    sd["h.0.attn.bias"] = torch.ones(1, 1, 64, 64).tril()  # what transformers < 4.3x wrote
+    save_file(sd, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    assert_same_outputs(hf, GPT.from_hf(str(tmp_path)).eval(), ids())
