@@ -791,8 +791,7 @@ def model_config_to_dict(config):
 
 def load_model(path, device="cpu", dropout=0.0):
     """A model from any of: our training checkpoint (out_dir/ckpt.pt, or the out_dir holding it),
-    a Hugging Face GPT-2 / Llama / Qwen2 / Qwen3 model directory (config.json + safetensors), or a
-    hub name (GPT.from_hf).
+    a Hugging Face GPT-2 model directory (config.json + weights), or a GPT-2 hub name.
     Returns (model, info) where info says what was loaded (e.g. the iteration of a checkpoint)."""
     if os.path.isdir(path) and os.path.exists(os.path.join(path, "ckpt.pt")):
         path = os.path.join(path, "ckpt.pt")

@@ -41,8 +41,7 @@ eval_iters = 200  # batches per loss estimate, split across ranks
 eval_only = False  # evaluate once and exit
 always_save_checkpoint = True  # save at every eval, not only when val loss improves
 keep_best = False  # also keep the checkpoint of the lowest val loss as ckpt_best.pt (selection by val, never test)
-init_from = "scratch"  # 'scratch', 'resume' (from out_dir), our ckpt.pt, or a Hugging Face GPT-2 / Llama / Qwen2 / Qwen3
-#                         directory or hub name ('gpt2', 'Qwen/Qwen3-0.6B'); the model settings below then come from it
+init_from = "scratch"  # 'scratch', 'resume' (from out_dir), or a GPT-2: 'gpt2'..'gpt2-xl' or a local HF directory
 seed = 1337
 # data
 dataset = "openwebtext"  # a folder under data/ or a path to a prepared folder (train.bin, val.bin, meta.json)
@@ -57,7 +56,9 @@ n_inner = None  # MLP width; None is 4 * n_embd
 dropout = 0.0  # 0 for pretraining; 0.1 for GPT-2 mid-training as in the paper
 bias = False  # biases in Linears and LayerNorms (a pretrained GPT-2 always has them)
 vocab_size = 50257
-# the block's variant (model.py GPTConfig); the defaults are GPT-2's. A Qwen3-shaped model:
+# the block's variant (model.py GPTConfig); the defaults are GPT-2's. With init_from our ckpt.pt or a Hugging
+# Face GPT-2 / Llama / Qwen2 / Qwen3 directory or hub name ('Qwen/Qwen3-0.6B'), the model settings come from it.
+# A Qwen3-shaped model from scratch:
 # norm=rmsnorm pos_emb=rope mlp=swiglu n_kv_head=8 head_dim=128 qk_norm=True bias=False rope_theta=1e6
 norm = "layernorm"  # layernorm or rmsnorm
 norm_eps = 1e-5
@@ -194,15 +195,15 @@ def main(argv):
         if master:
             print(f"resuming from {ckpt_path} at iteration {iter_num}")
     else:
-        model, _ = load_model(init_from, dropout=dropout)  # a checkpoint or a pretrained Hugging Face model
+        model, _ = load_model(init_from, dropout=dropout)  # a pretrained GPT-2
     if block_size < model.config.block_size:
         model.crop_block_size(block_size)
     if model.config.vocab_size != vocab_size:
         sys.exit(f"config error: the model has vocab_size={model.config.vocab_size} but vocab_size={vocab_size}; "
                  "set vocab_size to the model's")
-    model.gradient_checkpointing = gradient_checkpointing
     model.to(dev)
     raw_model = model  # the module whose state_dict has clean names: no _orig_mod. or module. prefixes
+    raw_model.gradient_checkpointing = gradient_checkpointing
     if master:
         print(f"model: {model.get_num_params() / 1e6:.2f}M parameters (without position embeddings)")
 

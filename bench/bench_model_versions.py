@@ -4,7 +4,7 @@ another, measured interleaved: the arms take turns step by step on the same batc
 process, so the machine's drift (2x from minute to minute on a shared box) hits them alike.
 
     # does the family-aware model.py slow the GPT-2 path down? (new/old throughput, goal >= 0.97)
-    python bench/bench_model_versions.py --old main --json bench/results/model_versions_gpt2_cpu.json
+    python bench/bench_model_versions.py --old 7997115 --json bench/results/model_versions_gpt2_cpu.json
     # a Qwen3-shaped model of GPT-2 124M's size against GPT-2 124M, both from this model.py
     python bench/bench_model_versions.py --shapes gpt2,qwen3,qwen3_ckpt --json bench/results/model_shapes_cpu.json
 
@@ -49,16 +49,20 @@ def load_module(path, name):
 
 
 def model_py_at(rev, folder):
-    """model.py as it is at git revision rev, written to folder and imported under its own name."""
-    path = os.path.join(folder, "model_at_rev.py")
-    try:
-        text = subprocess.run(["git", "show", f"{rev}:model.py"], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout
-    except subprocess.CalledProcessError as e:
-        sys.exit(f"--old {rev}: git show {rev}:model.py failed: {e.stderr.strip()}")
-    with open(path, "w") as f:
-        f.write(text)
-    return load_module(path, "model_at_rev")
+    """model.py as it is at git revision rev, imported under its own name. The top-level modules of
+    rev are written beside it, for the imports model.py makes there (checkpoint.py, ...); modules
+    this process has already imported (from the working tree) are used as they are."""
+    def git(*cmd):
+        try:
+            return subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True, check=True).stdout
+        except subprocess.CalledProcessError as e:
+            sys.exit(f"--old {rev}: git {' '.join(cmd)} failed: {e.stderr.strip()}")
+    for name in git("ls-tree", "--name-only", rev).split():
+        if name.endswith(".py"):
+            with open(os.path.join(folder, "model_at_rev.py" if name == "model.py" else name), "w") as f:
+                f.write(git("show", f"{rev}:{name}"))
+    sys.path.append(folder)  # after the working tree: its modules win
+    return load_module(os.path.join(folder, "model_at_rev.py"), "model_at_rev")
 
 
 def build(module, settings, args):
@@ -82,7 +86,8 @@ def step(model, optimizer, x, y):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--old", default=None, help="git revision whose model.py is the first arm (GPT-2 shape)")
+    parser.add_argument("--old", default=None, help="git revision whose model.py is the first arm (GPT-2 shape), "
+                        "e.g. 7997115, the last one before the families")
     parser.add_argument("--shapes", default=None, help="comma-separated shapes from this model.py: " + ", ".join(SHAPES))
     parser.add_argument("--reps", type=int, default=12, help="timed steps per arm")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per arm first")
