@@ -1,17 +1,29 @@
 """
-A GPT-2 language model in one file.
+A GPT language model in one file: GPT-2 by default, and the Llama / Qwen2 / Qwen3 block by settings.
 
-The architecture is GPT-2's: learned token and position embeddings, pre-LayerNorm
-transformer blocks (causal self-attention, then a GELU MLP, each on a residual branch),
-a final LayerNorm, and an output head that shares its weight with the token embedding.
-Parameter names map one to one onto the Hugging Face GPT-2 checkpoint keys, so
-`from_hf` / `to_hf` only rename and transpose.
+The default architecture is GPT-2's: learned token and position embeddings, pre-LayerNorm
+transformer blocks (causal self-attention, then a GELU MLP, each on a residual branch), a final
+LayerNorm, and an output head that shares its weight with the token embedding. GPTConfig's other
+fields turn the same blocks into the Llama family's (Llama 2/3, SmolLM, Qwen2, Qwen3):
+    norm="rmsnorm"      RMSNorm instead of LayerNorm (norm_eps)
+    pos_emb="rope"      rotary position embeddings on queries and keys (rope_theta, rope_scaling)
+                        instead of learned positions added to the token embeddings
+    mlp="swiglu"        down(silu(gate(x)) * up(x)) instead of GELU, n_inner wide
+    n_kv_head           grouped-query attention: n_head query heads share n_kv_head key/value heads
+    head_dim            per-head width when it is not n_embd // n_head (Qwen3)
+    qk_norm=True        RMSNorm over each head's query and key before RoPE (Qwen3)
+    tie_embeddings      output head shares the token embedding (GPT-2, Qwen3-0.6B) or has its own
+    bias, qkv_bias      biases in every Linear and norm; qkv_bias overrides the q/k/v projection
+                        alone (Qwen2: q/k/v biases, none elsewhere)
+Parameter names are GPT-2's in every family (transformer.h.{i}.attn.c_attn holds q, k and v;
+mlp.c_fc holds SwiGLU's gate and up projections), so `from_hf` / `to_hf` rename, split, join and
+transpose to and from each family's Hugging Face checkpoint keys.
 
 `forward(idx, targets, return_hidden=True)` also returns every layer's hidden states in
-the indexing of Hugging Face `output_hidden_states`:
-    hidden[0]      embedding output (token + position, after dropout)
+the indexing of Hugging Face `output_hidden_states`, in every family:
+    hidden[0]      embedding output (token (+ position) embeddings, after dropout)
     hidden[1..n-1] outputs of blocks 1..n-1 (the residual stream)
-    hidden[n]      ln_f applied to the output of block n
+    hidden[n]      ln_f (the final LayerNorm or RMSNorm) applied to the output of block n
 The dispersion loss (disperse.py) and the condensation probes (eval/condensation.py)
 read these. When they are not asked for, nothing extra is kept.
 """
@@ -24,8 +36,10 @@ from dataclasses import dataclass, asdict, fields
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
+import torch.utils.checkpoint
 
-import checkpoint
+import checkpoint  # our checkpoint files (checkpoint.py), not torch.utils.checkpoint
+from errors import InputError
 
 
 @dataclass
@@ -37,28 +51,118 @@ class GPTConfig:
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = True  # biases in Linears and LayerNorms, like GPT-2; False is a bit faster and better
-    n_inner: int | None = None  # MLP width; None means 4 * n_embd (GPT-2). The paper's Fig. 3 varies it.
+    n_inner: int | None = None  # MLP width; None: 4 * n_embd (GELU), 8/3 * n_embd up to a multiple of 256 (SwiGLU)
+    # the block's variant; the defaults are GPT-2 (see the top of the file for the Llama / Qwen values)
+    norm: str = "layernorm"  # "layernorm" or "rmsnorm"
+    norm_eps: float = 1e-5  # GPT-2 1e-5; Llama / Qwen's rms_norm_eps is 1e-5 or 1e-6
+    pos_emb: str = "learned"  # "learned" (GPT-2's wpe) or "rope"
+    rope_theta: float = 10000.0  # RoPE base; Llama 3 500000, Qwen3 1000000
+    rope_scaling: dict | None = None  # None, or Llama 3's {"rope_type": "llama3", "factor", "low_freq_factor",
+    #                                   "high_freq_factor", "original_max_position_embeddings"}
+    mlp: str = "gelu"  # "gelu" (GPT-2's tanh GELU) or "swiglu"
+    n_kv_head: int | None = None  # key/value heads; None: n_head (no grouping)
+    head_dim: int | None = None  # per-head width; None: n_embd // n_head
+    qk_norm: bool = False  # RMSNorm over each head's queries and keys (Qwen3)
+    qkv_bias: bool | None = None  # bias of the q/k/v projection; None: same as bias
+    tie_embeddings: bool = True  # the output head is the token embedding matrix
 
     @property
     def padded_vocab_size(self):
         # 50257 -> 50304: matmuls with a dimension that is a multiple of 64 run much faster on GPUs
         return ((self.vocab_size + 63) // 64) * 64
 
+    @property
+    def head_size(self):
+        return self.head_dim or self.n_embd // self.n_head
+
+    @property
+    def kv_heads(self):
+        return self.n_kv_head or self.n_head
+
+    @property
+    def mlp_width(self):
+        if self.n_inner:
+            return self.n_inner
+        if self.mlp == "swiglu":  # Llama's rule: two thirds of 4 * n_embd (3 matrices instead of 2), rounded up
+            return 256 * math.ceil(8 * self.n_embd / 3 / 256)
+        return 4 * self.n_embd
+
     def __post_init__(self):
-        if self.n_embd % self.n_head != 0:
-            raise ValueError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
+        choices = {"norm": ("layernorm", "rmsnorm"), "pos_emb": ("learned", "rope"), "mlp": ("gelu", "swiglu")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r}; choose one of {', '.join(allowed)}")
+        if self.head_dim is None and self.n_embd % self.n_head != 0:
+            raise ValueError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head} "
+                             "(or set head_dim)")
+        if self.n_kv_head is not None and (self.n_kv_head < 1 or self.n_head % self.n_kv_head != 0):
+            raise ValueError(f"n_head={self.n_head} must be a multiple of n_kv_head={self.n_kv_head}")
+        if self.head_size % 2 and self.pos_emb == "rope":
+            raise ValueError(f"RoPE needs an even head size, got {self.head_size}")
+        if self.rope_theta <= 0:
+            raise ValueError(f"rope_theta={self.rope_theta} must be positive")
+        if self.rope_scaling is not None and self.rope_scaling.get("rope_type") != "llama3":
+            raise ValueError(f"rope_scaling={self.rope_scaling!r}: only rope_type 'llama3' is implemented")
+        if self.norm_eps <= 0:
+            raise ValueError(f"norm_eps={self.norm_eps} must be positive")
 
 
 class LayerNorm(nn.Module):
     """LayerNorm with an optional bias (PyTorch's LayerNorm always has one before 2.1)."""
 
-    def __init__(self, ndim, bias):
+    def __init__(self, ndim, bias, eps=1e-5):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(ndim))
         self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
+        self.eps = eps
 
     def forward(self, x):
-        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
+
+
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) * weight: LayerNorm without the centring and the bias (Llama, Qwen)."""
+
+    def __init__(self, ndim, eps):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+        self.eps = eps
+
+    def forward(self, x):
+        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+
+
+def make_norm(config, ndim):
+    if config.norm == "rmsnorm":
+        return RMSNorm(ndim, config.norm_eps)
+    return LayerNorm(ndim, bias=config.bias, eps=config.norm_eps)
+
+
+def rope_tables(config):
+    """cos and sin (block_size, head_size) of the rotary embedding, in float32: position p
+    rotates the pair (i, i + head_size/2) of a query or key by p * inv_freq[i]."""
+    hs = config.head_size
+    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, hs, 2, dtype=torch.float) / hs))  # (hs/2,)
+    if config.rope_scaling is not None:
+        # Llama 3: long wavelengths are slowed down by `factor`, short ones kept, the band between blended
+        s = config.rope_scaling
+        old_ctx = s["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv_freq
+        slowed = inv_freq / s["factor"]
+        blend = (old_ctx / wavelen - s["low_freq_factor"]) / (s["high_freq_factor"] - s["low_freq_factor"])
+        middle = (1 - blend) * slowed + blend * inv_freq
+        inv_freq = torch.where(wavelen > old_ctx / s["low_freq_factor"], slowed,
+                               torch.where(wavelen < old_ctx / s["high_freq_factor"], inv_freq, middle))
+    angles = torch.outer(torch.arange(config.block_size, dtype=torch.float), inv_freq)  # (T, hs/2)
+    angles = torch.cat((angles, angles), dim=-1)  # (T, hs): both halves of a pair turn by the same angle
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x, cos, sin):
+    """Rotate x (B, nh, T, hs) by the position angles cos, sin (T, hs)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat((-x2, x1), dim=-1)  # (B, nh, T, hs): each pair (a, b) -> (-b, a)
+    return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
 
 
 class CausalSelfAttention(nn.Module):
@@ -66,37 +170,49 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.n_head = config.n_head
-        self.n_embd = config.n_embd
+        self.n_kv_head = config.kv_heads
+        self.head_size = config.head_size
         self.dropout = config.dropout
-        # query, key and value projections for all heads in one matmul
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        qkv_bias = config.bias if config.qkv_bias is None else config.qkv_bias
+        # queries of all n_head heads, keys and values of the n_kv_head heads, in one matmul
+        self.c_attn = nn.Linear(config.n_embd, (self.n_head + 2 * self.n_kv_head) * self.head_size, bias=qkv_bias)
+        self.c_proj = nn.Linear(self.n_head * self.head_size, config.n_embd, bias=config.bias)
+        self.qk_norm = config.qk_norm
+        if config.qk_norm:
+            self.q_norm = RMSNorm(self.head_size, config.norm_eps)
+            self.k_norm = RMSNorm(self.head_size, config.norm_eps)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, kv_cache=None):
+    def forward(self, x, kv_cache=None, rope=None):
         B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        hs = C // self.n_head
-        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        hs, nh, nkv = self.head_size, self.n_head, self.n_kv_head
+        q, k, v = self.c_attn(x).split([nh * hs, nkv * hs, nkv * hs], dim=2)
+        q = q.view(B, T, nh, hs)
+        k = k.view(B, T, nkv, hs)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)  # each head's vector on its own
+        q = q.transpose(1, 2)  # (B, nh, T, hs)
+        k = k.transpose(1, 2)  # (B, nkv, T, hs)
+        v = v.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if kv_cache is not None:
             # generation: keys and values of earlier positions were stored on the last call
             if kv_cache.get("k") is not None:
-                k = torch.cat([kv_cache["k"], k], dim=2)  # (B, nh, T_past + T, hs)
+                k = torch.cat([kv_cache["k"], k], dim=2)  # (B, nkv, T_past + T, hs)
                 v = torch.cat([kv_cache["v"], v], dim=2)
             kv_cache["k"], kv_cache["v"] = k, v
         T_past = k.size(2) - T
+        dropout_p = self.dropout if self.training else 0.0
+        gqa = nkv != nh  # each group of nh / nkv query heads reads one key/value head
         if T_past == 0:
-            y = F.scaled_dot_product_attention(
-                q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, enable_gqa=gqa)
         else:
             # new queries sit at positions T_past..T_past+T-1: each sees every cached key and
             # the new keys up to itself (is_causal would align the mask to the wrong corner)
             mask = torch.ones(T, T_past + T, dtype=torch.bool, device=x.device).tril(diagonal=T_past)
-            y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side again
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, enable_gqa=gqa)
+        y = y.transpose(1, 2).contiguous().view(B, T, nh * hs)  # (B, T, nh * hs): heads side by side again
         return self.resid_dropout(self.c_proj(y))
 
 
@@ -104,13 +220,18 @@ class MLP(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        n_inner = config.n_inner or 4 * config.n_embd
-        self.c_fc = nn.Linear(config.n_embd, n_inner, bias=config.bias)
+        width = config.mlp_width
+        self.swiglu = config.mlp == "swiglu"
+        # SwiGLU's gate and up projections share one matmul: c_fc's first `width` outputs are the gate
+        self.c_fc = nn.Linear(config.n_embd, 2 * width if self.swiglu else width, bias=config.bias)
         self.gelu = nn.GELU(approximate="tanh")  # GPT-2's "gelu_new"
-        self.c_proj = nn.Linear(n_inner, config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(width, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
+        if self.swiglu:
+            gate, up = self.c_fc(x).chunk(2, dim=-1)
+            return self.dropout(self.c_proj(F.silu(gate) * up))
         return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
 
 
@@ -118,13 +239,13 @@ class Block(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = make_norm(config, config.n_embd)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = make_norm(config, config.n_embd)
         self.mlp = MLP(config)
 
-    def forward(self, x, kv_cache=None):
-        x = x + self.attn(self.ln_1(x), kv_cache)
+    def forward(self, x, kv_cache=None, rope=None):
+        x = x + self.attn(self.ln_1(x), kv_cache, rope)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -134,16 +255,25 @@ class GPT(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.config = config
+        modules = dict(wte=nn.Embedding(config.padded_vocab_size, config.n_embd))
+        if config.pos_emb == "learned":
+            modules["wpe"] = nn.Embedding(config.block_size, config.n_embd)
         self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
-            wpe=nn.Embedding(config.block_size, config.n_embd),
+            **modules,
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-            ln_f=LayerNorm(config.n_embd, bias=config.bias),
+            ln_f=make_norm(config, config.n_embd),
         ))
         self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
-        # weight tying: the output head reads tokens with the same vectors that embed them
-        self.transformer.wte.weight = self.lm_head.weight
+        if config.tie_embeddings:
+            # weight tying: the output head reads tokens with the same vectors that embed them
+            self.transformer.wte.weight = self.lm_head.weight
+        if config.pos_emb == "rope":
+            # computed, not learned: kept out of the state_dict (checkpoints hold weights only)
+            cos, sin = rope_tables(config)
+            self.register_buffer("rope_cos", cos, persistent=False)  # (block_size, hs)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.gradient_checkpointing = False  # recompute each block's activations in backward (train.py sets it)
         self.apply(self._init_weights)
         # GPT-2 paper: scale the init of the projections into the residual stream by 1/sqrt(2 * n_layer)
         for name, p in self.named_parameters():
@@ -159,18 +289,25 @@ class GPT(nn.Module):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def get_num_params(self, non_embedding=True):
-        """Parameters, counted once (the tied head is not counted twice). Position
-        embeddings are left out by default, as in the scaling-law convention."""
+        """Parameters, counted once (a tied head is not counted twice). Position embeddings (and
+        an untied model's input embedding, a lookup) are left out by default, as in the
+        scaling-law convention."""
         n_params = sum(p.numel() for p in self.parameters())
         if non_embedding:
-            n_params -= self.transformer.wpe.weight.numel()
+            if "wpe" in self.transformer:
+                n_params -= self.transformer.wpe.weight.numel()
+            if not self.config.tie_embeddings:
+                n_params -= self.transformer.wte.weight.numel()
         return n_params
 
     def embed(self, idx, pos_offset=0):
-        """Token embeddings (B, T, C) and position embeddings (T, C), before they are summed."""
+        """Token embeddings (B, T, C) and learned position embeddings (T, C), before they are
+        summed; the position embeddings are None with RoPE (positions act inside attention)."""
         T = idx.size(1)
         if pos_offset + T > self.config.block_size:
             raise ValueError(f"sequence of length {pos_offset + T} is longer than block_size={self.config.block_size}")
+        if "wpe" not in self.transformer:
+            return self.transformer.wte(idx), None
         pos = torch.arange(pos_offset, pos_offset + T, dtype=torch.long, device=idx.device)
         return self.transformer.wte(idx), self.transformer.wpe(pos)
 
@@ -200,13 +337,24 @@ class GPT(nn.Module):
         pos_offset = 0
         if kv_caches is not None and kv_caches[0].get("k") is not None:
             pos_offset = kv_caches[0]["k"].size(2)
-        tok_emb, pos_emb = self.embed(idx, pos_offset)  # (B, T, C), (T, C)
+        tok_emb, pos_emb = self.embed(idx, pos_offset)  # (B, T, C), (T, C) or None
         if tok_emb_noise is not None:
             tok_emb = tok_emb + tok_emb_noise
-        x = self.transformer.drop(tok_emb + pos_emb)
+        x = self.transformer.drop(tok_emb if pos_emb is None else tok_emb + pos_emb)
+        rope = None
+        if self.config.pos_emb == "rope":
+            T = idx.size(1)
+            rope = (self.rope_cos[pos_offset:pos_offset + T], self.rope_sin[pos_offset:pos_offset + T])  # (T, hs) each
+        recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         hidden = [x] if return_hidden else None
         for i, block in enumerate(self.transformer.h):
-            x = block(x, None if kv_caches is None else kv_caches[i])
+            kv_cache = None if kv_caches is None else kv_caches[i]
+            if recompute:
+                # keep only the block's input; its inner activations are recomputed in backward
+                # (with the same dropout masks: checkpoint restores the RNG state)
+                x = torch.utils.checkpoint.checkpoint(block, x, kv_cache, rope, use_reentrant=False)
+            else:
+                x = block(x, kv_cache, rope)
             if return_hidden and (i < self.config.n_layer - 1 or last_hidden_before_ln):
                 hidden.append(x)
         x = self.transformer.ln_f(x)
@@ -222,13 +370,16 @@ class GPT(nn.Module):
         """Use a shorter context than the checkpoint was trained with (e.g. GPT-2's 1024 -> 256)."""
         assert block_size <= self.config.block_size
         self.config.block_size = block_size
-        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
+        if "wpe" in self.transformer:
+            self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
+        if self.config.pos_emb == "rope":
+            self.rope_cos, self.rope_sin = self.rope_cos[:block_size], self.rope_sin[:block_size]
 
     # ------------------------------------------------------------------ optimizer and cost
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
         """AdamW with weight decay on the 2-D weights (matmuls and embeddings) only; biases and
-        LayerNorm gains are not decayed. Uses the fused CUDA kernel when it is available."""
+        norm gains are not decayed. Uses the fused CUDA kernel when it is available."""
         params = {n: p for n, p in self.named_parameters() if p.requires_grad}
         decay = [p for p in params.values() if p.dim() >= 2]
         no_decay = [p for p in params.values() if p.dim() < 2]
@@ -245,7 +396,7 @@ class GPT(nn.Module):
         cfg = self.config
         T = seq_len or cfg.block_size
         N = self.get_num_params(non_embedding=True)
-        return 6 * N + 12 * cfg.n_layer * cfg.n_embd * T
+        return 6 * N + 12 * cfg.n_layer * cfg.n_head * cfg.head_size * T
 
     # ------------------------------------------------------------------ generation
 
@@ -254,7 +405,7 @@ class GPT(nn.Module):
         """Sample max_new_tokens tokens after the prompt idx (B, T), with a KV cache: each new
         token costs one position's forward pass. temperature 0 means greedy decoding."""
         if idx.size(1) + max_new_tokens > self.config.block_size:
-            # the cache cannot slide past learned positions; fall back to re-encoding a window
+            # the cache cannot slide past the last position; fall back to re-encoding a window
             return self._generate_windowed(idx, max_new_tokens, temperature, top_k, generator)
         kv_caches = [dict() for _ in range(self.config.n_layer)]
         logits, _ = self(idx, kv_caches=kv_caches)
@@ -272,100 +423,323 @@ class GPT(nn.Module):
             idx = torch.cat((idx, _sample_next(logits[:, -1, :], temperature, top_k, generator)), dim=1)
         return idx
 
-    # ------------------------------------------------------------------ GPT-2 weights in and out
+    # ------------------------------------------------------------------ Hugging Face weights in and out
 
     @classmethod
     def from_hf(cls, name_or_dir, dropout=0.0):
-        """Load GPT-2 weights from a local Hugging Face model directory (config.json plus
-        model.safetensors or pytorch_model.bin), or by hub name (gpt2, gpt2-medium, gpt2-large,
-        gpt2-xl) when online. Needs the optional `transformers` package."""
-        try:
-            from transformers import GPT2LMHeadModel
-        except ImportError as e:
-            raise ImportError("loading GPT-2 weights needs transformers: pip install transformers") from e
-        if not os.path.isdir(name_or_dir) and name_or_dir not in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"):
-            raise FileNotFoundError(
-                f"{name_or_dir!r} is neither a local Hugging Face model directory nor a GPT-2 hub name "
-                "(gpt2, gpt2-medium, gpt2-large, gpt2-xl)")
-        hf_model = GPT2LMHeadModel.from_pretrained(name_or_dir)
-        return cls.from_hf_model(hf_model, dropout=dropout)
+        """Load a Hugging Face GPT2LMHeadModel, LlamaForCausalLM, Qwen2ForCausalLM or
+        Qwen3ForCausalLM checkpoint: a local directory with config.json and safetensors weights
+        (model.safetensors, or shards listed in model.safetensors.index.json), or a hub name
+        (gpt2, Qwen/Qwen3-0.6B, ...) downloaded with huggingface_hub when online. The family is
+        read from config.json; settings this model does not implement are refused by name.
+        Only safetensors files are read (a pytorch_model.bin is a pickle, which can run code)."""
+        folder = name_or_dir if os.path.isdir(name_or_dir) else _download_from_hub(name_or_dir)
+        config_path = os.path.join(folder, "config.json")
+        if not os.path.isfile(config_path):
+            raise FileNotFoundError(f"{folder} has no config.json: not a Hugging Face model directory")
+        with open(config_path) as f:
+            hf_config = json.load(f)
+        config = config_from_hf(hf_config, dropout=dropout)  # refuses what we do not implement, before reading weights
+        return cls._from_hf_weights(config, hf_config["model_type"], _read_safetensors(folder))
 
     @classmethod
     def from_hf_model(cls, hf_model, dropout=0.0):
-        """Build our model from an in-memory transformers GPT2LMHeadModel."""
-        hc = hf_model.config
-        if getattr(hc, "activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
-            raise ValueError(f"unsupported activation {hc.activation_function!r}: this model uses GPT-2's tanh GELU")
-        config = GPTConfig(block_size=hc.n_positions, vocab_size=hc.vocab_size, n_layer=hc.n_layer,
-                           n_head=hc.n_head, n_embd=hc.n_embd, dropout=dropout, bias=True,
-                           n_inner=hc.n_inner)
+        """Build our model from an in-memory transformers model of one of the four families."""
+        hf_config = hf_model.config.to_dict()
+        config = config_from_hf(hf_config, dropout=dropout)
+        return cls._from_hf_weights(config, hf_config["model_type"], hf_model.state_dict())
+
+    @classmethod
+    def _from_hf_weights(cls, config, family, hf_sd):
         model = cls(config)
-        sd = model.state_dict()
-        hf_sd = hf_model.state_dict()
+        sd = _state_dict_from_hf(config, family, hf_sd)
         with torch.no_grad():
-            for k, v in hf_sd.items():
-                if k.endswith(".attn.bias") or k.endswith(".attn.masked_bias"):
-                    continue  # causal-mask buffers of old transformers versions, not weights
-                if k == "lm_head.weight":
-                    continue  # tied to wte
-                if k not in sd:
-                    raise KeyError(f"unexpected key {k!r} in the Hugging Face checkpoint")
-                if any(k.endswith(w) for w in _CONV1D_WEIGHTS):
-                    v = v.t()  # HF GPT-2 stores these as Conv1D (in, out); nn.Linear wants (out, in)
-                if k == "transformer.wte.weight":
-                    sd[k][: v.size(0)].copy_(v)
-                    sd[k][v.size(0):].zero_()  # padding rows: never produced, never read
-                else:
-                    if sd[k].shape != v.shape:
-                        raise ValueError(f"shape mismatch for {k}: ours {tuple(sd[k].shape)}, checkpoint {tuple(v.shape)}")
-                    sd[k].copy_(v)
+            for name in ("transformer.wte.weight", "lm_head.weight"):
+                if name in sd:  # padding rows: never produced, never read
+                    sd[name] = torch.cat([sd[name], sd[name].new_zeros(config.padded_vocab_size - config.vocab_size,
+                                                                       config.n_embd)])
+            if config.tie_embeddings:
+                sd["lm_head.weight"] = sd["transformer.wte.weight"]
+            model.load_state_dict({k: v.float() for k, v in sd.items()})
         return model
 
     def hf_state_dict(self):
-        """Our weights under Hugging Face GPT2LMHeadModel's names and layouts."""
-        out = {}
-        for k, v in self.state_dict().items():
-            v = v.detach().cpu()
-            if any(k.endswith(w) for w in _CONV1D_WEIGHTS):
-                v = v.t()
-            if k == "transformer.wte.weight" or k == "lm_head.weight":
-                v = v[: self.config.vocab_size]
-            out[k] = v.contiguous().clone()
-        return out
+        """Our weights under the Hugging Face family's names and layouts (family: hf_family)."""
+        return _state_dict_to_hf(self.config, hf_family(self.config), self.state_dict())
 
     def hf_config_dict(self):
-        c = self.config
-        if not c.bias:
-            raise ValueError("a model trained with bias=False cannot be written as GPT-2: "
-                             "GPT2LMHeadModel always has biases")
-        return {
-            "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
-            "vocab_size": c.vocab_size, "n_positions": c.block_size, "n_ctx": c.block_size,
-            "n_embd": c.n_embd, "n_layer": c.n_layer, "n_head": c.n_head, "n_inner": c.n_inner,
-            "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5, "initializer_range": 0.02,
-            "resid_pdrop": c.dropout, "embd_pdrop": c.dropout, "attn_pdrop": c.dropout,
-            "bos_token_id": 50256, "eos_token_id": 50256, "tie_word_embeddings": True,
-            "scale_attn_weights": True, "use_cache": True,
-        }
+        """config.json of the Hugging Face model this one is (see hf_family)."""
+        return config_to_hf(self.config)
 
     def to_hf(self, out_dir):
-        """Write a Hugging Face GPT-2 model directory (config.json + model.safetensors, or
-        pytorch_model.bin without safetensors) that transformers and lm-evaluation-harness load."""
-        os.makedirs(out_dir, exist_ok=True)
-        with open(os.path.join(out_dir, "config.json"), "w") as f:
-            json.dump(self.hf_config_dict(), f, indent=2)
-        sd = self.hf_state_dict()
+        """Write a Hugging Face model directory (config.json + model.safetensors, float32) that
+        transformers and lm-evaluation-harness load: GPT2LMHeadModel, LlamaForCausalLM,
+        Qwen2ForCausalLM or Qwen3ForCausalLM, whichever this model's settings are."""
         try:
             from safetensors.torch import save_file
-            sd.pop("lm_head.weight")  # tied: safetensors refuses shared storage, HF re-ties on load
-            save_file(sd, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
-        except ImportError:
-            torch.save(sd, os.path.join(out_dir, "pytorch_model.bin"))
+        except ImportError as e:
+            raise ImportError("writing Hugging Face weights needs safetensors: pip install safetensors") from e
+        hf_config = self.hf_config_dict()  # refuses settings no family has, before anything is written
+        sd = self.hf_state_dict()
+        os.makedirs(out_dir, exist_ok=True)
+        # write beside, then rename: an existing model in out_dir stays whole until the new one is
+        for name, write in (("model.safetensors", lambda p: save_file(sd, p, metadata={"format": "pt"})),
+                            ("config.json", lambda p: open(p, "w").write(json.dumps(hf_config, indent=2)))):
+            path = os.path.join(out_dir, name)
+            write(path + ".tmp")
+            os.replace(path + ".tmp", path)
         return out_dir
 
 
+# ---------------------------------------------------------------------- Hugging Face families
+
+HF_ARCHITECTURES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
+                    "qwen3": "Qwen3ForCausalLM"}
 # HF GPT-2 keeps these four weights as Conv1D, i.e. transposed relative to nn.Linear
 _CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+
+def _unsupported(family, what):
+    return ValueError(f"unsupported {family} checkpoint: {what}. model.py implements GPT-2 and the "
+                      "Llama / Qwen2 / Qwen3 block without it; use the transformers backend for this model")
+
+
+def config_from_hf(hc, dropout=0.0):
+    """GPTConfig from a Hugging Face config.json dict; a ValueError naming the field for anything
+    this model does not implement (another architecture, sliding windows, other RoPE scalings, ...)."""
+    family = hc.get("model_type")
+    if family not in HF_ARCHITECTURES:
+        raise ValueError(f"model_type={family!r} is not supported; model.py reads {', '.join(HF_ARCHITECTURES)} "
+                         "checkpoints (use the transformers backend for other models)")
+    for arch in hc.get("architectures") or []:
+        if not arch.endswith(("LMHeadModel", "ForCausalLM", "Model")) or arch.endswith("DoubleHeadsModel"):
+            raise _unsupported(family, f"architectures={hc['architectures']} (not a causal language model)")
+    if hc.get("quantization_config"):
+        raise _unsupported(family, "quantization_config (quantized weights)")
+    if family == "gpt2":
+        act = hc.get("activation_function", "gelu_new")
+        if act not in ("gelu_new", "gelu_pytorch_tanh"):
+            raise _unsupported(family, f"activation_function={act!r} (GPT-2's tanh GELU is gelu_new)")
+        for key, want in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
+                          ("add_cross_attention", False)):
+            if hc.get(key, want) != want:
+                raise _unsupported(family, f"{key}={hc[key]}")
+        return GPTConfig(block_size=hc.get("n_positions", 1024), vocab_size=hc["vocab_size"], n_layer=hc["n_layer"],
+                         n_head=hc["n_head"], n_embd=hc["n_embd"], dropout=dropout, bias=True,
+                         n_inner=hc.get("n_inner"), norm_eps=hc.get("layer_norm_epsilon", 1e-5),
+                         tie_embeddings=hc.get("tie_word_embeddings", True))
+    # the Llama block: RMSNorm, RoPE, SwiGLU, grouped-query attention
+    if hc.get("hidden_act", "silu") != "silu":
+        raise _unsupported(family, f"hidden_act={hc['hidden_act']!r} (SwiGLU here uses silu)")
+    if hc.get("use_sliding_window") or any(t != "full_attention" for t in hc.get("layer_types") or []):
+        raise _unsupported(family, "use_sliding_window / layer_types with sliding_attention (sliding-window attention)")
+    rope = dict(hc.get("rope_parameters") or hc.get("rope_scaling") or {})
+    rope_theta = rope.get("rope_theta", hc.get("rope_theta", 10000.0))
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type not in ("default", "llama3"):
+        raise _unsupported(family, f"rope_scaling / rope_parameters rope_type={rope_type!r} (implemented: default, llama3)")
+    if rope.get("partial_rotary_factor", 1.0) != 1.0:
+        raise _unsupported(family, f"partial_rotary_factor={rope['partial_rotary_factor']}")
+    rope_scaling = None
+    if rope_type == "llama3":
+        rope_scaling = {"rope_type": "llama3", **{k: rope[k] for k in (
+            "factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")}}
+    n_head = hc["num_attention_heads"]
+    head_dim = hc.get("head_dim") or hc["hidden_size"] // n_head
+    if family == "qwen2":
+        bias, qkv_bias = False, True  # Qwen2 always has q/k/v biases and no other
+    else:
+        attention_bias, mlp_bias = hc.get("attention_bias", False), hc.get("mlp_bias", False)
+        if attention_bias != mlp_bias:  # this model's `bias` covers the attention and the MLP together
+            raise _unsupported(family, f"attention_bias={attention_bias} with mlp_bias={mlp_bias}")
+        bias, qkv_bias = attention_bias, None
+    default_tie = False  # LlamaConfig, Qwen2Config and Qwen3Config all default to untied
+    return GPTConfig(
+        block_size=hc.get("max_position_embeddings", 2048), vocab_size=hc["vocab_size"],
+        n_layer=hc["num_hidden_layers"], n_head=n_head, n_embd=hc["hidden_size"], dropout=dropout,
+        bias=bias, qkv_bias=qkv_bias, n_inner=hc["intermediate_size"], norm="rmsnorm",
+        norm_eps=hc.get("rms_norm_eps", 1e-6), pos_emb="rope", rope_theta=float(rope_theta), rope_scaling=rope_scaling,
+        mlp="swiglu", n_kv_head=hc.get("num_key_value_heads") or n_head,
+        head_dim=None if head_dim * n_head == hc["hidden_size"] else head_dim,
+        qk_norm=family == "qwen3", tie_embeddings=hc.get("tie_word_embeddings", default_tie))
+
+
+def hf_family(config):
+    """The Hugging Face model_type whose architecture equals this config's, or a ValueError
+    naming the setting that no family has."""
+    c = config
+    if (c.norm, c.pos_emb, c.mlp) == ("layernorm", "learned", "gelu"):
+        for what, ok in (("bias=False", c.bias), ("qkv_bias=False", c.qkv_bias is not False),
+                         (f"n_kv_head={c.n_kv_head}", c.kv_heads == c.n_head), ("qk_norm=True", not c.qk_norm),
+                         (f"head_dim={c.head_dim}", c.head_size * c.n_head == c.n_embd)):
+            if not ok:
+                raise ValueError(f"a GPT-2-style model with {what} cannot be written as GPT2LMHeadModel")
+        return "gpt2"
+    if (c.norm, c.pos_emb, c.mlp) == ("rmsnorm", "rope", "swiglu"):
+        qkv_bias = c.bias if c.qkv_bias is None else c.qkv_bias
+        if c.qk_norm:
+            if c.bias or qkv_bias:
+                raise ValueError("a Qwen3-style model (qk_norm=True) with biases cannot be written as Qwen3ForCausalLM")
+            return "qwen3"
+        if qkv_bias and not c.bias:
+            return "qwen2"
+        if qkv_bias != c.bias:
+            raise ValueError(f"bias={c.bias} with qkv_bias={c.qkv_bias} matches no Hugging Face family")
+        return "llama"
+    raise ValueError(f"norm={c.norm!r}, pos_emb={c.pos_emb!r}, mlp={c.mlp!r} together match no Hugging Face family "
+                     "(GPT-2: layernorm, learned, gelu; Llama / Qwen: rmsnorm, rope, swiglu)")
+
+
+def config_to_hf(config):
+    """config.json dict of the Hugging Face model equal to this config (see hf_family)."""
+    c, family = config, hf_family(config)
+    out = {"architectures": [HF_ARCHITECTURES[family]], "model_type": family, "vocab_size": c.vocab_size,
+           "tie_word_embeddings": c.tie_embeddings, "initializer_range": 0.02, "use_cache": True}
+    if family == "gpt2":
+        return {**out, "n_positions": c.block_size, "n_ctx": c.block_size, "n_embd": c.n_embd, "n_layer": c.n_layer,
+                "n_head": c.n_head, "n_inner": c.n_inner, "activation_function": "gelu_new",
+                "layer_norm_epsilon": c.norm_eps, "resid_pdrop": c.dropout, "embd_pdrop": c.dropout,
+                "attn_pdrop": c.dropout, "bos_token_id": 50256, "eos_token_id": 50256, "scale_attn_weights": True}
+    out.update({"hidden_size": c.n_embd, "intermediate_size": c.mlp_width, "num_hidden_layers": c.n_layer,
+                "num_attention_heads": c.n_head, "num_key_value_heads": c.kv_heads, "head_dim": c.head_size,
+                "hidden_act": "silu", "max_position_embeddings": c.block_size, "rms_norm_eps": c.norm_eps,
+                "attention_dropout": c.dropout,
+                # the pre-v5 keys, which transformers 4.x reads and 5.x converts to rope_parameters
+                "rope_theta": c.rope_theta, "rope_scaling": c.rope_scaling})
+    if family == "llama":
+        out.update({"attention_bias": c.bias, "mlp_bias": c.bias})
+    if family == "qwen3":
+        out["attention_bias"] = False
+    if family in ("qwen2", "qwen3"):
+        out.update({"use_sliding_window": False, "sliding_window": None})
+    return out
+
+
+def _state_dict_from_hf(config, family, hf_sd):
+    """Our state_dict (names of this file, vocabulary rows unpadded) from a Hugging Face one.
+    Every checkpoint tensor must be used: leftovers mean an architecture we did not recognise."""
+    hf = {k: v for k, v in hf_sd.items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}  # old GPT-2 mask buffers
+    if config.tie_embeddings:
+        hf.pop("lm_head.weight", None)  # the same matrix as the embedding, when a file stores it at all
+    sd = {}
+    if family == "gpt2":
+        for k, v in hf.items():
+            name = k if k.startswith(("transformer.", "lm_head.")) else "transformer." + k  # GPT2Model files lack the prefix
+            sd[name] = v.t() if name.endswith(_CONV1D_WEIGHTS) else v  # Conv1D (in, out) -> nn.Linear (out, in)
+        return sd
+    take = hf.pop
+    sd["transformer.wte.weight"] = take("model.embed_tokens.weight")
+    qkv_bias = config.bias if config.qkv_bias is None else config.qkv_bias
+    for i in range(config.n_layer):
+        hf_p, p = f"model.layers.{i}.", f"transformer.h.{i}."
+        sd[p + "ln_1.weight"] = take(hf_p + "input_layernorm.weight")
+        sd[p + "ln_2.weight"] = take(hf_p + "post_attention_layernorm.weight")
+        sd[p + "attn.c_attn.weight"] = torch.cat([take(hf_p + f"self_attn.{n}_proj.weight") for n in "qkv"])
+        if qkv_bias:
+            sd[p + "attn.c_attn.bias"] = torch.cat([take(hf_p + f"self_attn.{n}_proj.bias") for n in "qkv"])
+        sd[p + "attn.c_proj.weight"] = take(hf_p + "self_attn.o_proj.weight")
+        if config.qk_norm:
+            sd[p + "attn.q_norm.weight"] = take(hf_p + "self_attn.q_norm.weight")
+            sd[p + "attn.k_norm.weight"] = take(hf_p + "self_attn.k_norm.weight")
+        sd[p + "mlp.c_fc.weight"] = torch.cat([take(hf_p + "mlp.gate_proj.weight"), take(hf_p + "mlp.up_proj.weight")])
+        sd[p + "mlp.c_proj.weight"] = take(hf_p + "mlp.down_proj.weight")
+        if config.bias:
+            sd[p + "attn.c_proj.bias"] = take(hf_p + "self_attn.o_proj.bias")
+            sd[p + "mlp.c_fc.bias"] = torch.cat([take(hf_p + "mlp.gate_proj.bias"), take(hf_p + "mlp.up_proj.bias")])
+            sd[p + "mlp.c_proj.bias"] = take(hf_p + "mlp.down_proj.bias")
+    sd["transformer.ln_f.weight"] = take("model.norm.weight")
+    if not config.tie_embeddings:
+        sd["lm_head.weight"] = take("lm_head.weight")
+    hf.pop("model.rotary_emb.inv_freq", None)  # a buffer some older files carry; recomputed from rope_theta
+    if hf:
+        raise _unsupported(family, f"weights this model has no place for: {sorted(hf)[:4]}")
+    return sd
+
+
+def _state_dict_to_hf(config, family, state_dict):
+    """The Hugging Face family's state_dict (contiguous CPU copies, vocabulary padding dropped,
+    a tied head left out: safetensors refuses shared storage and transformers re-ties on load)."""
+    sd = {k: v.detach().cpu() for k, v in state_dict.items()}
+    sd["transformer.wte.weight"] = sd["transformer.wte.weight"][:config.vocab_size]
+    if config.tie_embeddings:
+        del sd["lm_head.weight"]
+    else:
+        sd["lm_head.weight"] = sd["lm_head.weight"][:config.vocab_size]
+    out = {}
+    if family == "gpt2":
+        for k, v in sd.items():
+            out[k] = v.t() if k.endswith(_CONV1D_WEIGHTS) else v
+    else:
+        hs, nh, nkv, width = config.head_size, config.n_head, config.kv_heads, config.mlp_width
+        out["model.embed_tokens.weight"] = sd.pop("transformer.wte.weight")
+        out["model.norm.weight"] = sd.pop("transformer.ln_f.weight")
+        if "lm_head.weight" in sd:
+            out["lm_head.weight"] = sd.pop("lm_head.weight")
+        for i in range(config.n_layer):
+            hf_p, p = f"model.layers.{i}.", f"transformer.h.{i}."
+            out[hf_p + "input_layernorm.weight"] = sd[p + "ln_1.weight"]
+            out[hf_p + "post_attention_layernorm.weight"] = sd[p + "ln_2.weight"]
+            for kind in ("weight", "bias"):
+                if p + f"attn.c_attn.{kind}" in sd:
+                    q, k, v = sd[p + f"attn.c_attn.{kind}"].split([nh * hs, nkv * hs, nkv * hs])
+                    out.update({hf_p + f"self_attn.q_proj.{kind}": q, hf_p + f"self_attn.k_proj.{kind}": k,
+                                hf_p + f"self_attn.v_proj.{kind}": v})
+                if p + f"attn.c_proj.{kind}" in sd:
+                    out[hf_p + f"self_attn.o_proj.{kind}"] = sd[p + f"attn.c_proj.{kind}"]
+                if p + f"mlp.c_fc.{kind}" in sd:
+                    gate, up = sd[p + f"mlp.c_fc.{kind}"].split([width, width])
+                    out.update({hf_p + f"mlp.gate_proj.{kind}": gate, hf_p + f"mlp.up_proj.{kind}": up})
+                if p + f"mlp.c_proj.{kind}" in sd:
+                    out[hf_p + f"mlp.down_proj.{kind}"] = sd[p + f"mlp.c_proj.{kind}"]
+            if config.qk_norm:
+                out[hf_p + "self_attn.q_norm.weight"] = sd[p + "attn.q_norm.weight"]
+                out[hf_p + "self_attn.k_norm.weight"] = sd[p + "attn.k_norm.weight"]
+    return {k: v.contiguous().clone() for k, v in out.items()}
+
+
+def _read_safetensors(folder):
+    """All tensors of a Hugging Face folder's safetensors weights: model.safetensors, or the shards
+    that model.safetensors.index.json lists. Pickled weights (*.bin, *.pt) are refused."""
+    try:
+        from safetensors.torch import load_file
+    except ImportError as e:
+        raise ImportError("reading Hugging Face weights needs safetensors: pip install safetensors") from e
+    index = os.path.join(folder, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        with open(index) as f:
+            files = sorted(set(json.load(f)["weight_map"].values()))
+    elif os.path.isfile(os.path.join(folder, "model.safetensors")):
+        files = ["model.safetensors"]
+    else:
+        pickled = [f for f in os.listdir(folder) if f.endswith((".bin", ".pt", ".pth"))]
+        raise FileNotFoundError(
+            f"{folder} has no model.safetensors or model.safetensors.index.json"
+            + (f" (only {', '.join(pickled)}: pickled weights, which this project does not load because "
+               "unpickling can run code; convert them once with transformers: "
+               "AutoModelForCausalLM.from_pretrained(d).save_pretrained(d2, safe_serialization=True))" if pickled else ""))
+    tensors = {}
+    for name in files:
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path} is listed in model.safetensors.index.json but missing")
+        tensors.update(load_file(path))
+    return tensors
+
+
+def _download_from_hub(name):
+    """A hub model's config.json and safetensors files, through huggingface_hub (online only)."""
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as e:
+        raise FileNotFoundError(f"{name!r} is not a local directory, and downloading it from the Hugging Face hub "
+                                "needs huggingface_hub: pip install huggingface_hub") from e
+    try:
+        return snapshot_download(name, allow_patterns=["config.json", "*.safetensors", "model.safetensors.index.json",
+                                                       "tokenizer*", "vocab.json", "merges.txt", "special_tokens_map.json",
+                                                       "generation_config.json"])
+    except Exception as e:
+        raise FileNotFoundError(f"{name!r} is not a local directory and could not be fetched from the Hugging Face "
+                                f"hub ({type(e).__name__}: {e})") from e
 
 
 def _sample_next(logits, temperature, top_k, generator):
@@ -444,6 +818,8 @@ def load_model(path, device="cpu", dropout=0.0, allow_unsafe_pickle=False):
             model = GPT.from_hf(path, dropout=dropout)
         except FileNotFoundError as e:  # neither a file of ours nor a Hugging Face folder or name
             raise checkpoint.MissingFileError(str(e)) from None
+        except ValueError as e:  # a field or weight this model cannot represent (the message names it)
+            raise InputError(f"{path}: {e}") from None
         info = {"source": "huggingface", "path": path}
     else:
         raise checkpoint.MissingFileError(f"{path}: not a checkpoint file, an out_dir with ckpt.pt, "

@@ -32,7 +32,7 @@ import disperse
 from configurator import load_config
 from data.common import open_split, sample_batch
 from errors import InputError, MissingFileError, run_cli
-from model import GPT, GPTConfig, device_peak_flops, load_model, model_config_to_dict
+from model import GPT, GPTConfig, device_peak_flops, load_model, model_config_from_dict, model_config_to_dict
 
 # dispersion settings that are controls built from the angular term's gradient (disperse.py), not losses:
 # their surrogate's value means nothing, so the logged loss is CE for them
@@ -64,6 +64,21 @@ n_inner = None  # MLP width; None is 4 * n_embd
 dropout = 0.0  # 0 for pretraining; 0.1 for GPT-2 mid-training as in the paper
 bias = False  # biases in Linears and LayerNorms (a pretrained GPT-2 always has them)
 vocab_size = 50257
+# the block's variant (model.py GPTConfig); the defaults are GPT-2's. With init_from our ckpt.pt or a Hugging
+# Face GPT-2 / Llama / Qwen2 / Qwen3 directory or hub name ('Qwen/Qwen3-0.6B'), the model settings come from it.
+# A Qwen3-shaped model from scratch:
+# norm=rmsnorm pos_emb=rope mlp=swiglu n_kv_head=8 head_dim=128 qk_norm=True bias=False rope_theta=1e6
+norm = "layernorm"  # layernorm or rmsnorm
+norm_eps = 1e-5
+pos_emb = "learned"  # learned positions or rope
+rope_theta = 10000.0
+mlp = "gelu"  # gelu, or swiglu (n_inner wide; None: 8/3 * n_embd rounded up to a multiple of 256)
+n_kv_head = None  # grouped-query attention: key/value heads; None: n_head
+head_dim = None  # per-head width; None: n_embd // n_head
+qk_norm = False  # RMSNorm on each head's queries and keys
+qkv_bias = None  # bias of the q/k/v projection alone; None: same as bias (Qwen2: bias=False, qkv_bias=True)
+tie_embeddings = True  # output head shares the token embedding
+gradient_checkpointing = False  # recompute each block's activations in backward: less memory, ~30% more compute
 # optimizer: AdamW
 learning_rate = 6e-4
 max_iters = 600000
@@ -119,7 +134,8 @@ wandb_group = ""  # e.g. the experiment, so that its arms and seeds show togethe
 # -----------------------------------------------------------------------------
 _defaults = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str, type(None)))}
 _types = {  # settings whose default (None, say) does not tell their type
-    "n_inner": (int, type(None)), "lr_decay_iters": (int, type(None)), "dispersion_max_tokens": (int, type(None)),
+    "n_inner": (int, type(None)), "n_kv_head": (int, type(None)), "head_dim": (int, type(None)),
+    "qkv_bias": (bool, type(None)), "lr_decay_iters": (int, type(None)), "dispersion_max_tokens": (int, type(None)),
     "distill_from": (str, type(None)), "peak_flops": (float, type(None)), "dispersion_layers": (str, int, list),
 }
 
@@ -183,8 +199,7 @@ def main(argv):
     iter_num, best_val_loss, ckpt = 0, float("inf"), None
     ckpt_path = os.path.join(out_dir, "ckpt.pt")
     if init_from == "scratch":
-        model = GPT(GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head,
-                              n_embd=n_embd, dropout=dropout, bias=bias, n_inner=n_inner))
+        model = GPT(model_config_from_dict(config))  # the model settings above
     elif init_from == "resume":
         ckpt = read_checkpoint(ckpt_path)  # checksum verified, every number finite
         with fits(ckpt_path, "model"):
@@ -202,6 +217,7 @@ def main(argv):
                          "set vocab_size to the model's")
     model.to(dev)
     raw_model = model  # the module whose state_dict has clean names: no _orig_mod. or module. prefixes
+    raw_model.gradient_checkpointing = gradient_checkpointing
     if master:
         print(f"model: {model.get_num_params() / 1e6:.2f}M parameters (without position embeddings)")
 
@@ -502,6 +518,10 @@ def check_settings():
         problems.append(f"probe_interval={probe_interval} must be a multiple of eval_interval={eval_interval}")
     if eval_tasks and not eval_data_dir:
         problems.append("eval_tasks needs eval_data_dir (the folder of <task>/<split>.jsonl files)")
+    try:
+        model_config_from_dict(globals())  # the model settings' own checks (n_embd % n_head, n_head % n_kv_head, ...)
+    except ValueError as e:
+        problems.append(str(e))
     if distill_weight > 0 and not distill_from:
         problems.append("distill_weight > 0 needs distill_from (a teacher checkpoint or HF directory)")
     if wandb_log and not module_available("wandb"):

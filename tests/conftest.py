@@ -65,3 +65,27 @@ def read_metrics(out_dir):
     import json
     with open(Path(out_dir) / "metrics.jsonl") as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def tiny_hf_model(family, vocab_size=101, **overrides):
+    """A transformers causal LM of a family (gpt2, llama, qwen2, qwen3) with 2 layers of width 32, at
+    random init, with every weight (norm gains and biases too) perturbed at random so that a
+    wrongly mapped tensor cannot hide. Built offline from transformers' own config classes."""
+    import torch
+    import transformers
+    common = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    config = {
+        "gpt2": lambda: transformers.GPT2Config(vocab_size=vocab_size, n_positions=64, n_embd=32, n_layer=2, n_head=4,
+                                                resid_pdrop=0, embd_pdrop=0, attn_pdrop=0, **overrides),
+        "llama": lambda: transformers.LlamaConfig(**{**common, "rope_theta": 5e5, "rms_norm_eps": 1e-5, **overrides}),
+        "qwen2": lambda: transformers.Qwen2Config(**{**common, **overrides}),
+        "qwen3": lambda: transformers.Qwen3Config(**{**common, "head_dim": 16, "rope_theta": 1e6,
+                                                     "tie_word_embeddings": True, **overrides}),
+    }[family]()
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return model.eval()

@@ -451,3 +451,36 @@ def test_plot_training_and_cli(tmp_path):
     plots.main(["training", str(with_probe), "--out", str(tmp_path / "tr.png")])
     for name in ("heat.png", "mc.png", "tr.png"):
         assert (tmp_path / name).stat().st_size > 1000
+
+
+# ---------------------------------------------------------------------- other families
+
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+def test_probe_of_llama_and_qwen3_natively_and_through_transformers(family, tiny_run, tmp_path):
+    """Fig. 2 across families: a Hugging Face directory probed by model.py and by transformers,
+    and a training checkpoint of the same model probed natively, give the same figures."""
+    pytest.importorskip("transformers")
+    from conftest import tiny_hf_model
+    from model import load_model
+    _, _, text = tiny_run
+    hf = tiny_hf_model(family, vocab_size=50304)  # GPT-2 ids from the text fit
+    hf.save_pretrained(tmp_path / "hf")
+    common = ["--text", str(text), "--n-seq", "3", "--seq-len", "48"]
+    ours = cond.main(["--ckpt", str(tmp_path / "hf"), *common, "--out", str(tmp_path / "a")])
+    theirs = cond.main(["--ckpt", str(tmp_path / "hf"), *common, "--out", str(tmp_path / "b"), "--backend", "transformers"])
+    model, _ = load_model(str(tmp_path / "hf"))
+    ckpt_dir = tmp_path / "native"
+    ckpt_dir.mkdir()
+    torch.save({"model": model.state_dict(), "model_args": dataclasses.asdict(model.config)}, ckpt_dir / "ckpt.pt")
+    native = cond.main(["--ckpt", str(ckpt_dir), *common, "--out", str(tmp_path / "c")])
+    assert ours["meta"]["n_layer"] == theirs["meta"]["n_layer"] == native["meta"]["n_layer"] == 2
+    for a, b, c in zip(ours["layers"], theirs["layers"], native["layers"], strict=True):
+        for k in ("mean_cos", "mean_cos_shared", "mean_cos_centered", "mean_norm", "spectral_entropy"):
+            assert a[k] == pytest.approx(b[k], abs=1e-5) and a[k] == c[k], k
+        np.testing.assert_allclose(a["hist"], b["hist"], atol=1e-4)
+    # the hidden states themselves, in HF indexing, last one after the final RMSNorm
+    seqs = random_sequences(2, 40, seed=3)
+    with torch.no_grad():
+        for a, b in zip(cond.get_hidden_states(model.eval(), seqs), cond.get_hidden_states(hf, seqs), strict=True):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert cond.model_context_length(hf) == cond.model_context_length(model) == 64

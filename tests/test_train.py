@@ -12,6 +12,11 @@ import torch
 
 from conftest import REPO, TINY_MODEL, read_metrics, run_train
 
+# the same tiny size in the Qwen3 block: RMSNorm, RoPE, SwiGLU, grouped-query attention, QK-norm, head_dim != n_embd / n_head
+TINY_QWEN3 = [*TINY_MODEL, "--bias=False", "--norm=rmsnorm", "--norm_eps=1e-6", "--pos_emb=rope", "--rope_theta=1000000",
+              "--mlp=swiglu", "--n_inner=48", "--n_kv_head=1", "--head_dim=8", "--qk_norm=True"]
+FAMILIES = pytest.mark.parametrize("model_args", [TINY_MODEL, TINY_QWEN3], ids=["gpt2", "qwen3"])
+
 
 def test_trains_and_logs(tiny_dataset, tmp_path):
     out = tmp_path / "out"
@@ -56,8 +61,9 @@ def test_logged_loss_is_the_mean_over_micro_steps(tiny_dataset, tmp_path):
     assert abs(logged - losses[-1]) > 1e-4  # not the last micro-batch alone
 
 
-def test_ddp_two_cpu_processes_match_one_process(tiny_dataset, tmp_path):
-    common = [*TINY_MODEL, f"--dataset={tiny_dataset}", "--max_iters=6", "--eval_interval=3",
+@FAMILIES
+def test_ddp_two_cpu_processes_match_one_process(model_args, tiny_dataset, tmp_path):
+    common = [*model_args, f"--dataset={tiny_dataset}", "--max_iters=6", "--eval_interval=3",
               "--eval_iters=4", "--gradient_accumulation_steps=2", "--learning_rate=3e-3"]
     run_train([*common, f"--out_dir={tmp_path / 'single'}"])
     run_train([*common, f"--out_dir={tmp_path / 'ddp'}"], torchrun_nproc=2)
@@ -70,9 +76,10 @@ def test_ddp_two_cpu_processes_match_one_process(tiny_dataset, tmp_path):
                 assert abs(a[key] - b[key]) < 1e-5, (key, a, b)
 
 
-def test_kill_and_resume_equals_uninterrupted_run(tiny_dataset, tmp_path):
+@FAMILIES
+def test_kill_and_resume_equals_uninterrupted_run(model_args, tiny_dataset, tmp_path):
     # dropout and subsampled dispersion exercise every RNG a checkpoint must carry
-    common = [*TINY_MODEL, f"--dataset={tiny_dataset}", "--eval_interval=4", "--eval_iters=2",
+    common = [*model_args, f"--dataset={tiny_dataset}", "--eval_interval=4", "--eval_iters=2",
               "--dropout=0.1", "--dispersion=angular", "--dispersion_max_tokens=8", "--neftune_alpha=1.0",
               "--warmup_iters=2", "--lr_decay_iters=40", "--learning_rate=3e-3"]
     out = tmp_path / "killed"
@@ -197,3 +204,53 @@ def test_dispersion_lowers_and_condense_raises_last_layer_cosine(tiny_dataset, t
         last[arm] = final["probe/layer2/mean_cos"]
     assert last["angular"] < last["ce"] - 0.02, last
     assert last["condense"] > last["ce"] + 0.05, last
+
+
+def test_gradient_checkpointing_gives_the_same_losses(tiny_dataset, tmp_path):
+    common = [*TINY_QWEN3, f"--dataset={tiny_dataset}", "--max_iters=6", "--eval_interval=3", "--eval_iters=2",
+              "--dropout=0.1", "--dispersion=angular", "--learning_rate=3e-3", "--warmup_iters=2"]
+    run_train([*common, f"--out_dir={tmp_path / 'plain'}"])
+    run_train([*common, f"--out_dir={tmp_path / 'recompute'}", "--gradient_checkpointing=True"])
+    plain, recompute = read_metrics(tmp_path / "plain"), read_metrics(tmp_path / "recompute")
+    assert [r["iter"] for r in plain] == [r["iter"] for r in recompute]
+    for a, b in zip(plain, recompute):
+        for key in ("loss", "val_loss", "disp/raw"):
+            if key in a:
+                assert abs(a[key] - b[key]) < 1e-6, (key, a, b)
+    ckpt = torch.load(tmp_path / "recompute" / "ckpt.pt", weights_only=False)
+    args = ckpt["model_args"]  # the checkpoint records the block's variant
+    assert (args["norm"], args["pos_emb"], args["mlp"], args["n_kv_head"], args["head_dim"], args["qk_norm"]) == \
+        ("rmsnorm", "rope", "swiglu", 1, 8, True)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--n_head=3"], "n_embd=32 must be divisible by n_head=3"),
+    (["--n_kv_head=3"], "n_head=2 must be a multiple of n_kv_head=3"),
+    (["--norm=batchnorm"], "norm='batchnorm'; choose one of layernorm, rmsnorm"),
+    (["--n_kv_head=two"], "n_kv_head='two' has type str"),
+])
+def test_bad_model_settings_stop_with_a_clear_message(args, message, tiny_dataset):
+    result = run_train([*TINY_MODEL, f"--dataset={tiny_dataset}", *args], check=False)
+    assert result.returncode != 0
+    assert message in result.stderr and "Traceback" not in result.stderr, result.stderr[-2000:]
+
+
+def test_init_from_a_hugging_face_qwen3_directory(tiny_dataset, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    hf = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(
+        vocab_size=128, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=8, max_position_embeddings=64, tie_word_embeddings=True))
+    hf.save_pretrained(tmp_path / "hf")
+    out = tmp_path / "out"
+    run_train([*TINY_MODEL, f"--dataset={tiny_dataset}", f"--out_dir={out}", f"--init_from={tmp_path / 'hf'}",
+               "--max_iters=2", "--eval_interval=2", "--eval_iters=1", "--gradient_checkpointing=True"])
+    ckpt = torch.load(out / "ckpt.pt", weights_only=False)
+    assert ckpt["model_args"]["qk_norm"] and ckpt["model_args"]["block_size"] == 32  # cropped to the run's context
+    from model import load_model
+    model, _ = load_model(str(out))
+    model.to_hf(tmp_path / "back")  # the trained model goes back to transformers
+    back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "back").eval()
+    x = torch.randint(0, 128, (1, 16))
+    with torch.no_grad():
+        assert (back(x).logits - model.eval()(x)[0]).abs().max() < 1e-5
