@@ -114,18 +114,21 @@ def _forward(model, idx, kv_caches=None):
 
 
 class _RowCache(dict):
-    """One layer's key/value cache for a batch of tail rows, read from the cache of their items
-    (B_items, nh, P, hs): row r reads item rows[r]. The rows are gathered when the layer asks for
-    them and the layer's write-back is dropped, so only one layer's gathered cache is alive at a
-    time (the tails' own keys and values are never needed again)."""
+    """One layer's key/value cache for a pass of rows whose pasts live in other passes' caches:
+    row r reads row rows[r] of the concatenation of `keys` (and `values`), each (n, nh, >= past, hs),
+    cut to the first `past` positions. The rows are gathered when the layer asks for them and the
+    layer's write-back is dropped, so only one layer's gathered cache is alive at a time (the
+    pass's own keys and values are never needed again)."""
 
-    def __init__(self, k, v, rows):
+    def __init__(self, keys, values, rows, past):
         super().__init__()
-        self.src, self.rows, self.memo = {"k": k, "v": v}, rows, {}
+        self.src, self.rows, self.past, self.memo = {"k": keys, "v": values}, rows, past, {}
 
     def __getitem__(self, key):
         if key not in self.memo:
-            self.memo[key] = self.src[key].index_select(0, self.rows)  # (R, nh, P, hs)
+            parts = [t[:, :, :self.past] for t in self.src[key]]
+            whole = parts[0] if len(parts) == 1 else torch.cat(parts)
+            self.memo[key] = whole.index_select(0, self.rows)  # (R, nh, past, hs)
         return self.memo[key]
 
     def get(self, key, default=None):
@@ -136,22 +139,25 @@ class _RowCache(dict):
 
 
 # A forward pass costs about as much as this many padded tokens (every weight is read once per
-# pass): tail rows are split into passes of similar length when that saves more padding than this.
+# pass): rows are split into passes of similar length when that saves more padding than this.
 PASS_COST_TOKENS = 8
 HEAD_ROWS = 256  # states per output-head call: bounds the (rows, vocab) logits in memory
 
 
-def _tail_passes(lengths, max_tokens):
-    """Split tail rows of the given lengths (longest first) into consecutive passes, each padded to
-    its first row, minimising padded tokens + PASS_COST_TOKENS per pass, rows x length <= max_tokens.
-    Returns the (start, end) ranges."""
-    n = len(lengths)
+def _passes(spans, max_tokens):
+    """Split spans (start, end) of rows, in the given order, into consecutive passes. A pass starts
+    at its smallest start (its rows' shared past: a row may recompute a few of its own shared
+    tokens) and is padded to its largest end. Minimises the tokens run + PASS_COST_TOKENS per pass,
+    with rows x length <= max_tokens. Returns the (first, last + 1) index ranges."""
+    n = len(spans)
     cost, cut = [0.0] + [math.inf] * n, [0] * (n + 1)
     for i in range(1, n + 1):
-        for j in range(i - 1, -1, -1):  # pass j..i-1, padded to lengths[j]
-            if j < i - 1 and (i - j) * lengths[j] > max_tokens:
+        lo, hi = spans[i - 1]
+        for j in range(i - 1, -1, -1):  # pass j..i-1
+            lo, hi = min(lo, spans[j][0]), max(hi, spans[j][1])
+            if j < i - 1 and (i - j) * (hi - lo) > max_tokens:
                 break
-            c = cost[j] + (i - j) * lengths[j] + PASS_COST_TOKENS
+            c = cost[j] + (i - j) * (hi - lo) + PASS_COST_TOKENS
             if c < cost[i]:
                 cost[i], cut[i] = c, j
     ranges, i = [], n
@@ -180,64 +186,103 @@ def _item_rows(reqs, max_len):
 
 
 def _score_batch(model, batch, n_layer, max_batch_tokens, device, stats):
-    """Score a batch of items, each (rows, scored) from _item_rows. Three levels of forward passes,
-    each level's rows sharing one past length, so plain key/value caches chain them exactly:
+    """Score a batch of items, each (rows, scored) from _item_rows, in three levels of forward
+    passes, each on the key/value caches of the level before (rows of one pass share a past length,
+    so the model's plain kv_caches protocol chains them exactly):
       0) the prefix H common to every row of the batch (a task's fixed preamble, MMLU's description
          and shots), run once;
-      1) each item's rows from H to P, the shortest of the items' own shared prefixes (equal lengths:
-         no padding), on the level-0 cache;
-      2) every row's tail after P, on its item's level-1 cache, in passes of similar length.
-    Then the output head and log-softmax at the distinct states that predict a continuation token.
-    Returns, per item, [(log-likelihood, is_greedy)] per request."""
-    U = len(batch)
+      1) each item's own shared prefix, from H to P_b (the common prefix of item b's rows);
+      2) each row's tail after its item's prefix;
+    levels 1 and 2 in passes of similar spans (_passes). Then the output head and log-softmax at the
+    distinct states that predict a continuation token. Returns, per item, [(log-likelihood,
+    is_greedy)] per request."""
     H = _common_prefix_len([r for rows, _ in batch for r in rows])
-    P = min(_common_prefix_len(rows) for rows, _ in batch)
-    first_row = batch[0][0][0]
-    levels, head = [], None  # (states (n, T, D), flat offset) per pass, for the gather below
+    prefix = [_common_prefix_len(rows) for rows, _ in batch]  # P_b >= H
+    levels, head = [], None  # (states (n, T, D), flat offset of its positions, start position) per pass
 
-    def run(x, caches):
+    def run(x, caches, start):
         nonlocal head
-        states, head = _forward(model, x.to(device), caches)
+        states, head = _forward(model, x.to(device), caches)  # (n, T, D)
         offset = levels[-1][1] + levels[-1][0].size(0) * levels[-1][0].size(1) if levels else 0
-        levels.append((states, offset))
+        levels.append((states, offset, start))
         stats["passes"] = stats.get("passes", 0) + 1
         stats["tokens"] = stats.get("tokens", 0) + x.numel()
         return offset
 
+    def passes(rows, caches_of):
+        """rows: (tokens, start, end) sorted for _passes; caches_of(range, past) -> kv caches.
+        Runs tokens[past:end] of each row, right-padded; returns per row (flat offset, pass width, past)."""
+        where = [None] * len(rows)
+        for a, e in _passes([(s, t) for _, s, t in rows], max_batch_tokens):
+            past, end = min(s for _, s, _ in rows[a:e]), max(t for _, _, t in rows[a:e])
+            x = torch.zeros(e - a, end - past, dtype=torch.long)  # (n, S); padding is never read by real tokens
+            for i, (tokens, _, t) in enumerate(rows[a:e]):
+                x[i, :t - past] = torch.tensor(tokens[past:t])
+            off = run(x, caches_of(range(a, e), past), past)
+            stats["padding"] = stats.get("padding", 0) + sum(end - t for _, _, t in rows[a:e])
+            for i in range(e - a):
+                where[a + i] = (off + i * (end - past), end - past, past)
+        return where
+
     # level 0: (1, H)
-    caches = None
+    header = None
     if H > 0:
-        caches = [dict() for _ in range(n_layer)]
-        off0 = run(torch.tensor([first_row[:H]]), caches)  # (1, H)
-        caches = [{"k": c["k"].expand(U, -1, -1, -1), "v": c["v"].expand(U, -1, -1, -1)} for c in caches]
-    # level 1: (U, P - H), every item's rows agree on these tokens
-    if P > H:
-        caches = caches or [dict() for _ in range(n_layer)]
-        off1 = run(torch.tensor([rows[0][H:P] for rows, _ in batch]), caches)  # (U, P - H)
-    # level 2: the tails, longest first, in passes of similar length
-    tails = sorted(((len(r) - P, b, k) for b, (rows, _) in enumerate(batch) for k, r in enumerate(rows)
-                    if len(r) > P), reverse=True)
-    tail_at = {}  # (item, row) -> (flat offset of its pass, row in the pass, pass length)
-    for a, e in _tail_passes([t[0] for t in tails], max_batch_tokens):
-        S = tails[a][0]
-        x = torch.zeros(e - a, S, dtype=torch.long)  # (R, S); right padding is never read by real tokens
-        for i, (n, b, k) in enumerate(tails[a:e]):
-            x[i, :n] = torch.tensor(batch[b][0][k][P:])
-        owners = torch.tensor([b for _, b, _ in tails[a:e]], device=device)
-        row_caches = None if caches is None else [_RowCache(c["k"], c["v"], owners) for c in caches]
-        off = run(x, row_caches)
-        stats["padding"] = stats.get("padding", 0) + sum(S - n for n, _, _ in tails[a:e])
-        for i, (_, b, k) in enumerate(tails[a:e]):
-            tail_at[(b, k)] = (off, i, S)
+        header = [dict() for _ in range(n_layer)]
+        off0 = run(torch.tensor([batch[0][0][0][:H]]), header, 0)  # (1, H)
+
+    # level 1: item prefixes [H, P_b), on the header
+    def on_header(rows, past):
+        if header is None:
+            return [dict() for _ in range(n_layer)]
+        return [{"k": c["k"].expand(len(rows), -1, -1, -1), "v": c["v"].expand(len(rows), -1, -1, -1)}
+                for c in header]
+
+    level1 = sorted((b for b in range(len(batch)) if prefix[b] > H), key=lambda b: -prefix[b])
+    caches1 = {}  # pass -> its caches (every layer's keys/values up to the pass's end)
+
+    def keep(rows, past):
+        caches = on_header(rows, past)
+        caches1[len(caches1)] = (caches, [level1[r] for r in rows])
+        return caches
+
+    at1 = dict(zip(level1, passes([(batch[b][0][0], H, prefix[b]) for b in level1], keep)))
+    # where each item's past lives: (pass id or -1 for the header, row in it)
+    home = {b: (-1, 0) for b in range(len(batch))}
+    for q, (_, members) in caches1.items():
+        for i, b in enumerate(members):
+            home[b] = (q, i)
+
+    # level 2: row tails [P_b, end), on their items' prefixes
+    tails = sorted(((b, k) for b, (rows, _) in enumerate(batch) for k, r in enumerate(rows) if len(r) > prefix[b]),
+                   key=lambda bk: (-prefix[bk[0]], -len(batch[bk[0]][0][bk[1]])))
+
+    def on_prefixes(rows, past):
+        if past == 0:
+            return None
+        members = [tails[r][0] for r in rows]
+        sources = sorted({home[b][0] for b in members})
+        keys, values = [], []
+        for q in sources:
+            caches = header if q == -1 else caches1[q][0]
+            keys.append([c["k"] for c in caches])
+            values.append([c["v"] for c in caches])
+        starts, n = {}, 0
+        for q, ks in zip(sources, keys):
+            starts[q] = n
+            n += ks[0].size(0)
+        idx = torch.tensor([starts[home[b][0]] + home[b][1] for b in members], device=device)
+        return [_RowCache([ks[layer] for ks in keys], [vs[layer] for vs in values], idx, past)
+                for layer in range(n_layer)]
+
+    at2 = dict(zip(tails, passes([(batch[b][0][k], prefix[b], len(batch[b][0][k])) for b, k in tails],
+                                 on_prefixes)))
 
     # the flat index of the state at position pos of row k of item b
     def state(b, k, pos):
         if pos < H:
             return off0 + pos
-        if pos < P:
-            return off1 + b * (P - H) + pos - H
-        off, i, S = tail_at[(b, k)]
-        return off + i * S + pos - P
+        off, width, past = at1[b] if pos < prefix[b] else at2[(b, k)]
+        return off + pos - past
 
     slot, pair_state, pair_target, pair_owner, owner_of = {}, [], [], [], []
     for b, (rows, scored) in enumerate(batch):
@@ -249,18 +294,23 @@ def _score_batch(model, batch, n_layer, max_batch_tokens, device, stats):
                 pair_target.append(target)
                 pair_owner.append(first_owner + j)
     D = levels[0][0].size(-1)
-    flat = torch.cat([s.reshape(-1, D) for s, _ in levels])  # (all positions, D)
+    flat = torch.cat([s.reshape(-1, D) for s, _, _ in levels])  # (all positions, D)
     states = flat.index_select(0, torch.tensor(list(slot), device=flat.device))  # (N, D) distinct states
     pair_state = torch.tensor(pair_state, device=flat.device)
     pair_target = torch.tensor(pair_target, device=flat.device)
     picked = torch.empty(len(pair_target), dtype=torch.float64, device=flat.device)
     hits = torch.empty(len(pair_target), dtype=torch.bool, device=flat.device)
     for a in range(0, states.size(0), HEAD_ROWS):
-        logprobs = F.log_softmax(head(states[a:a + HEAD_ROWS]).float(), dim=-1)  # (n, V), float32
+        logits = head(states[a:a + HEAD_ROWS]).float()  # (n, V), float32, ours to overwrite
         mine = ((pair_state >= a) & (pair_state < a + HEAD_ROWS)).nonzero().squeeze(1)
         rows_here, targets = pair_state[mine] - a, pair_target[mine]
-        picked[mine] = logprobs[rows_here, targets].double()
-        hits[mine] = logprobs.argmax(dim=-1)[rows_here] == targets
+        # log_softmax's own formula, (x - max) - log(sum(exp(x - max))), but only at the targets:
+        # no (n, V) output to write, and max() gives the greedy token in the same pass
+        top, greedy = logits.max(dim=-1)  # first index on ties, like argmax
+        target_logits = logits[rows_here, targets]
+        log_norm = logits.sub_(top[:, None]).exp_().sum(dim=-1).log()  # (n,)
+        picked[mine] = ((target_logits - top[rows_here]) - log_norm[rows_here]).double()
+        hits[mine] = greedy[rows_here] == targets
     stats["head_rows"] = stats.get("head_rows", 0) + states.size(0)
     owners = torch.tensor(pair_owner, device=flat.device)
     lls = torch.zeros(len(owner_of), dtype=torch.float64, device=flat.device).index_add_(0, owners, picked)
