@@ -4,11 +4,16 @@ tasks, items and batch size, on CPU (or --device cuda). Measures, per task:
   - scoring: time spent computing log-likelihoods (our score_items vs lm-eval's
     HFLM.loglikelihood / loglikelihood_rolling), items per second;
   - total: wall-clock of the whole call (our evaluate vs lm_eval.simple_evaluate), which
-    also counts data loading and prompt building.
-It asserts nothing; it prints a table (and writes JSON with --out).
+    also counts data loading and prompt building;
+  - work: lm-eval's model FLOPs over ours for the same requests (lm-eval runs every padded
+    position through the blocks and the output head; we run shared prefixes once and the head
+    only where a token is scored), i.e. the speedup to expect at equal hardware efficiency.
+The two sides alternate task by task, --repeat times (the order flips every repeat), and the
+medians are printed, so that a shared machine's drift hits both. It asserts nothing; it prints
+a table (and writes JSON with --out).
 
     python bench/bench_eval.py --data-dir ../shared/benchmarks --tiktoken-dir ../shared/tiktoken \\
-        --limit 40 [--ckpt out/ckpt.pt] [--batch-size 16] [--lmeval-batch-size 16]
+        --limit 40 [--ckpt out/ckpt.pt] [--batch-size 16] [--lmeval-batch-size 16] [--repeat 3]
 
 Without --ckpt a randomly initialised GPT is used (speed does not depend on the weights);
 its shape is set with --n-layer/--n-head/--n-embd/--block-size (GPT-2 small: 12/12/768/1024).
@@ -17,6 +22,7 @@ its shape is set with --n-layer/--n-head/--n-embd/--block-size (GPT-2 small: 12/
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -46,6 +52,7 @@ def main():
     p.add_argument("--n-head", type=int, default=6)
     p.add_argument("--n-embd", type=int, default=384)
     p.add_argument("--block-size", type=int, default=1024)
+    p.add_argument("--repeat", type=int, default=1, help="measurements per task and side (medians reported)")
     p.add_argument("--work", default=None)
     p.add_argument("--out", default=None)
     args = p.parse_args()
@@ -62,6 +69,8 @@ def main():
     from eval import tasks as T
     from eval import benchmarks as B
     from bench.crosscheck_lmeval import build_lmeval_tasks, export_hf
+    from data.common import get_tokenizer
+    from eval.scoring import continuation_windows, encode_pair
 
     if args.ckpt:
         model, _ = load_model(args.ckpt, args.device)
@@ -81,11 +90,14 @@ def main():
     manager = TaskManager(include_path=str(ydir))
     lm = HFLM(pretrained=str(hf_dir), device=args.device, batch_size=args.lmeval_batch_size, dtype="float32")
 
-    # time only the log-likelihood work on each side
+    # time only the log-likelihood work on each side; our engine also reports what it ran
     timers = {"ours": 0.0, "lmeval": 0.0}
+    engine = {}
 
     def timed(fn, key):
         def wrapper(*a, **kw):
+            if key == "ours":
+                kw["stats"] = engine
             t0 = time.perf_counter()
             out = fn(*a, **kw)
             timers[key] += time.perf_counter() - t0
@@ -95,44 +107,69 @@ def main():
     B.score_items = timed(B.score_items, "ours")
     lm.loglikelihood = timed(lm.loglikelihood, "lmeval")
     lm.loglikelihood_rolling = timed(lm.loglikelihood_rolling, "lmeval")
+    body_flops = 2 * model.get_num_params(non_embedding=True) - 2 * model.transformer.wte.weight.numel()
+    head_flops = 2 * model.config.n_embd * model.config.vocab_size
 
     rows = []
     print(f"model: {model_desc}; device {args.device}; threads {torch.get_num_threads()}; limit {args.limit}; "
           f"{'paper protocol' if args.paper_protocol else f'{args.num_fewshot}-shot'}; "
-          f"batch ours {args.batch_size}, lm-eval {args.lmeval_batch_size}")
+          f"batch ours {args.batch_size}, lm-eval {args.lmeval_batch_size}; medians of {args.repeat}")
     few = set(T.expand(T.PAPER_FEW_SHOT))
-    print(f"{'task':<30} {'items':>6} {'ours it/s':>10} {'lm-eval it/s':>12} {'speedup':>8} "
+    print(f"{'task':<30} {'items':>6} {'ours it/s':>10} {'lm-eval it/s':>12} {'speedup':>8} {'work':>6} "
           f"{'ours total s':>12} {'lm-eval total s':>15}")
+    enc = get_tokenizer()
+    L = model.config.block_size
     for name in names:
-        timers.update(ours=0.0, lmeval=0.0)
-        t0 = time.perf_counter()
         shots = (1 if all(n in few for n in T.expand(name)) else 0) if args.paper_protocol else args.num_fewshot
-        results, items = B.evaluate(model, name, args.data_dir, limit=args.limit, num_fewshot=shots,
-                                    batch_size=args.batch_size, device=args.device, wikitext=args.wikitext,
-                                    download=False, progress=False)
-        total_ours = time.perf_counter() - t0
         leaf = ["off_mmlu"] if name == "mmlu" else [f"off_{n}" for n in T.expand(name)]
-        t0 = time.perf_counter()
-        lm_eval.simple_evaluate(model=lm, tasks=leaf, task_manager=manager, limit=args.limit,
-                                num_fewshot=shots, bootstrap_iters=0, verbosity="ERROR")
-        total_lm = time.perf_counter() - t0
+        runs = {"ours": [], "lmeval": [], "ours_total": [], "lmeval_total": []}
+        for rep in range(args.repeat):
+            for side in (("ours", "lmeval") if rep % 2 == 0 else ("lmeval", "ours")):
+                timers.update(ours=0.0, lmeval=0.0)
+                engine.clear()
+                t0 = time.perf_counter()
+                if side == "ours":
+                    results, items = B.evaluate(model, name, args.data_dir, limit=args.limit, num_fewshot=shots,
+                                                batch_size=args.batch_size, device=args.device,
+                                                wikitext=args.wikitext, download=False, progress=False,
+                                                keep_requests=True)
+                    ours_stats = dict(engine)
+                else:
+                    lm_eval.simple_evaluate(model=lm, tasks=leaf, task_manager=manager, limit=args.limit,
+                                            num_fewshot=shots, bootstrap_iters=0, verbosity="ERROR")
+                runs[f"{side}_total"].append(time.perf_counter() - t0)
+                runs[side].append(timers[side])
+        # the work ratio, from the requests both sides scored
+        lm_rows = {}  # lm-eval's distinct inputs (it groups one-token continuations of a context)
+        for rec in (items if name != "wikitext" else []):
+            for ctx, cont in rec.get("requests", []):
+                for c, x in continuation_windows(*encode_pair(enc, ctx, cont), L):
+                    lm_rows[tuple((c + x)[-(L + 1):][:-1])] = None
+        lengths = sorted((len(r) for r in lm_rows), reverse=True)
+        lm_padded = sum(max(lengths[i:i + args.lmeval_batch_size]) * len(lengths[i:i + args.lmeval_batch_size])
+                        for i in range(0, len(lengths), args.lmeval_batch_size))
+        work = (lm_padded * (body_flops + head_flops)
+                / (ours_stats["tokens"] * body_flops + ours_stats["head_rows"] * head_flops)) if lm_rows else None
         n = len(items)
-        row = {"task": name, "items": n, "num_fewshot": shots, "ours_items_per_s": n / timers["ours"],
-               "lmeval_items_per_s": n / timers["lmeval"], "speedup": timers["lmeval"] / timers["ours"],
-               "ours_total_s": total_ours, "lmeval_total_s": total_lm}
+        t_ours, t_lm = statistics.median(runs["ours"]), statistics.median(runs["lmeval"])
+        row = {"task": name, "items": n, "num_fewshot": shots, "ours_items_per_s": n / t_ours,
+               "lmeval_items_per_s": n / t_lm, "speedup": t_lm / t_ours, "work_ratio": work,
+               "ours_total_s": statistics.median(runs["ours_total"]),
+               "lmeval_total_s": statistics.median(runs["lmeval_total"]), "runs": runs, "ours_engine": ours_stats}
         rows.append(row)
         print(f"{name:<30} {n:>6} {row['ours_items_per_s']:>10.2f} {row['lmeval_items_per_s']:>12.2f} "
-              f"{row['speedup']:>7.2f}x {total_ours:>12.1f} {total_lm:>15.1f}")
+              f"{row['speedup']:>7.2f}x {'' if work is None else f'{work:.2f}x':>6} "
+              f"{row['ours_total_s']:>12.1f} {row['lmeval_total_s']:>15.1f}", flush=True)
     n_all = sum(r["items"] for r in rows)
     t_ours = sum(r["items"] / r["ours_items_per_s"] for r in rows)
     t_lm = sum(r["items"] / r["lmeval_items_per_s"] for r in rows)
-    print(f"{'all':<30} {n_all:>6} {n_all / t_ours:>10.2f} {n_all / t_lm:>12.2f} {t_lm / t_ours:>7.2f}x "
+    print(f"{'all':<30} {n_all:>6} {n_all / t_ours:>10.2f} {n_all / t_lm:>12.2f} {t_lm / t_ours:>7.2f}x {'':>6} "
           f"{sum(r['ours_total_s'] for r in rows):>12.1f} {sum(r['lmeval_total_s'] for r in rows):>15.1f}")
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "bench_eval.json"), "w") as f:
-            json.dump({"model": model_desc, "device": args.device, "limit": args.limit, "rows": rows,
-                       "threads": torch.get_num_threads()}, f, indent=2)
+            json.dump({"model": model_desc, "device": args.device, "limit": args.limit, "repeat": args.repeat,
+                       "rows": rows, "threads": torch.get_num_threads()}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -205,9 +205,13 @@ def compare_task(name, task, ours, lm_samples):
             d = max(abs(a - b) for a, b in zip(rec["lls"], lm_lls))
             lm_pred = max(range(len(lm_lls)), key=lambda k: (lm_lls[k], -k))
             same = rec["pred"] == lm_pred and len(rec["lls"]) == len(lm_lls)
+            # 0/1 accuracies must be equal; a continuous per-item score (truthfulqa_mc2's mass on the
+            # true answers, a function of exp(ll differences)) moves with the float32 noise of the
+            # lls: ~1e-5 in ll gives up to ~3e-6 in the mass of a near-uniform model
+            tol = 1e-4 if task.process_results is not None else 1e-6
             for metric in ("acc", "acc_norm"):
                 if metric in rec and metric in s:
-                    same = same and abs(rec[metric] - float(s[metric])) < 1e-6
+                    same = same and abs(rec[metric] - float(s[metric])) < tol
             same = same and rec["is_greedy"] == lm_greedy
         row["max_abs_dll"] = max(row["max_abs_dll"], d)
         row["preds_equal"] += int(same)

@@ -139,20 +139,26 @@ def evaluate(model, tasks, data_dir=None, limit=None, num_fewshot=0, batch_size=
     try:
         with autocast:
             scores = score_items(model, token_items, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
-                                 device=device, progress=progress, desc=f"scoring {len(all_items)} items")
+                                 device=device, progress=progress, desc=f"scoring {len(all_items)} items",
+                                 groups=[item.task for item in all_items])
     finally:
         model.train(was_training)
 
     # per-item records, then per-task metrics
     records = {name: [] for name in names}
-    for item, item_scores in zip(all_items, scores):
+    block_size = model.config.block_size
+    for item, item_scores, reqs in zip(all_items, scores, token_items):
         rec = item_record(T.TASKS[item.task], item, item_scores)
+        long = sum(len(cont) > block_size for _, cont in reqs)
+        if long and T.TASKS[item.task].kind != "loglikelihood_rolling":  # (rolling windows always fit)
+            rec["long_continuations"] = long  # requests scored in windows (see scoring.continuation_windows)
         if keep_requests:
             rec["requests"] = item.requests
         records[item.task].append(rec)
     results = {}
     for name in names:
-        results[name] = {**task_metrics(T.TASKS[name], records[name]), **task_info[name]}
+        results[name] = {**task_metrics(T.TASKS[name], records[name]), **task_info[name],
+                         "n_long_continuation": sum(1 for r in records[name] if r.get("long_continuations"))}
     results.update(group_metrics(results))
     results["config"] = {"tasks": tasks if isinstance(tasks, str) else ",".join(tasks), "limit": limit,
                          "num_fewshot": num_fewshot, "seed": seed, "batch_size": batch_size,
@@ -235,7 +241,8 @@ def format_table(results):
         if name == "config" or name.startswith("mmlu_") and name not in T.GROUPS:
             continue  # the 57 subjects are in results.json; the table shows the aggregates
         metrics = [m for m in res if m not in ("n", "num_fewshot", "tasks", "split", "fewshot_split",
-                                               "fewshot_matches_lm_eval", "note") and not m.endswith("_stderr")]
+                                               "fewshot_matches_lm_eval", "note", "n_long_continuation")
+                   and not m.endswith("_stderr")]
         for k, metric in enumerate(metrics):
             value, se = res[metric], res.get(f"{metric}_stderr")
             label = name if k == 0 else ""
@@ -249,6 +256,11 @@ def format_table(results):
                          f"{'' if se is None else f'{se:.4f}':>8}")
     if any(isinstance(r, dict) and r.get("fewshot_matches_lm_eval") is False for r in results.values()):
         lines.append("* shots drawn from the scored split (lm-eval's few-shot split is not available)")
+    long = {name: r["n_long_continuation"] for name, r in results.items()
+            if isinstance(r, dict) and r.get("n_long_continuation")}
+    if long:
+        lines.append("items with a continuation longer than block_size, scored in windows: "
+                     + ", ".join(f"{name} {n}" for name, n in long.items()))
     return "\n".join(lines)
 
 

@@ -74,6 +74,20 @@ def rolling_windows(tokens, max_len, prefix_token=EOT_TOKEN):
 
 # ----------------------------------------------------------------------------- the engine
 
+def continuation_windows(ctx, cont, max_len):
+    """The requests that score (ctx, cont) with a model of context max_len. Up to max_len continuation
+    tokens: the request itself (the context is left-truncated to fit). A longer continuation (lm-eval
+    stops with an AssertionError) is cut into windows of max_len tokens counted from its end: the first,
+    shortest window is conditioned on the end of the context, each later one on the continuation tokens
+    before it, so every continuation token is scored exactly once and the sum is a log-likelihood of
+    the whole continuation (with a context shorter than the continuation's start)."""
+    if len(cont) <= max_len:
+        return [(ctx, cont)]
+    first = len(cont) % max_len or max_len
+    cuts = [0] + list(range(first, len(cont) + 1, max_len))  # window k scores cont[cuts[k]:cuts[k + 1]]
+    return [(list(ctx) + list(cont[:a]), cont[a:b]) for a, b in zip(cuts[:-1], cuts[1:])]
+
+
 def _common_prefix_len(rows):
     n = min(len(r) for r in rows)
     first = rows[0]
@@ -99,123 +113,268 @@ def _forward(model, idx, kv_caches=None):
     return logits, lambda h: h
 
 
-def _token_scores(logits, targets):
-    """logits (N, V) at N positions and the N target tokens -> (log-probs (N,), greedy hits (N,))."""
-    logprobs = F.log_softmax(logits.float(), dim=-1)  # (N, V), float32
-    picked = logprobs.gather(1, targets[:, None]).squeeze(1)  # (N,)
-    hits = logprobs.argmax(dim=-1) == targets  # (N,)
-    return picked.double().cpu(), hits.cpu()
+class _RowCache(dict):
+    """One layer's key/value cache for a pass of rows whose pasts live in other passes' caches:
+    row r reads row rows[r] of the concatenation of `keys` (and `values`), each (n, nh, >= past, hs),
+    cut to the first `past` positions. The rows are gathered when the layer asks for them and the
+    layer's write-back is dropped, so only one layer's gathered cache is alive at a time (the
+    pass's own keys and values are never needed again)."""
+
+    def __init__(self, keys, values, rows, past):
+        super().__init__()
+        self.src, self.rows, self.past, self.memo = {"k": keys, "v": values}, rows, past, {}
+
+    def __getitem__(self, key):
+        if key not in self.memo:
+            parts = [t[:, :, :self.past] for t in self.src[key]]
+            whole = parts[0] if len(parts) == 1 else torch.cat(parts)
+            self.memo[key] = whole.index_select(0, self.rows)  # (R, nh, past, hs)
+        return self.memo[key]
+
+    def get(self, key, default=None):
+        return self[key] if key in self.src else default
+
+    def __setitem__(self, key, value):
+        self.memo.clear()  # the layer is done with its cache
 
 
-# An item's rows share a prefix; running it once saves prefix x (rows - 1) tokens but costs one more
-# (small) forward pass per item for the tails. Below this saved fraction of the item's tokens the
-# rows are scored as separate requests, batched with others (PIQA, WinoGrande: short shared prefixes).
-MIN_SHARED_SAVING = 0.3
+# A forward pass costs about as much as this many padded tokens (every weight is read once per
+# pass, and small matmuls run far below peak): rows are split into passes of similar length when
+# that saves more padding than this. 32 was the best of 8, 32, 96 for GPT-2 small on 2 CPU cores
+# (PIQA, OpenBookQA, WinoGrande, HellaSwag: 15-30% faster than 8).
+PASS_COST_TOKENS = 32
+HEAD_ROWS = 256  # states per output-head call: bounds the (rows, vocab) logits in memory
 
 
-def _score_local(model, token_items, batch_size, max_batch_tokens, device, progress, desc):
+def _passes(spans, max_tokens):
+    """Split spans (start, end) of rows, in the given order, into consecutive passes. A pass starts
+    at its smallest start (its rows' shared past: a row may recompute a few of its own shared
+    tokens) and is padded to its largest end. Minimises the tokens run + PASS_COST_TOKENS per pass,
+    with rows x length <= max_tokens. Returns the (first, last + 1) index ranges."""
+    n = len(spans)
+    cost, cut = [0.0] + [math.inf] * n, [0] * (n + 1)
+    for i in range(1, n + 1):
+        lo, hi = spans[i - 1]
+        for j in range(i - 1, -1, -1):  # pass j..i-1
+            lo, hi = min(lo, spans[j][0]), max(hi, spans[j][1])
+            if j < i - 1 and (i - j) * (hi - lo) > max_tokens:
+                break
+            c = cost[j] + (i - j) * (hi - lo) + PASS_COST_TOKENS
+            if c < cost[i]:
+                cost[i], cut[i] = c, j
+    ranges, i = [], n
+    while i > 0:
+        ranges.append((cut[i], i))
+        i = cut[i]
+    return ranges[::-1]
+
+
+def _item_rows(reqs, max_len):
+    """An item's distinct model inputs and what each scores. Returns (rows, scored): rows are token
+    tuples (identical inputs, e.g. one-token choices, appear once), scored is a list of
+    (row index, request index, first scored row position, target tokens)."""
+    index, rows, scored = {}, [], []
+    for j, (ctx, cont) in enumerate(reqs):
+        if len(cont) == 0:
+            raise ValueError("empty continuation: every request must score at least one token")
+        for c, x in continuation_windows(ctx, cont, max_len):
+            full = (list(c) + list(x))[-(max_len + 1):]  # left-truncate to block_size + 1
+            row = tuple(full[:-1])  # the last token is only predicted, never read
+            if row not in index:
+                index[row] = len(rows)
+                rows.append(row)
+            scored.append((index[row], j, len(row) - len(x), list(x)))
+    return rows, scored
+
+
+def _score_batch(model, batch, n_layer, max_batch_tokens, device, stats):
+    """Score a batch of items, each (rows, scored) from _item_rows, in three levels of forward
+    passes, each on the key/value caches of the level before (rows of one pass share a past length,
+    so the model's plain kv_caches protocol chains them exactly):
+      0) the prefix H common to every row of the batch (a task's fixed preamble, MMLU's description
+         and shots), run once;
+      1) each item's own shared prefix, from H to P_b (the common prefix of item b's rows);
+      2) each row's tail after its item's prefix;
+    levels 1 and 2 in passes of similar spans (_passes). Then the output head and log-softmax at the
+    distinct states that predict a continuation token. Returns, per item, [(log-likelihood,
+    is_greedy)] per request."""
+    H = _common_prefix_len([r for rows, _ in batch for r in rows])
+    prefix = [_common_prefix_len(rows) for rows, _ in batch]  # P_b >= H
+    levels, head = [], None  # (states (n, T, D), flat offset of its positions, start position) per pass
+
+    def run(x, caches, start):
+        nonlocal head
+        states, head = _forward(model, x.to(device), caches)  # (n, T, D)
+        offset = levels[-1][1] + levels[-1][0].size(0) * levels[-1][0].size(1) if levels else 0
+        levels.append((states, offset, start))
+        stats["passes"] = stats.get("passes", 0) + 1
+        stats["tokens"] = stats.get("tokens", 0) + x.numel()
+        return offset
+
+    def passes(rows, caches_of):
+        """rows: (tokens, start, end) sorted for _passes; caches_of(range, past) -> kv caches.
+        Runs tokens[past:end] of each row, right-padded; returns per row (flat offset, pass width, past)."""
+        where = [None] * len(rows)
+        for a, e in _passes([(s, t) for _, s, t in rows], max_batch_tokens):
+            past, end = min(s for _, s, _ in rows[a:e]), max(t for _, _, t in rows[a:e])
+            x = torch.zeros(e - a, end - past, dtype=torch.long)  # (n, S); padding is never read by real tokens
+            for i, (tokens, _, t) in enumerate(rows[a:e]):
+                x[i, :t - past] = torch.tensor(tokens[past:t])
+            off = run(x, caches_of(range(a, e), past), past)
+            stats["padding"] = stats.get("padding", 0) + sum(end - t for _, _, t in rows[a:e])
+            for i in range(e - a):
+                where[a + i] = (off + i * (end - past), end - past, past)
+        return where
+
+    # level 0: (1, H)
+    header = None
+    if H > 0:
+        header = [dict() for _ in range(n_layer)]
+        off0 = run(torch.tensor([batch[0][0][0][:H]]), header, 0)  # (1, H)
+
+    # level 1: item prefixes [H, P_b), on the header
+    def on_header(rows, past):
+        if header is None:
+            return [dict() for _ in range(n_layer)]
+        return [{"k": c["k"].expand(len(rows), -1, -1, -1), "v": c["v"].expand(len(rows), -1, -1, -1)}
+                for c in header]
+
+    level1 = sorted((b for b in range(len(batch)) if prefix[b] > H), key=lambda b: -prefix[b])
+    caches1 = {}  # pass -> its caches (every layer's keys/values up to the pass's end)
+
+    def keep(rows, past):
+        caches = on_header(rows, past)
+        caches1[len(caches1)] = (caches, [level1[r] for r in rows])
+        return caches
+
+    at1 = dict(zip(level1, passes([(batch[b][0][0], H, prefix[b]) for b in level1], keep)))
+    # where each item's past lives: (pass id or -1 for the header, row in it)
+    home = {b: (-1, 0) for b in range(len(batch))}
+    for q, (_, members) in caches1.items():
+        for i, b in enumerate(members):
+            home[b] = (q, i)
+
+    # level 2: row tails [P_b, end), on their items' prefixes
+    tails = sorted(((b, k) for b, (rows, _) in enumerate(batch) for k, r in enumerate(rows) if len(r) > prefix[b]),
+                   key=lambda bk: (-prefix[bk[0]], -len(batch[bk[0]][0][bk[1]])))
+
+    def on_prefixes(rows, past):
+        if past == 0:
+            return None
+        members = [tails[r][0] for r in rows]
+        sources = sorted({home[b][0] for b in members})
+        keys, values = [], []
+        for q in sources:
+            caches = header if q == -1 else caches1[q][0]
+            keys.append([c["k"] for c in caches])
+            values.append([c["v"] for c in caches])
+        starts, n = {}, 0
+        for q, ks in zip(sources, keys):
+            starts[q] = n
+            n += ks[0].size(0)
+        idx = torch.tensor([starts[home[b][0]] + home[b][1] for b in members], device=device)
+        return [_RowCache([ks[layer] for ks in keys], [vs[layer] for vs in values], idx, past)
+                for layer in range(n_layer)]
+
+    at2 = dict(zip(tails, passes([(batch[b][0][k], prefix[b], len(batch[b][0][k])) for b, k in tails],
+                                 on_prefixes)))
+
+    # the flat index of the state at position pos of row k of item b
+    def state(b, k, pos):
+        if pos < H:
+            return off0 + pos
+        off, width, past = at1[b] if pos < prefix[b] else at2[(b, k)]
+        return off + pos - past
+
+    slot, pair_state, pair_target, pair_owner, owner_of = {}, [], [], [], []
+    for b, (rows, scored) in enumerate(batch):
+        first_owner = len(owner_of)
+        owner_of += [(b, j) for j in range(1 + max(j for _, j, _, _ in scored))]
+        for k, j, first, targets in scored:
+            for t, target in enumerate(targets):
+                pair_state.append(slot.setdefault(state(b, k, first + t), len(slot)))
+                pair_target.append(target)
+                pair_owner.append(first_owner + j)
+    D = levels[0][0].size(-1)
+    flat = torch.cat([s.reshape(-1, D) for s, _, _ in levels])  # (all positions, D)
+    states = flat.index_select(0, torch.tensor(list(slot), device=flat.device))  # (N, D) distinct states
+    pair_state = torch.tensor(pair_state, device=flat.device)
+    pair_target = torch.tensor(pair_target, device=flat.device)
+    picked = torch.empty(len(pair_target), dtype=torch.float64, device=flat.device)
+    hits = torch.empty(len(pair_target), dtype=torch.bool, device=flat.device)
+    for a in range(0, states.size(0), HEAD_ROWS):
+        logits = head(states[a:a + HEAD_ROWS]).float()  # (n, V), float32, ours to overwrite
+        mine = ((pair_state >= a) & (pair_state < a + HEAD_ROWS)).nonzero().squeeze(1)
+        rows_here, targets = pair_state[mine] - a, pair_target[mine]
+        # log_softmax's own formula, (x - max) - log(sum(exp(x - max))), but only at the targets:
+        # no (n, V) output to write, and max() gives the greedy token in the same pass
+        top, greedy = logits.max(dim=-1)  # first index on ties, like argmax
+        target_logits = logits[rows_here, targets]
+        log_norm = logits.sub_(top[:, None]).exp_().sum(dim=-1).log()  # (n,)
+        picked[mine] = ((target_logits - top[rows_here]) - log_norm[rows_here]).double()
+        hits[mine] = greedy[rows_here] == targets
+    stats["head_rows"] = stats.get("head_rows", 0) + states.size(0)
+    owners = torch.tensor(pair_owner, device=flat.device)
+    lls = torch.zeros(len(owner_of), dtype=torch.float64, device=flat.device).index_add_(0, owners, picked)
+    misses = torch.zeros(len(owner_of), device=flat.device).index_add_(0, owners, (~hits).float())
+    out = [[None] * (1 + max(j for _, j, _, _ in scored)) for _, scored in batch]
+    for (b, j), ll, miss in zip(owner_of, lls.tolist(), misses.tolist()):
+        out[b][j] = (ll, miss == 0)
+    return out
+
+
+def _score_local(model, token_items, batch_size, max_batch_tokens, device, progress, desc, groups, stats):
     max_len = model.config.block_size
-    n_layer = model.config.n_layer
-    units = []  # (input rows, continuation tokens, shared prefix length, item index, its row indices)
-    for i, reqs in enumerate(token_items):
-        rows, conts = [], []
-        for ctx, cont in reqs:
-            if len(cont) == 0 or len(cont) > max_len:
-                raise ValueError(f"continuation of {len(cont)} tokens: need 1..block_size={max_len}")
-            full = (list(ctx) + list(cont))[-(max_len + 1):]  # left-truncate to block_size + 1
-            rows.append(full[:-1])  # the last token is only predicted, never read
-            conts.append(list(cont))
-        P = _common_prefix_len(rows)
-        if len(rows) > 1 and P * (len(rows) - 1) < MIN_SHARED_SAVING * sum(len(r) for r in rows):
-            units += [([rows[r]], [conts[r]], len(rows[r]), i, [r]) for r in range(len(rows))]
-        else:
-            units.append((rows, conts, P, i, list(range(len(rows)))))
-
-    results = [[None] * len(reqs) for reqs in token_items]
-    units_left = [0] * len(token_items)
-    for unit in units:
-        units_left[unit[3]] += 1
-    # longest shared prefix first: little padding in the prefix batches, the memory peak comes first
-    order = sorted(range(len(units)), key=lambda u: (-units[u][2], -max(len(r) for r in units[u][0])))
-    bar = tqdm(total=len(token_items), desc=desc, disable=not progress, leave=False)
+    items = [_item_rows(reqs, max_len) for reqs in token_items]
+    # batches within one group (task), items with similar shared prefixes together (little is lost
+    # to the batch's shortest one), longest first so the memory peak comes first
+    rank = {}
+    for g in groups or [0] * len(items):
+        rank.setdefault(g, len(rank))
+    group_of = [rank[g] for g in groups] if groups else [0] * len(items)
+    order = sorted(range(len(items)), key=lambda i: (group_of[i], -_common_prefix_len(items[i][0]),
+                                                    -max(len(r) for r in items[i][0])))
+    results = [None] * len(items)
+    bar = tqdm(total=len(items), desc=desc, disable=not progress, leave=False)
     start = 0
     while start < len(order):
-        # a batch of units, longest first, within the row and token budgets
-        longest = max(1, units[order[start]][2])
-        n_items = max(1, min(batch_size, max_batch_tokens // longest))
-        batch = order[start: start + n_items]
-        start += n_items
-
-        # 1) the shared prefixes of the batch's units, right-padded into one tensor
-        with_prefix = [u for u in batch if units[u][2] > 0]
-        need_cache = any(len(r) > units[u][2] for u in with_prefix for r in units[u][0])
-        caches, prefix_states, slot = None, None, {}
-        if with_prefix:
-            T = max(units[u][2] for u in with_prefix)
-            x = torch.zeros(len(with_prefix), T, dtype=torch.long)  # (B, T); padding is never read
-            for b, u in enumerate(with_prefix):
-                rows, _, P = units[u][:3]
-                x[b, :P] = torch.tensor(rows[0][:P])
-                slot[u] = b
-            caches = [dict() for _ in range(n_layer)] if need_cache else None
-            prefix_states, head = _forward(model, x.to(device), caches)  # (B, T, D)
-
-        # 2) per unit: the tails of its rows on top of its prefix cache, then gather the scores
-        for u in batch:
-            rows, conts, P = units[u][:3]
-            tails = [r for r in range(len(rows)) if len(rows[r]) > P]
-            tail_states = None
-            if tails:
-                S = max(len(rows[r]) - P for r in tails)
-                x = torch.zeros(len(tails), S, dtype=torch.long)  # (R, S)
-                for k, r in enumerate(tails):
-                    x[k, :len(rows[r]) - P] = torch.tensor(rows[r][P:])
-                item_caches = None
-                if P > 0:
-                    b = slot[u]
-                    item_caches = [{"k": c["k"][b:b + 1, :, :P].expand(len(tails), -1, -1, -1),
-                                    "v": c["v"][b:b + 1, :, :P].expand(len(tails), -1, -1, -1)}
-                                   for c in caches]  # each (R, nh, P, hs)
-                tail_states, head = _forward(model, x.to(device), item_caches)  # (R, S, D)
-                tail_row = {r: k for k, r in enumerate(tails)}
-
-            # the states that predict each continuation token, from the prefix or the tail pass
-            pieces, targets, owners = [], [], []
-            for r, (row, cont) in enumerate(zip(rows, conts)):
-                first, end = len(row) - len(cont), len(row)  # row positions that predict cont
-                if first < P:
-                    pieces.append(prefix_states[slot[u], first:min(P, end)])  # (n, D)
-                if end > P:
-                    pieces.append(tail_states[tail_row[r], max(first, P) - P: end - P])  # (n, D)
-                targets += cont
-                owners += [r] * len(cont)
-            logits = head(torch.cat(pieces))  # (N, V): one row per continuation token of the item
-            logprobs, hits = _token_scores(logits, torch.tensor(targets, device=logits.device))
-            owners = torch.tensor(owners)
-            item, row_ids = units[u][3], units[u][4]
-            for r in range(len(rows)):
-                mine = owners == r
-                results[item][row_ids[r]] = (float(logprobs[mine].sum()), bool(hits[mine].all()))
-            units_left[item] -= 1
-            bar.update(int(units_left[item] == 0))
+        # a batch: up to batch_size items of one group, their rows within max_batch_tokens
+        batch, tokens = [], 0
+        for i in order[start:]:
+            n = sum(len(r) for r in items[i][0])
+            if batch and (len(batch) == batch_size or tokens + n > max_batch_tokens
+                          or group_of[i] != group_of[batch[0]]):
+                break
+            batch.append(i)
+            tokens += n
+        start += len(batch)
+        for i, res in zip(batch, _score_batch(model, [items[i] for i in batch], model.config.n_layer,
+                                              max_batch_tokens, device, stats)):
+            results[i] = res
+        bar.update(len(batch))
     bar.close()
     return results
 
 
 @torch.no_grad()
 def score_items(model, token_items, batch_size=16, max_batch_tokens=8192, device="cpu",
-                progress=True, desc="loglikelihood"):
+                progress=True, desc="loglikelihood", groups=None, stats=None):
     """token_items: a list of items, each a list of (context_tokens, continuation_tokens).
     Returns, per item, a list of (log P(continuation | context), is_greedy), one per request.
-    batch_size: items whose shared prefixes run in one forward pass; max_batch_tokens caps
-    batch rows x prefix length (activations and key/value caches grow with it)."""
+    A continuation longer than the model's block_size is scored in windows (continuation_windows).
+    batch_size: items per batch; max_batch_tokens caps a batch's rows x tokens (activations and
+    key/value caches grow with it). groups: an optional label per item (its task); batches never
+    mix labels, so a prefix shared by a task's items runs once per batch. stats: an optional dict
+    that receives counts of forward passes, tokens run, padding and output-head rows."""
+    stats = {} if stats is None else stats
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     if not distributed or torch.distributed.get_world_size() == 1:
-        return _score_local(model, token_items, batch_size, max_batch_tokens, device, progress, desc)
+        return _score_local(model, token_items, batch_size, max_batch_tokens, device, progress, desc, groups,
+                            stats)
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     mine = list(range(rank, len(token_items), world))
     local = _score_local(model, [token_items[i] for i in mine], batch_size, max_batch_tokens, device,
-                         progress and rank == 0, desc)
+                         progress and rank == 0, desc, groups and [groups[i] for i in mine], stats)
     gathered = [None] * world
     torch.distributed.all_gather_object(gathered, list(zip(mine, local)))
     results = [None] * len(token_items)

@@ -303,11 +303,91 @@ def test_batched_scoring_equals_one_at_a_time():
     items.append([([1, 2], [3, 4]), ([1, 2, 3], [9])])            # different contexts (winogrande-like)
     items.append([([1, 2, 3], [4]), ([1, 2, 3], [5]), ([1, 2, 3], [6])])  # one-token choices: one row
     items.append([([1, 2], list(range(10, 22))), ([1, 2], list(range(30, 41)))])  # short prefix: rows apart
-    batched = S.score_items(model, items, batch_size=5, progress=False)
-    for item, got in zip(items, batched):
+    # a "task" whose items share a preamble (TruthfulQA, MMLU): it runs once per batch
+    preamble = [rng.randrange(97) for _ in range(12)]
+    shared = [[(preamble + q, c) for c in ([7, 8], [9], [7, 1, 2])]
+              for q in ([3, 4], [3, 4, 5], [6], [3, 4, 5, 6, 7])]
+    groups = ["a"] * len(items) + ["b"] * len(shared)
+    stats = {}
+    batched = S.score_items(model, items + shared, batch_size=5, progress=False, groups=groups, stats=stats)
+    for item, got in zip(items + shared, batched):
         for req, (ll, greedy) in zip(item, got):
             ((ll1, greedy1),) = S.score_items(model, [[req]], batch_size=1, progress=False)[0:1][0]
             assert abs(ll - ll1) < 1e-4 and greedy == greedy1
+    # shared prefixes ran once: fewer tokens than the rows hold, padding included
+    naive = sum(len((ctx + cont)[-33:]) - 1 for item in items + shared for ctx, cont in item)
+    assert stats["tokens"] < 0.8 * naive
+    one = {}
+    S.PASS_COST_TOKENS, cost = 0, S.PASS_COST_TOKENS  # passes free: no padding traded for fewer passes
+    try:
+        S.score_items(model, shared, batch_size=5, progress=False, stats=one)
+    finally:
+        S.PASS_COST_TOKENS = cost
+    rest = sum(len(ctx) + len(cont) - 1 - len(preamble) for item in shared for ctx, cont in item)
+    assert one["tokens"] <= len(preamble) + rest  # the preamble ran once
+
+
+def test_scores_equal_a_float64_reference():
+    torch.manual_seed(3)
+    model = GPT(GPTConfig(block_size=24, vocab_size=53, n_layer=2, n_head=2, n_embd=16))
+    model.eval()
+    rng = random.Random(3)
+    items = [[([rng.randrange(53) for _ in range(n)], [rng.randrange(53) for _ in range(m)]) for m in (1, 3, 6)]
+             for n in (2, 9, 20, 30)]
+    got = S.score_items(model, items, batch_size=3, progress=False)
+    model64 = GPT(model.config).double().eval()
+    model64.load_state_dict(model.state_dict())
+    for item, scores in zip(items, got):
+        for (ctx, cont), (ll, greedy) in zip(item, scores):
+            full = (ctx + cont)[-25:]
+            with torch.no_grad():
+                logits, _ = model64(torch.tensor([full[:-1]]))
+            lp = F.log_softmax(logits[0], -1)[-len(cont):]  # (len(cont), V), float64
+            assert abs(ll - sum(lp[i, t].item() for i, t in enumerate(cont))) < 1e-4
+            assert greedy == all(int(lp[i].argmax()) == t for i, t in enumerate(cont))
+
+
+def test_continuation_longer_than_block_size_is_scored_in_windows():
+    # a PIQA-like item on a block_size-16 model: one solution of 40 tokens (lm-eval asserts on it)
+    torch.manual_seed(2)
+    model = GPT(GPTConfig(block_size=16, vocab_size=71, n_layer=2, n_head=2, n_embd=16))
+    model.eval()
+    rng = random.Random(2)
+    ctx = [rng.randrange(71) for _ in range(10)]
+    long_sol, short_sol = [rng.randrange(71) for _ in range(40)], [rng.randrange(71) for _ in range(5)]
+    ((ll_long, _), (ll_short, _)), = S.score_items(model, [[(ctx, long_sol), (ctx, short_sol)]], progress=False)
+    # reference: windows of 16 tokens counted from the end ([24, 40), [8, 24)), the first one
+    # ([0, 8)) after the context; each window's input is the 16 tokens before its last target
+    tokens = ctx + long_sol
+    expected = 0.0
+    for a, b in ((0, 8), (8, 24), (24, 40)):
+        inp = tokens[:len(ctx) + b][-17:-1]
+        with torch.no_grad():
+            logits, _ = model(torch.tensor([inp]))
+        lp = F.log_softmax(logits[0].double(), -1)
+        expected += sum(lp[len(inp) - (b - i), long_sol[i]].item() for i in range(a, b))
+    assert abs(ll_long - expected) < 1e-4
+    ((ll_ref, _),), = S.score_items(model, [[(ctx, short_sol)]], progress=False)
+    assert abs(ll_short - ll_ref) < 1e-5  # the other choice is scored as usual
+    # exactly block_size tokens still fit in one request
+    assert S.continuation_windows(ctx, long_sol[:16], 16) == [(ctx, long_sol[:16])]
+    assert [len(x) for _, x in S.continuation_windows(ctx, long_sol, 16)] == [8, 16, 16]
+
+
+@needs_shared
+def test_long_continuations_are_flagged_and_counted(tmp_path, monkeypatch):
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(SHARED / "tiktoken"))
+    (tmp_path / "piqa").mkdir()
+    docs = [{"goal": "Open a jar", "sol1": "twist the lid " * 12, "sol2": "eat it", "label": 0},
+            {"goal": "Boil water", "sol1": "heat it", "sol2": "cool it", "label": 0}]
+    (tmp_path / "piqa" / "validation.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=16, n_layer=1, n_head=2, n_embd=16))
+    results, items = B.evaluate(model, "piqa", str(tmp_path), progress=False, download=False)
+    assert results["piqa"]["n_long_continuation"] == 1 and results["piqa"]["n"] == 2
+    assert items[0]["long_continuations"] == 1 and "long_continuations" not in items[1]
+    assert all(math.isfinite(ll) for ll in items[0]["lls"])
+    assert "scored in windows: piqa 1" in B.format_table(results)
 
 
 def test_head_on_gathered_states_equals_model_logits():
