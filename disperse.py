@@ -179,7 +179,7 @@ def _through_unit_rows(grad_z_hat, z, eps):
 
 
 # ----------------------------------------------------------------------------
-# The pair losses over tiles of the T x T matrix (IMPLEMENTATION = 'tiled')
+# The pair losses over tiles of the T x T matrix (IMPLEMENTATION = 'tiled', or 'triton')
 #
 # angular (and condense), orthogonalization and cross_sequence reduce a function of the clamped
 # cosine over all pairs of a sequence. Instead of building the (B, T, T) matrix, the forward pass
@@ -217,20 +217,45 @@ def _pair_blocks(T, tile, symmetric, strip_pairs):
             yield r0, r1, c0, min(c0 + width, T), False
 
 
-class _TiledPairLoss(torch.autograd.Function):
+class _PairLoss(torch.autograd.Function):
     """kind 'angular', 'orthogonalization' (pairs within a sequence, diagonal excluded) or
-    'cross_sequence' (sequence b against b+1, all T x T pairs) over blocks of the pair matrix.
-    Keeps z and one number per sequence between the passes, and at most one block of pairs per
-    sequence alive at a time (a few tensors of that size)."""
+    'cross_sequence' (sequence b against b+1, all T x T pairs). Keeps z and one number per
+    sequence between the passes. The pair work is done by `engine`: a _TorchTiles (PyTorch) or the
+    disperse_triton module (fused kernels), which both provide
+      pair_totals(z_hat, kind, tau, clamp, margin) -> (B,) log-sum-exp (or hinge sum) over the pairs
+      pair_grad(z_hat, kind, total, tau, clamp, margin) -> (B, T, C) pi * d(sum_b loss_b)/d z_hat."""
 
     @staticmethod
-    def forward(ctx, z, kind, tau, eps, clamp, margin, tile, strip_pairs):
-        B, T, C = z.shape
-        z_hat = _unit_rows(z, eps)  # (B, T, C)
+    def forward(ctx, z, kind, tau, eps, clamp, margin, engine):
+        total = engine.pair_totals(_unit_rows(z, eps), kind, tau, clamp, margin)  # (B,)
+        ctx.save_for_backward(z, total)
+        ctx.options = kind, tau, eps, clamp, margin, engine
+        return _pair_value(total, kind, z.size(1)).mean()
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        z, total = ctx.saved_tensors
+        kind, tau, eps, clamp, margin, engine = ctx.options
+        # float32 also when backward() is called inside an autocast region
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            grad_z_hat = engine.pair_grad(_unit_rows(z, eps), kind, total, tau, clamp, margin)
+            grad_z_hat.mul_(grad_out / (z.size(0) * math.pi))
+            return _through_unit_rows(grad_z_hat, z, eps), None, None, None, None, None, None
+
+
+class _TorchTiles:
+    """The pair work of _PairLoss in PyTorch, one block of _pair_blocks at a time (batched over
+    the sequences): at most tile x max(tile, strip_pairs // tile) pairs per sequence alive."""
+
+    def __init__(self, tile, strip_pairs):
+        self.tile, self.strip_pairs = tile, strip_pairs
+
+    def pair_totals(self, z_hat, kind, tau, clamp, margin):
+        B, T, C = z_hat.shape
         rows, cols, symmetric = _pair_operands(z_hat, kind)
         # per-sequence log-sum-exp (or sum, for the hinge) of the pair terms seen so far
         total = z_hat.new_full((B,), 0.0 if kind == 'orthogonalization' else float('-inf'))
-        for r0, r1, c0, c1, on_diagonal in _pair_blocks(T, tile, symmetric, strip_pairs):
+        for r0, r1, c0, c1, on_diagonal in _pair_blocks(T, self.tile, symmetric, self.strip_pairs):
             cos = torch.bmm(rows[:, r0:r1], cols[:, c0:c1].transpose(1, 2))  # (B, r, c)
             angle = cos.clamp_(-1.0 + clamp, 1.0 - clamp).arccos_().div_(math.pi)
             twice = symmetric and not on_diagonal  # the block stands for itself and its mirror image
@@ -245,26 +270,14 @@ class _TiledPairLoss(torch.autograd.Function):
                     logits.diagonal(dim1=1, dim2=2).fill_(float('-inf'))
                 block = torch.logsumexp(logits, dim=(1, 2)) + (math.log(2.0) if twice else 0.0)  # (B,)
                 total = torch.logaddexp(total, block)
-        ctx.save_for_backward(z, total)
-        ctx.options = kind, tau, eps, clamp, margin, tile, strip_pairs
-        return _pair_value(total, kind, T).mean()
+        return total
 
-    @staticmethod
-    def backward(ctx, grad_out):
-        # float32 also when backward() is called inside an autocast region
-        with torch.autocast(device_type=grad_out.device.type, enabled=False):
-            return _TiledPairLoss._backward(ctx, grad_out)
-
-    @staticmethod
-    def _backward(ctx, grad_out):
-        z, total = ctx.saved_tensors
-        kind, tau, eps, clamp, margin, tile, strip_pairs = ctx.options
-        B, T, C = z.shape
-        z_hat = _unit_rows(z, eps)
+    def pair_grad(self, z_hat, kind, total, tau, clamp, margin):
+        B, T, C = z_hat.shape
         rows, cols, symmetric = _pair_operands(z_hat, kind)
         grad_rows = torch.zeros_like(z_hat)  # (B, T, C)
         grad_cols = grad_rows if symmetric else torch.zeros_like(z_hat)
-        for r0, r1, c0, c1, on_diagonal in _pair_blocks(T, tile, symmetric, strip_pairs):
+        for r0, r1, c0, c1, on_diagonal in _pair_blocks(T, self.tile, symmetric, self.strip_pairs):
             cos = torch.bmm(rows[:, r0:r1], cols[:, c0:c1].transpose(1, 2))  # (B, r, c)
             cos.clamp_(-1.0 + clamp, 1.0 - clamp)
             angle = torch.arccos(cos).div_(math.pi)
@@ -281,11 +294,8 @@ class _TiledPairLoss(torch.autograd.Function):
             if not on_diagonal:
                 grad_cols[:, c0:c1].baddbmm_(grad_cos.transpose(1, 2), rows[:, r0:r1])
         if symmetric:
-            grad_z_hat = grad_rows.mul_(2.0)  # d cos_ij / d z_hat_k counts k as the row and as the column
-        else:
-            grad_z_hat = grad_rows.add_(grad_cols.roll(shifts=1, dims=0))  # cols[b] is z_hat[b + 1]
-        grad_z_hat.mul_(grad_out / (B * math.pi))
-        return _through_unit_rows(grad_z_hat, z, eps), None, None, None, None, None, None, None
+            return grad_rows.mul_(2.0)  # d cos_ij / d z_hat_k counts k as the row and as the column
+        return grad_rows.add_(grad_cols.roll(shifts=1, dims=0))  # cols[b] is z_hat[b + 1]
 
 
 def _pair_operands(z_hat, kind):
@@ -354,7 +364,7 @@ def _cross_sequence(z, tau, eps, clamp):
 
 # Which implementation computes the pair losses (angular, condense, orthogonalization, cross_sequence):
 #   'auto'       the Triton kernel (disperse_triton.py) for float32 on CUDA when triton imports, else 'tiled'
-#   'tiled'      PyTorch over blocks of the pair matrix (_TiledPairLoss): memory linear in T
+#   'tiled'      PyTorch over blocks of the pair matrix (_PairLoss, _TorchTiles): memory linear in T
 #   'triton'     the Triton kernel, forced (CUDA, or CPU under TRITON_INTERPRET=1)
 #   'reference'  the previous full-matrix implementations, for comparison (memory quadratic in T)
 # Benchmarks and tests set these two module attributes; TILE = None lets _tile_size choose.
@@ -375,8 +385,14 @@ def _pair_loss(z, kind, tau, eps, clamp, margin):
         if kind == 'orthogonalization':
             return _orthogonalization(z, eps, clamp, margin)
         return _cross_sequence(z, tau, eps, clamp)
-    tile = TILE if TILE is not None else _tile_size(T)
-    return _TiledPairLoss.apply(z, kind, tau, eps, clamp, margin, tile, _STRIP_PAIRS)
+    if implementation == 'triton':
+        if not _triton_usable(z.device):
+            raise RuntimeError(f"disperse.IMPLEMENTATION='triton' needs `pip install triton` and a CUDA device "
+                               f"(or TRITON_INTERPRET=1 on CPU); got a tensor on {z.device}")
+        import disperse_triton
+        return _PairLoss.apply(z.float(), kind, tau, eps, clamp, margin, disperse_triton)
+    tiles = _TorchTiles(TILE if TILE is not None else _tile_size(T), _STRIP_PAIRS)
+    return _PairLoss.apply(z, kind, tau, eps, clamp, margin, tiles)
 
 
 def _choose_implementation(z):

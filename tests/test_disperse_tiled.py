@@ -148,3 +148,10 @@ def test_bad_implementation_names_the_valid_ones(tiling):
     tiling(None, implementation='fast')
     with pytest.raises(ValueError, match="'fast'.*auto, tiled, triton, reference"):
         dispersion_loss(torch.randn(2, 5, 4), 'angular')
+
+
+def test_forcing_triton_without_a_gpu_says_what_is_missing(monkeypatch):
+    monkeypatch.delenv('TRITON_INTERPRET', raising=False)
+    monkeypatch.setattr(disperse, 'IMPLEMENTATION', 'triton')
+    with pytest.raises(RuntimeError, match='triton.*CUDA device.*TRITON_INTERPRET=1'):
+        disperse.dispersion_loss(torch.randn(2, 5, 4), 'angular')
