@@ -195,6 +195,9 @@ def _through_unit_rows(grad_z_hat, z, eps):
 # _STRIP_PAIRS whatever T is.
 
 _STRIP_PAIRS = 2 ** 18  # pairs per sequence in one block: 1 MB in float32
+# Largest spread (in nats) of the logits allowed for summing exp(logit - fixed shift) in one sweep:
+# exp(-60) is far above the smallest normal float32 (about exp(-87)), so no term underflows.
+_EXP_RANGE = 60.0
 
 
 def _tile_size(T):
@@ -227,19 +230,27 @@ class _PairLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z, kind, tau, eps, clamp, margin, engine):
-        total = engine.pair_totals(_unit_rows(z, eps), kind, tau, clamp, margin)  # (B,)
-        ctx.save_for_backward(z, total)
+        z_hat = _unit_rows(z, eps)
+        one_sweep = None
+        if ctx.needs_input_grad[0] and hasattr(engine, 'pair_totals_and_grad'):
+            one_sweep = engine.pair_totals_and_grad(z_hat, kind, tau, clamp, margin)
+        if one_sweep is None:  # the forward pass only; backward recomputes the blocks
+            total, grad_z_hat = engine.pair_totals(z_hat, kind, tau, clamp, margin), None  # (B,)
+        else:  # the gradient too, kept for backward: one (B, T, C) tensor more
+            total, grad_z_hat = one_sweep
+        ctx.save_for_backward(z, total, grad_z_hat)
         ctx.options = kind, tau, eps, clamp, margin, engine
         return _pair_value(total, kind, z.size(1)).mean()
 
     @staticmethod
     def backward(ctx, grad_out):
-        z, total = ctx.saved_tensors
+        z, total, grad_z_hat = ctx.saved_tensors
         kind, tau, eps, clamp, margin, engine = ctx.options
         # float32 also when backward() is called inside an autocast region
         with torch.autocast(device_type=z.device.type, enabled=False):
-            grad_z_hat = engine.pair_grad(_unit_rows(z, eps), kind, total, tau, clamp, margin)
-            grad_z_hat.mul_(grad_out / (z.size(0) * math.pi))
+            if grad_z_hat is None:
+                grad_z_hat = engine.pair_grad(_unit_rows(z, eps), kind, total, tau, clamp, margin)
+            grad_z_hat = grad_z_hat * (grad_out / (z.size(0) * math.pi))
             return _through_unit_rows(grad_z_hat, z, eps), None, None, None, None, None, None
 
 
@@ -273,29 +284,62 @@ class _TorchTiles:
         return total
 
     def pair_grad(self, z_hat, kind, total, tau, clamp, margin):
+        return self._grad_sweep(z_hat, kind, total, tau, clamp, margin)[0]
+
+    def pair_totals_and_grad(self, z_hat, kind, tau, clamp, margin):
+        """(pair_totals, pair_grad) from one sweep instead of two, which saves recomputing the
+        cosines (a third of the matmul work): the pair terms are summed against a fixed shift,
+        the largest logit the clamp allows, instead of the sequence's log-sum-exp. None where the
+        logits the clamp allows spread over more than _EXP_RANGE, so that exp could underflow."""
+        B = z_hat.size(0)
+        if kind == 'orthogonalization':  # the hinge's slope needs no total
+            grad, total = self._grad_sweep(z_hat, kind, None, tau, clamp, margin)
+            return total, grad
+        highest = -math.acos(1.0 - clamp) / (math.pi * tau)
+        lowest = -math.acos(-1.0 + clamp) / (math.pi * tau)
+        if highest - lowest > _EXP_RANGE:
+            return None
+        shift = z_hat.new_full((B,), highest)
+        grad, sums = self._grad_sweep(z_hat, kind, shift, tau, clamp, margin, normalise=True)
+        return sums.log() + highest, grad
+
+    def _grad_sweep(self, z_hat, kind, offset, tau, clamp, margin, normalise=False):
+        """(pi * d(sum_b loss_b)/d z_hat with the pair weights exp(logit - offset_b), divided by
+        their sum over the sequence if normalise; and the per-sequence sums of those weights, or of
+        the hinge terms for orthogonalization)."""
         B, T, C = z_hat.shape
         rows, cols, symmetric = _pair_operands(z_hat, kind)
         grad_rows = torch.zeros_like(z_hat)  # (B, T, C)
         grad_cols = grad_rows if symmetric else torch.zeros_like(z_hat)
+        sums = z_hat.new_zeros(B)
         for r0, r1, c0, c1, on_diagonal in _pair_blocks(T, self.tile, symmetric, self.strip_pairs):
             cos = torch.bmm(rows[:, r0:r1], cols[:, c0:c1].transpose(1, 2))  # (B, r, c)
             cos.clamp_(-1.0 + clamp, 1.0 - clamp)
             angle = torch.arccos(cos).div_(math.pi)
             # slope: -d(pair term)/d(angle) (divided by the per-sequence normaliser); the angle's
             # derivative -1/(pi sqrt(1 - c^2)) is taken at the clamped c (straight-through)
-            if kind == 'orthogonalization':
-                slope = angle.neg_().add_(margin).relu_().mul_(2.0 / (T * (T - 1)))
-            else:  # softmax weight of the pair over the sequence's pairs, over tau
-                slope = angle.div_(-tau).sub_(total[:, None, None]).exp_().div_(tau)
+            term = angle.neg_().add_(margin).relu_() if kind == 'orthogonalization' else \
+                angle.div_(-tau).sub_(offset[:, None, None]).exp_()  # (margin - angle)+ or exp(logit - offset)
             if on_diagonal:
-                slope.diagonal(dim1=1, dim2=2).zero_()
+                term.diagonal(dim1=1, dim2=2).zero_()
+            twice = symmetric and not on_diagonal  # the block stands for itself and its mirror image
+            if kind == 'orthogonalization':
+                sums += (2.0 if twice else 1.0) * torch.linalg.vecdot(term, term, dim=-1).sum(dim=1)
+                slope = term.mul_(2.0 / (T * (T - 1)))
+            else:  # the pair's softmax weight over the sequence's pairs, over tau
+                sums += (2.0 if twice else 1.0) * term.sum(dim=(1, 2))
+                slope = term.div_(tau)
             grad_cos = cos.square_().neg_().add_(1.0).rsqrt_().mul_(slope)  # pi * d loss_b / d cos_ij
             grad_rows[:, r0:r1].baddbmm_(grad_cos, cols[:, c0:c1])
             if not on_diagonal:
                 grad_cols[:, c0:c1].baddbmm_(grad_cos.transpose(1, 2), rows[:, r0:r1])
+        if normalise:  # softmax weights: divide by their sum, per sequence b (before cols move to b + 1)
+            grad_rows.div_(sums[:, None, None])
+            if not symmetric:
+                grad_cols.div_(sums[:, None, None])
         if symmetric:
-            return grad_rows.mul_(2.0)  # d cos_ij / d z_hat_k counts k as the row and as the column
-        return grad_rows.add_(grad_cols.roll(shifts=1, dims=0))  # cols[b] is z_hat[b + 1]
+            return grad_rows.mul_(2.0), sums  # d cos_ij / d z_hat_k counts k as the row and as the column
+        return grad_rows.add_(grad_cols.roll(shifts=1, dims=0)), sums  # cols[b] is z_hat[b + 1]
 
 
 def _pair_operands(z_hat, kind):

@@ -61,25 +61,27 @@ def _cos_tile(rows_ptr, cols_ptr, seq_offset, r_idx, c_idx, T, C, TILE: tl.const
 
 @triton.jit
 def _forward_kernel(rows_ptr, cols_ptr, partial_ptr, T, C, n_blocks, lo, hi, inv_tau, margin,
-                    KIND: tl.constexpr, TILE: tl.constexpr, CHUNK: tl.constexpr):
+                    KIND: tl.constexpr, SYMMETRIC: tl.constexpr, TILE: tl.constexpr, CHUNK: tl.constexpr):
     seq = tl.program_id(0)
     block = tl.program_id(1)
     seq_offset = seq.to(tl.int64) * T * C
     r_idx = block * TILE + tl.arange(0, TILE)
-    symmetric = KIND != 2
     # per-row running log-sum-exp as (max, sum of exp(x - max)); every logit is >= -1/tau (angle <= 1),
     # so starting the max there keeps it finite even for rows with no pair at all
     row_max = tl.full((TILE,), 0.0, tl.float32) - inv_tau
     row_sum = tl.zeros((TILE,), dtype=tl.float32)
-    first = block if symmetric else 0
+    if SYMMETRIC:  # the tiles on and right of the diagonal
+        first = block
+    else:
+        first = 0
     for cb in range(first, n_blocks):
         c_idx = cb * TILE + tl.arange(0, TILE)
         cos = _cos_tile(rows_ptr, cols_ptr, seq_offset, r_idx, c_idx, T, C, TILE, CHUNK)
         angle = _arccos(tl.minimum(tl.maximum(cos, lo), hi)) * (1.0 / 3.141592653589793)
         valid = (r_idx[:, None] < T) & (c_idx[None, :] < T)
-        if symmetric:
+        if SYMMETRIC:
             valid = valid & (r_idx[:, None] != c_idx[None, :])
-        if symmetric:  # a tile above the diagonal stands for itself and its mirror image
+        if SYMMETRIC:  # a tile above the diagonal stands for itself and its mirror image
             count = 1.0 + (cb != block).to(tl.float32)
         else:
             count = 1.0
@@ -102,21 +104,23 @@ def _forward_kernel(rows_ptr, cols_ptr, partial_ptr, T, C, n_blocks, lo, hi, inv
 @triton.jit
 def _backward_kernel(rows_ptr, cols_ptr, total_ptr, grad_rows_ptr, grad_cols_ptr, T, C, n_blocks,
                      lo, hi, inv_tau, margin, pair_scale,
-                     KIND: tl.constexpr, TILE: tl.constexpr, CHUNK: tl.constexpr):
+                     KIND: tl.constexpr, SYMMETRIC: tl.constexpr, TILE: tl.constexpr, CHUNK: tl.constexpr):
     seq = tl.program_id(0)
     block = tl.program_id(1)
     seq_offset = seq.to(tl.int64) * T * C
     r_idx = block * TILE + tl.arange(0, TILE)
-    symmetric = KIND != 2
     total = tl.load(total_ptr + seq)  # the sequence's log-sum-exp (unused by the hinge)
-    first = block if symmetric else 0
+    if SYMMETRIC:  # the tiles on and right of the diagonal
+        first = block
+    else:
+        first = 0
     for cb in range(first, n_blocks):
         c_idx = cb * TILE + tl.arange(0, TILE)
         cos = tl.minimum(tl.maximum(_cos_tile(rows_ptr, cols_ptr, seq_offset, r_idx, c_idx, T, C, TILE, CHUNK),
                                     lo), hi)
         angle = _arccos(cos) * (1.0 / 3.141592653589793)
         valid = (r_idx[:, None] < T) & (c_idx[None, :] < T)
-        if symmetric:
+        if SYMMETRIC:
             valid = valid & (r_idx[:, None] != c_idx[None, :])
         # slope: -d(pair term)/d(angle) over the sequence's normaliser, as in disperse._TorchTiles
         if KIND == 1:
@@ -137,7 +141,7 @@ def _backward_kernel(rows_ptr, cols_ptr, total_ptr, grad_rows_ptr, grad_cols_ptr
             tl.store(grad_rows_ptr + row_off, acc + tl.dot(w, cols, input_precision="ieee"), mask=row_ok)
             # the mirror image: W^T @ rows for the column tile, except on the diagonal tile (W is
             # symmetric there, and grad_rows already has it)
-            if symmetric:
+            if SYMMETRIC:
                 mirror_ok = col_ok & (c_idx[:, None] >= (block + 1) * TILE)  # a tile right of the diagonal
             else:
                 mirror_ok = col_ok
@@ -162,7 +166,8 @@ def pair_totals(z_hat, kind, tau, clamp, margin):
     rows, cols, n_blocks, scalars = _launch_options(z_hat, kind, clamp, tau, margin)
     partial = torch.empty(B, n_blocks, device=z_hat.device, dtype=torch.float32)  # one per (sequence, row-block)
     _forward_kernel[(B, n_blocks)](rows, cols, partial, T, C, n_blocks, **scalars,
-                                   KIND=KINDS[kind], TILE=TILE, CHUNK=CHUNK)
+                                   KIND=KINDS[kind], SYMMETRIC=kind != 'cross_sequence', TILE=TILE,
+                                   CHUNK=CHUNK)
     return partial.sum(dim=1) if kind == 'orthogonalization' else torch.logsumexp(partial, dim=1)
 
 
@@ -174,7 +179,8 @@ def pair_grad(z_hat, kind, total, tau, clamp, margin):
     grad_cols = torch.zeros_like(rows)
     pair_scale = 2.0 / (T * (T - 1)) if T > 1 else 0.0  # the hinge's slope factor
     _backward_kernel[(B, n_blocks)](rows, cols, total.contiguous(), grad_rows, grad_cols, T, C, n_blocks,
-                                    **scalars, pair_scale=pair_scale, KIND=KINDS[kind], TILE=TILE, CHUNK=CHUNK)
+                                    **scalars, pair_scale=pair_scale, KIND=KINDS[kind],
+                                    SYMMETRIC=kind != 'cross_sequence', TILE=TILE, CHUNK=CHUNK)
     if kind == 'cross_sequence':
         return grad_rows.add_(grad_cols.roll(shifts=1, dims=0))  # cols[b] is z_hat[b + 1]
     return grad_rows.add_(grad_cols).mul_(2.0)  # d cos_ij / d z_hat_k counts k as the row and as the column

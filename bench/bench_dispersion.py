@@ -37,6 +37,7 @@ import sys
 import time
 
 import torch
+from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import disperse  # noqa: E402
@@ -49,8 +50,10 @@ def sync(device):
 
 def interleaved(variants, reps, device):
     """{name: [seconds]}: every variant once as warm-up, then reps rounds of one call each."""
+    bar = tqdm(total=(reps + 1) * len(variants), desc="interleaved runs", leave=False)
     for run in variants.values():
         run()
+        bar.update()
     times = {name: [] for name in variants}
     for _ in range(reps):
         for name, run in variants.items():
@@ -59,6 +62,8 @@ def interleaved(variants, reps, device):
             run()
             sync(device)
             times[name].append(time.perf_counter() - t0)
+            bar.update()
+    bar.close()
     return times
 
 

@@ -22,11 +22,13 @@ PAIR_VARIANTS = ('angular', 'condense', 'orthogonalization', 'cross_sequence')
 @pytest.fixture
 def tiling(monkeypatch):
     """Set the tile edge and the pairs per block; restored after the test."""
-    def set_tiling(tile, strip_pairs=None, implementation='tiled'):
+    def set_tiling(tile, strip_pairs=None, implementation='tiled', one_sweep=True):
         monkeypatch.setattr(disperse, 'IMPLEMENTATION', implementation)
         monkeypatch.setattr(disperse, 'TILE', tile)
         if strip_pairs is not None:
             monkeypatch.setattr(disperse, '_STRIP_PAIRS', strip_pairs)
+        if not one_sweep:  # forward computes the totals only, backward recomputes the blocks
+            monkeypatch.setattr(disperse._TorchTiles, 'pair_totals_and_grad', lambda self, *args: None)
     return set_tiling
 
 
@@ -59,6 +61,7 @@ def test_blocks_cover_every_pair_once():
             assert torch.equal(count, torch.ones(T, T, dtype=torch.int64)), (T, tile, strip, symmetric)
 
 
+@pytest.mark.parametrize('one_sweep', [True, False], ids=['one sweep', 'recomputing backward'])
 @pytest.mark.parametrize('variant', PAIR_VARIANTS)
 @pytest.mark.parametrize('B, T, tile, strip_pairs', [
     (2, 2, 4, None),     # T = 2, below the tile
@@ -69,8 +72,8 @@ def test_blocks_cover_every_pair_once():
     (2, 13, 2, 10),      # strips of several tiles, the last one partial
     (2, 5, 1, None),     # tile of one row: diagonal tiles are single masked pairs
 ])
-def test_tiled_matches_brute_force_float64(tiling, variant, B, T, tile, strip_pairs):
-    tiling(tile, strip_pairs)
+def test_tiled_matches_brute_force_float64(tiling, variant, B, T, tile, strip_pairs, one_sweep):
+    tiling(tile, strip_pairs, one_sweep=one_sweep)
     z = random_states(B=B, T=T, C=6, seed=T + tile, scale=0.5)
     ours, grad = value_and_grad(z, variant)
     ref, ref_grad = reference_value_and_grad(z, variant)
@@ -107,18 +110,43 @@ def test_tiled_float32_and_bf16_inputs_match_float64_reference(tiling, variant, 
     torch.testing.assert_close(grad.double(), ref_grad, rtol=rtol, atol=1e-5)
 
 
+@pytest.mark.parametrize('one_sweep', [True, False], ids=['one sweep', 'recomputing backward'])
 @pytest.mark.parametrize('variant', PAIR_VARIANTS)
-def test_tiled_equals_reference_implementation_on_a_longer_sequence(tiling, variant):
+def test_tiled_equals_reference_implementation_on_a_longer_sequence(tiling, variant, one_sweep):
     # more row-blocks and strips than the brute-force tests can afford
     g = torch.Generator().manual_seed(41)
     z = torch.randn(3, 150, 12, generator=g, dtype=torch.float64) + 0.3  # a cone: cosines spread out
     tiling(None, implementation='reference')
     ref, ref_grad = value_and_grad(z, variant)
     for tile, strip_pairs in ((16, 16 * 48), (32, None), (200, None)):
-        tiling(tile, strip_pairs)
+        tiling(tile, strip_pairs, one_sweep=one_sweep)
         ours, grad = value_and_grad(z, variant)
         assert abs(ours.item() - ref.item()) < 1e-10
         torch.testing.assert_close(grad, ref_grad, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize('variant', ['angular', 'cross_sequence'])
+def test_small_tau_falls_back_to_the_recomputing_backward(tiling, variant):
+    # tau = 0.005 spreads the logits over about 140 nats: one sweep against a fixed shift could
+    # underflow, so forward keeps the online log-sum-exp and backward recomputes
+    tiling(4)
+    options = dict(OPTIONS, tau=0.005)
+    assert disperse._TorchTiles(4, 16).pair_totals_and_grad(torch.randn(2, 5, 3), variant, 0.005, 0.1, 0.5) is None
+    z = random_states(B=2, T=9, C=6, seed=51, scale=0.5).float()
+    ours, grad = value_and_grad(z, variant, options)
+    ref, ref_grad = reference_value_and_grad(z, variant, options)
+    assert torch.isfinite(grad).all()
+    assert abs(ours.item() - ref.item()) < 1e-5 * abs(ref.item())
+    torch.testing.assert_close(grad.double(), ref_grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize('variant', PAIR_VARIANTS)
+def test_value_without_grad_equals_value_with_grad(tiling, variant):
+    tiling(4)
+    z = random_states(B=2, T=10, C=6, seed=52)
+    with torch.no_grad():
+        plain = dispersion_loss(z, variant, **OPTIONS)  # totals only
+    assert abs(plain.item() - dispersion_loss(z.clone().requires_grad_(), variant, **OPTIONS).item()) < 1e-12
 
 
 @pytest.mark.parametrize('variant', PAIR_VARIANTS)
