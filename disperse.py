@@ -48,6 +48,11 @@ All losses are computed in float32 (float64 is kept if given), with autocast
 disabled, because HF-style training runs the loss under bf16 autocast and
 near-parallel pairs round to exactly 1.0 in bf16.
 
+The pair losses (angular, condense, orthogonalization, cross_sequence) never
+build the (B, T, T) matrix: they walk over blocks of it (_PairLoss below), so
+their memory grows linearly in T; on CUDA a fused Triton kernel
+(disperse_triton.py) does the same walk when triton is installed.
+
 Optional token subsampling (max_tokens) keeps the same random positions for
 every sequence of the batch, like the official code, and draws them from a
 dedicated torch.Generator so the global RNG (dropout, data order) is untouched.
