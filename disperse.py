@@ -64,12 +64,18 @@ All losses are computed in float32 (float64 is kept if given), with autocast
 disabled, because HF-style training runs the loss under bf16 autocast and
 near-parallel pairs round to exactly 1.0 in bf16.
 
+The pair losses (angular, condense, orthogonalization, cross_sequence) never
+build the (B, T, T) matrix: they walk over blocks of it (_PairLoss below), so
+their memory grows linearly in T; on CUDA a fused Triton kernel
+(disperse_triton.py) does the same walk when triton is installed.
+
 Optional token subsampling (max_tokens) keeps the same random positions for
 every sequence of the batch, like the official code, and draws them from a
 dedicated torch.Generator so the global RNG (dropout, data order) is untouched.
 """
 
 import math
+import os
 
 import torch
 
@@ -144,11 +150,10 @@ def _angular(z, tau, eps, clamp):
 
 
 class _AngularLowMemory(torch.autograd.Function):
-    """The angular loss with a hand-written backward that recomputes the T x T matrices instead
-    of keeping them: autograd would hold about five (B, T, T) tensors per layer from the forward
-    pass to the backward pass (8 GB for GPT-2 at T = 1024, 32 sequences, 12 layers, float32);
-    this keeps only z and one number per sequence, at the price of one more Gram matmul.
-    Same value and gradient as _angular (tested to 1e-10 in float64)."""
+    """The previous implementation of the angular loss (IMPLEMENTATION = 'reference'), kept for
+    comparison: a hand-written backward that recomputes the whole (B, T, T) matrices instead of
+    keeping them, so only z and one number per sequence live between the passes, but each pass
+    still holds a few (B, T, T) tensors at once. Same value and gradient as _angular."""
 
     @staticmethod
     def forward(ctx, z, tau, eps, clamp):
@@ -176,17 +181,202 @@ class _AngularLowMemory(torch.autograd.Function):
         z, lse = ctx.saved_tensors
         tau, eps, clamp = ctx.tau, ctx.eps, ctx.clamp
         B = z.size(0)
-        norm = torch.linalg.vector_norm(z, dim=-1, keepdim=True)  # (B, T, 1)
-        z_hat = z / (norm + eps)
+        z_hat = _unit_rows(z, eps)
         logits, cos = _AngularLowMemory._logits(z_hat, tau, clamp, keep_cos=True)
         weights = logits.sub_(lse[:, None, None]).exp_()  # (B, T, T): softmax over the pairs, 0 on the diagonal
         # d loss / d cos_ij = w_ij / (B pi tau sqrt(1 - c_ij^2)), c the clamped cosine (straight-through)
         grad_cos = cos.square_().neg_().add_(1.0).rsqrt_().mul_(weights).mul_(grad_out / (B * math.pi * tau))
         grad_z_hat = 2.0 * (grad_cos @ z_hat)  # cos = z_hat z_hat^T and grad_cos is symmetric
-        # through z_hat = z / (|z| + eps)
-        radial = (grad_z_hat * z).sum(dim=-1, keepdim=True)  # (B, T, 1)
-        grad_z = grad_z_hat / (norm + eps) - radial * z / (norm.clamp_min(1e-30) * (norm + eps) ** 2)
-        return grad_z, None, None, None
+        return _through_unit_rows(grad_z_hat, z, eps), None, None, None
+
+
+def _through_unit_rows(grad_z_hat, z, eps):
+    """Chain rule through z_hat = z / (|z| + eps): the gradient on z from the one on z_hat, which
+    it overwrites (in place: on CPU every fresh (B, T, C) buffer costs page faults)."""
+    norm = torch.linalg.vector_norm(z, dim=-1, keepdim=True)  # (B, T, 1)
+    radial = torch.linalg.vecdot(grad_z_hat, z, dim=-1).unsqueeze(-1)  # (B, T, 1)
+    along_z = radial / (norm.clamp_min(1e-30) * (norm + eps) ** 2)  # (B, T, 1)
+    return grad_z_hat.div_(norm + eps).addcmul_(z, along_z, value=-1.0)
+
+
+# ----------------------------------------------------------------------------
+# The pair losses over tiles of the T x T matrix (IMPLEMENTATION = 'tiled', or 'triton')
+#
+# angular (and condense), orthogonalization and cross_sequence reduce a function of the clamped
+# cosine over all pairs of a sequence. Instead of building the (B, T, T) matrix, the forward pass
+# walks over blocks of it and keeps one partial result per sequence (a running log-sum-exp, or a
+# running sum for orthogonalization); the backward pass walks over the same blocks again,
+# recomputes each one and adds its share of the gradient, like FlashAttention's backward.
+# Within a sequence cos_ij = cos_ji, so only the blocks on and above the diagonal are visited:
+# each diagonal tile once (its diagonal excluded), each block above it counted twice.
+#
+# A block is one row-block of `tile` rows against up to _STRIP_PAIRS // tile columns: a strip of
+# several tiles in one matmul, because on CPU a few large matmuls run much faster than many small
+# ones (bench/bench_dispersion.py --tiles), and the pairs alive per sequence stay bounded by
+# _STRIP_PAIRS whatever T is.
+
+_STRIP_PAIRS = 2 ** 18  # pairs per sequence in one block: 1 MB in float32
+# Largest spread (in nats) of the logits allowed for summing exp(logit - fixed shift) in one sweep:
+# exp(-60) is far above the smallest normal float32 (about exp(-87)), so no term underflows.
+_EXP_RANGE = 60.0
+
+
+def _tile_size(T):
+    """Rows per block: small enough that the diagonal tiles (computed in full) are a small part of
+    the work, large enough for efficient matmuls."""
+    return 128
+
+
+def _pair_blocks(T, tile, symmetric, strip_pairs):
+    """(r0, r1, c0, c1, on_diagonal) for the blocks rows r0:r1 x columns c0:c1 that cover the
+    pairs: with symmetric only the blocks on and above the diagonal, every row-block first against
+    itself (on_diagonal) and then against the columns to its right, in strips of at most
+    max(tile, strip_pairs // tile) columns."""
+    width = max(tile, strip_pairs // tile)
+    for r0 in range(0, T, tile):
+        r1 = min(r0 + tile, T)
+        if symmetric:
+            yield r0, r1, r0, r1, True
+        for c0 in range(r1 if symmetric else 0, T, width):
+            yield r0, r1, c0, min(c0 + width, T), False
+
+
+class _PairLoss(torch.autograd.Function):
+    """kind 'angular', 'orthogonalization' (pairs within a sequence, diagonal excluded) or
+    'cross_sequence' (sequence b against b+1, all T x T pairs). Keeps z and one number per
+    sequence between the passes. The pair work is done by `engine`: a _TorchTiles (PyTorch) or the
+    disperse_triton module (fused kernels), which both provide
+      pair_totals(z_hat, kind, tau, clamp, margin) -> (B,) log-sum-exp (or hinge sum) over the pairs
+      pair_grad(z_hat, kind, total, tau, clamp, margin) -> (B, T, C) pi * d(sum_b loss_b)/d z_hat."""
+
+    @staticmethod
+    def forward(ctx, z, kind, tau, eps, clamp, margin, engine):
+        z_hat = _unit_rows(z, eps)
+        one_sweep = None
+        if ctx.needs_input_grad[0] and hasattr(engine, 'pair_totals_and_grad'):
+            one_sweep = engine.pair_totals_and_grad(z_hat, kind, tau, clamp, margin)
+        if one_sweep is None:  # the forward pass only; backward recomputes the blocks
+            total, grad_z_hat = engine.pair_totals(z_hat, kind, tau, clamp, margin), None  # (B,)
+        else:  # the gradient too, kept for backward: one (B, T, C) tensor more
+            total, grad_z_hat = one_sweep
+        ctx.save_for_backward(z, total, grad_z_hat)
+        ctx.options = kind, tau, eps, clamp, margin, engine
+        return _pair_value(total, kind, z.size(1)).mean()
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        z, total, grad_z_hat = ctx.saved_tensors
+        kind, tau, eps, clamp, margin, engine = ctx.options
+        # float32 also when backward() is called inside an autocast region
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            if grad_z_hat is None:
+                grad_z_hat = engine.pair_grad(_unit_rows(z, eps), kind, total, tau, clamp, margin)
+            grad_z_hat = grad_z_hat * (grad_out / (z.size(0) * math.pi))
+            return _through_unit_rows(grad_z_hat, z, eps), None, None, None, None, None, None
+
+
+class _TorchTiles:
+    """The pair work of _PairLoss in PyTorch, one block of _pair_blocks at a time (batched over
+    the sequences): at most tile x max(tile, strip_pairs // tile) pairs per sequence alive."""
+
+    def __init__(self, tile, strip_pairs):
+        self.tile, self.strip_pairs = tile, strip_pairs
+
+    def pair_totals(self, z_hat, kind, tau, clamp, margin):
+        B, T, C = z_hat.shape
+        rows, cols, symmetric = _pair_operands(z_hat, kind)
+        # per-sequence log-sum-exp (or sum, for the hinge) of the pair terms seen so far
+        total = z_hat.new_full((B,), 0.0 if kind == 'orthogonalization' else float('-inf'))
+        for r0, r1, c0, c1, on_diagonal in _pair_blocks(T, self.tile, symmetric, self.strip_pairs):
+            cos = torch.bmm(rows[:, r0:r1], cols[:, c0:c1].transpose(1, 2))  # (B, r, c)
+            angle = cos.clamp_(-1.0 + clamp, 1.0 - clamp).arccos_().div_(math.pi)
+            twice = symmetric and not on_diagonal  # the block stands for itself and its mirror image
+            if kind == 'orthogonalization':
+                hinge = angle.neg_().add_(margin).relu_().square_()
+                if on_diagonal:
+                    hinge.diagonal(dim1=1, dim2=2).zero_()
+                total += (2.0 if twice else 1.0) * hinge.sum(dim=(1, 2))
+            else:
+                logits = angle.div_(-tau)
+                if on_diagonal:
+                    logits.diagonal(dim1=1, dim2=2).fill_(float('-inf'))
+                block = torch.logsumexp(logits, dim=(1, 2)) + (math.log(2.0) if twice else 0.0)  # (B,)
+                total = torch.logaddexp(total, block)
+        return total
+
+    def pair_grad(self, z_hat, kind, total, tau, clamp, margin):
+        return self._grad_sweep(z_hat, kind, total, tau, clamp, margin)[0]
+
+    def pair_totals_and_grad(self, z_hat, kind, tau, clamp, margin):
+        """(pair_totals, pair_grad) from one sweep instead of two, which saves recomputing the
+        cosines (a third of the matmul work): the pair terms are summed against a fixed shift,
+        the largest logit the clamp allows, instead of the sequence's log-sum-exp. None where the
+        logits the clamp allows spread over more than _EXP_RANGE, so that exp could underflow."""
+        B = z_hat.size(0)
+        if kind == 'orthogonalization':  # the hinge's slope needs no total
+            grad, total = self._grad_sweep(z_hat, kind, None, tau, clamp, margin)
+            return total, grad
+        highest = -math.acos(1.0 - clamp) / (math.pi * tau)
+        lowest = -math.acos(-1.0 + clamp) / (math.pi * tau)
+        if highest - lowest > _EXP_RANGE:
+            return None
+        shift = z_hat.new_full((B,), highest)
+        grad, sums = self._grad_sweep(z_hat, kind, shift, tau, clamp, margin, normalise=True)
+        return sums.log() + highest, grad
+
+    def _grad_sweep(self, z_hat, kind, offset, tau, clamp, margin, normalise=False):
+        """(pi * d(sum_b loss_b)/d z_hat with the pair weights exp(logit - offset_b), divided by
+        their sum over the sequence if normalise; and the per-sequence sums of those weights, or of
+        the hinge terms for orthogonalization)."""
+        B, T, C = z_hat.shape
+        rows, cols, symmetric = _pair_operands(z_hat, kind)
+        grad_rows = torch.zeros_like(z_hat)  # (B, T, C)
+        grad_cols = grad_rows if symmetric else torch.zeros_like(z_hat)
+        sums = z_hat.new_zeros(B)
+        for r0, r1, c0, c1, on_diagonal in _pair_blocks(T, self.tile, symmetric, self.strip_pairs):
+            cos = torch.bmm(rows[:, r0:r1], cols[:, c0:c1].transpose(1, 2))  # (B, r, c)
+            cos.clamp_(-1.0 + clamp, 1.0 - clamp)
+            angle = torch.arccos(cos).div_(math.pi)
+            # slope: -d(pair term)/d(angle) (divided by the per-sequence normaliser); the angle's
+            # derivative -1/(pi sqrt(1 - c^2)) is taken at the clamped c (straight-through)
+            term = angle.neg_().add_(margin).relu_() if kind == 'orthogonalization' else \
+                angle.div_(-tau).sub_(offset[:, None, None]).exp_()  # (margin - angle)+ or exp(logit - offset)
+            if on_diagonal:
+                term.diagonal(dim1=1, dim2=2).zero_()
+            twice = symmetric and not on_diagonal  # the block stands for itself and its mirror image
+            if kind == 'orthogonalization':
+                sums += (2.0 if twice else 1.0) * torch.linalg.vecdot(term, term, dim=-1).sum(dim=1)
+                slope = term.mul_(2.0 / (T * (T - 1)))
+            else:  # the pair's softmax weight over the sequence's pairs, over tau
+                sums += (2.0 if twice else 1.0) * term.sum(dim=(1, 2))
+                slope = term.div_(tau)
+            grad_cos = cos.square_().neg_().add_(1.0).rsqrt_().mul_(slope)  # pi * d loss_b / d cos_ij
+            grad_rows[:, r0:r1].baddbmm_(grad_cos, cols[:, c0:c1])
+            if not on_diagonal:
+                grad_cols[:, c0:c1].baddbmm_(grad_cos.transpose(1, 2), rows[:, r0:r1])
+        if normalise:  # softmax weights: divide by their sum, per sequence b (before cols move to b + 1)
+            grad_rows.div_(sums[:, None, None])
+            if not symmetric:
+                grad_cols.div_(sums[:, None, None])
+        if symmetric:
+            return grad_rows.mul_(2.0), sums  # d cos_ij / d z_hat_k counts k as the row and as the column
+        return grad_rows.add_(grad_cols.roll(shifts=1, dims=0)), sums  # cols[b] is z_hat[b + 1]
+
+
+def _pair_operands(z_hat, kind):
+    """(rows, columns, symmetric) of the pair matrix cos = rows columns^T of each sequence."""
+    if kind == 'cross_sequence':
+        return z_hat, z_hat.roll(shifts=-1, dims=0), False  # columns of b: sequence (b+1) % B
+    return z_hat, z_hat, True
+
+
+def _pair_value(total, kind, T):
+    """Per-sequence loss from the accumulated log-sum-exp (or hinge sum) over the pairs."""
+    if kind == 'orthogonalization':
+        return total / (T * (T - 1))
+    if kind == 'cross_sequence':
+        return total - math.log(T * T)
+    return total - math.log(T * (T - 1))
 
 
 def _decorrelation(z):
@@ -229,14 +419,66 @@ def _orthogonalization(z, eps, clamp, margin):
 
 def _cross_sequence(z, tau, eps, clamp):
     B, T, C = z.shape
-    if B < 2:
-        raise ValueError(f"cross_sequence pairs sequence b with b+1, so it needs a batch of B >= 2, got B={B}")
     z_hat = _unit_rows(z, eps)
     next_seq = z_hat.roll(shifts=-1, dims=0)  # next_seq[b] = z_hat[(b+1) % B]
     angle = _angle(z_hat @ next_seq.transpose(1, 2), clamp)  # (B, T, T), all cross pairs
     logits = (-angle / tau).flatten(1)  # (B, T*T)
     per_sequence = torch.logsumexp(logits, dim=1) - math.log(T * T)  # (B,)
     return per_sequence.mean()
+
+
+# Which implementation computes the pair losses (angular, condense, orthogonalization, cross_sequence):
+#   'auto'       the Triton kernel (disperse_triton.py) for float32 on CUDA when triton imports, else 'tiled'
+#   'tiled'      PyTorch over blocks of the pair matrix (_PairLoss, _TorchTiles): memory linear in T
+#   'triton'     the Triton kernel, forced (CUDA, or CPU under TRITON_INTERPRET=1)
+#   'reference'  the previous full-matrix implementations, for comparison (memory quadratic in T)
+# Benchmarks and tests set these two module attributes; TILE = None lets _tile_size choose.
+IMPLEMENTATION = 'auto'
+IMPLEMENTATIONS = ('auto', 'tiled', 'triton', 'reference')
+TILE = None
+
+
+def _pair_loss(z, kind, tau, eps, clamp, margin):
+    """Loss `kind` ('angular', 'orthogonalization' or 'cross_sequence') by IMPLEMENTATION."""
+    T = z.size(1)
+    if T < 2 and kind != 'cross_sequence':
+        return _no_pairs(z)
+    implementation = _choose_implementation(z)
+    if implementation == 'reference':
+        if kind == 'angular':
+            return _AngularLowMemory.apply(z, tau, eps, clamp)
+        if kind == 'orthogonalization':
+            return _orthogonalization(z, eps, clamp, margin)
+        return _cross_sequence(z, tau, eps, clamp)
+    if implementation == 'triton':
+        if not _triton_usable(z.device):
+            raise RuntimeError(f"disperse.IMPLEMENTATION='triton' needs `pip install triton` and a CUDA device "
+                               f"(or TRITON_INTERPRET=1 on CPU); got a tensor on {z.device}")
+        import disperse_triton
+        return _PairLoss.apply(z.float(), kind, tau, eps, clamp, margin, disperse_triton)
+    tiles = _TorchTiles(TILE if TILE is not None else _tile_size(T), _STRIP_PAIRS)
+    return _PairLoss.apply(z, kind, tau, eps, clamp, margin, tiles)
+
+
+def _choose_implementation(z):
+    """IMPLEMENTATION resolved for these hidden states: 'auto' becomes 'triton' or 'tiled'."""
+    if IMPLEMENTATION not in IMPLEMENTATIONS:
+        raise ValueError(f"disperse.IMPLEMENTATION={IMPLEMENTATION!r}; valid: {', '.join(IMPLEMENTATIONS)}")
+    if IMPLEMENTATION != 'auto':
+        return IMPLEMENTATION
+    return 'triton' if z.is_cuda and z.dtype == torch.float32 and _triton_usable(z.device) else 'tiled'
+
+
+def _triton_usable(device='cuda'):
+    """Whether the Triton kernel (disperse_triton.py) can run on `device`: triton imports, and the
+    device is CUDA or the CPU under Triton's interpreter (TRITON_INTERPRET=1)."""
+    if not (str(device).startswith('cuda') or os.environ.get('TRITON_INTERPRET') == '1'):
+        return False
+    try:
+        import disperse_triton  # noqa: F401  (imports triton)
+    except ImportError:
+        return False
+    return True
 
 
 def dispersion_loss(z, variant, *, tau=1.0, eps=1e-2, clamp=0.1, margin=0.5,
@@ -259,16 +501,17 @@ def dispersion_loss(z, variant, *, tau=1.0, eps=1e-2, clamp=0.1, margin=0.5,
     with torch.autocast(device_type=z.device.type, enabled=False):
         z = _as_loss_dtype(_subsample(z, max_tokens, generator))  # (B, T', C)
         if variant in ('angular', 'condense'):
-            loss = _AngularLowMemory.apply(z, tau, eps, clamp) if z.size(1) >= 2 else _no_pairs(z)
+            loss = _pair_loss(z, 'angular', tau, eps, clamp, margin)
             return loss if variant == 'angular' else -loss
+        if variant in ('orthogonalization', 'cross_sequence'):
+            if variant == 'cross_sequence' and z.size(0) < 2:
+                raise ValueError(f"cross_sequence pairs sequence b with b+1, so it needs a batch of B >= 2, "
+                                 f"got B={z.size(0)}")
+            return _pair_loss(z, variant, tau, eps, clamp, margin)
         if variant == 'decorrelation':
             return _decorrelation(z)
         if variant == 'l2_repel':
             return _l2_repel(z, tau, norm_weight)
-        if variant == 'orthogonalization':
-            return _orthogonalization(z, eps, clamp, margin)
-        if variant == 'cross_sequence':
-            return _cross_sequence(z, tau, eps, clamp)
         return z.pow(2).sum(dim=-1).mean()  # norm_penalty: mean over (B, T) of ||z||^2
 
 

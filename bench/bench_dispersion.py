@@ -1,14 +1,28 @@
 """
-Cost of the dispersion loss inside one training step, measured in one process with the step
-variants interleaved (CE, CE + angular on all positions, CE + angular on 256 sampled positions,
-CE, ...), so slow drifts of a shared machine hit every variant alike. Reports the median step
-time of each and the overhead over CE alone, plus the memory the loss keeps for backward.
+Cost of the dispersion loss: step time inside training, peak memory of the loss alone, and the
+tile size of the tiled implementation. Every timing interleaves the variants it compares in one
+process (A, B, C, A, B, C, ...), so the slow drifts of a shared machine hit them alike; medians.
 
-    python bench/bench_dispersion.py                      # GPT-2 124M, T = 1024, batch 1, CPU float32
-    python bench/bench_dispersion.py --device cuda --batch 8 --dtype bfloat16
+    python bench/bench_dispersion.py                       # step time: GPT-2 124M, T = 1024, CPU float32
+    python bench/bench_dispersion.py --memory              # peak memory of the loss, T = 1k .. 32k
+    python bench/bench_dispersion.py --tiles               # loss alone, several tile sizes
+    python bench/bench_dispersion.py --device cuda --batch 8 --dtype bfloat16 --impl reference,tiled,triton
 
-What is timed is what train.py does per micro-step: forward with hidden states, the loss on the
-12 selected layers (HF hidden_states[1:]), backward, AdamW step.
+Step mode times what train.py does per micro-step: forward with hidden states, the angular loss on
+the 12 selected layers (HF hidden_states[1:]) with weight 0.1, backward, AdamW step; "ce only" is
+the same step without the loss. Each implementation named by --impl is one variant on all
+positions; one more variant samples --max-tokens positions (with the automatic implementation).
+
+Memory mode runs each (implementation, T) in a fresh subprocess and reports the peak memory of one
+forward + backward of the angular loss on (1, T, 768) hidden states beyond what the process held
+before (z itself): the growth of the peak resident set size on CPU (VmHWM, reset before the loss), torch.cuda.max_memory_allocated
+on CUDA. The reference implementation is skipped where its (T, T) matrices would not fit --max-gb.
+
+Implementations (--impl, comma-separated; they set disperse.IMPLEMENTATION):
+  reference  the previous one: whole (B, T, T) matrices, memory quadratic in T
+  tiled      PyTorch over blocks of the pair matrix, memory linear in T
+  triton     the fused kernel of disperse_triton.py (CUDA, or CPU under TRITON_INTERPRET=1)
+  auto       what training uses: triton on CUDA when it imports, else tiled
 """
 
 import argparse
@@ -16,87 +30,233 @@ import datetime
 import json
 import os
 import platform
+import re
 import statistics
+import subprocess
 import sys
 import time
 
 import torch
+from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import disperse  # noqa: E402
-from model import GPT, GPTConfig  # noqa: E402
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--seq", type=int, default=1024)
-    p.add_argument("--reps", type=int, default=4, help="timed steps per variant")
-    p.add_argument("--json", help="write the results here")
-    args = p.parse_args()
+def sync(device):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def interleaved(variants, reps, device):
+    """{name: [seconds]}: every variant once as warm-up, then reps rounds of one call each."""
+    bar = tqdm(total=(reps + 1) * len(variants), desc="interleaved runs", leave=False)
+    for run in variants.values():
+        run()
+        bar.update()
+    times = {name: [] for name in variants}
+    for _ in range(reps):
+        for name, run in variants.items():
+            sync(device)
+            t0 = time.perf_counter()
+            run()
+            sync(device)
+            times[name].append(time.perf_counter() - t0)
+            bar.update()
+    bar.close()
+    return times
+
+
+def use(implementation, tile=None):
+    disperse.IMPLEMENTATION, disperse.TILE = implementation, tile
+
+
+def step_times(args):
+    from model import GPT, GPTConfig
     torch.manual_seed(0)
-    model = GPT(GPTConfig(block_size=args.seq, n_layer=12, n_head=12, n_embd=768)).to(args.device)
+    config = GPTConfig(block_size=args.seq, n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd)
+    model = GPT(config).to(args.device)
     opt = model.configure_optimizers(0.1, 1e-4, (0.9, 0.95), args.device.split(":")[0])
     x = torch.randint(0, 50257, (args.batch, args.seq), device=args.device)
     gen = torch.Generator(device=args.device).manual_seed(0)
     autocast = torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
-    variants = {"ce only": None, "angular, all positions": None, "angular, 256 positions": 256}
 
-    def sync():
-        if args.device.startswith("cuda"):
-            torch.cuda.synchronize()
-
-    def step(name):
-        sync()
-        t0 = time.perf_counter()
+    def step(implementation, max_tokens):
+        use(implementation)
         with autocast:
-            if name == "ce only":
+            if implementation is None:
                 _, loss = model(x, x)
             else:
                 _, ce, hidden = model(x, x, return_hidden=True)
-                aux, _ = disperse.dispersion_term(hidden, "angular", "all", 0.1,
-                                                  max_tokens=variants[name], generator=gen)
+                aux, _ = disperse.dispersion_term(hidden, "angular", "all", 0.1, max_tokens=max_tokens, generator=gen)
                 loss = ce + aux
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        sync()
-        return time.perf_counter() - t0
 
-    for name in variants:  # warm-up: allocator, kernels
-        step(name)
-    times = {name: [] for name in variants}
-    for _ in range(args.reps):
-        for name in variants:
-            times[name].append(step(name))
-
-    # memory the loss keeps alive between forward and backward, for one layer's hidden states
-    h = torch.randn(args.batch, args.seq, 768, device=args.device, requires_grad=True)
-    kept = {}
-    for name, max_tokens in (("angular, all positions", None), ("angular, 256 positions", 256)):
-        saved = []
-        def pack(t):
-            saved.append(t.numel() * t.element_size() if t.data_ptr() != h.data_ptr() else 0)
-            return t
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            disperse.dispersion_loss(h, "angular", max_tokens=max_tokens, generator=gen)
-        kept[name] = sum(saved) / 2**20
-
+    variants = {"ce only": lambda: step(None, None)}
+    for implementation in args.impl:
+        variants[f"angular, all {args.seq} positions, {implementation}"] = \
+            lambda implementation=implementation: step(implementation, None)
+    if args.max_tokens and args.max_tokens < args.seq:
+        variants[f"angular, {args.max_tokens} sampled positions, auto"] = lambda: step("auto", args.max_tokens)
+    times = interleaved(variants, args.reps, args.device)
     base = statistics.median(times["ce only"])
     rows = []
-    print(f"{'step':28s} {'median s':>9s} {'overhead':>9s} {'kept for backward per layer':>28s}")
+    print(f"{'step':44s} {'median s':>9s} {'overhead':>9s}")
     for name, ts in times.items():
-        med = statistics.median(ts)
-        rows.append({"variant": name, "median_s": med, "times_s": ts, "overhead": med / base - 1,
-                     "saved_mb_per_layer": kept.get(name, 0.0)})
-        print(f"{name:28s} {med:9.2f} {(med / base - 1) * 100:+8.1f}% {kept.get(name, 0.0):25.1f} MB")
+        median = statistics.median(ts)
+        rows.append({"variant": name, "median_s": median, "times_s": ts, "overhead": median / base - 1})
+        print(f"{name:44s} {median:9.3f} {(median / base - 1) * 100:+8.1f}%")
+    return rows
+
+
+def tile_times(args):
+    torch.manual_seed(0)
+    h = torch.randn(args.batch, args.seq, args.n_embd, device=args.device, requires_grad=True)
+
+    def loss(implementation, tile):
+        use(implementation, tile)
+        disperse.dispersion_loss(h, "angular").backward()
+
+    variants = {f"reference": lambda: loss("reference", None)}
+    for tile in args.tile_sizes:
+        variants[f"tiled, tile {tile}"] = lambda tile=tile: loss("tiled", tile)
+    variants[f"tiled, automatic tile {disperse._tile_size(args.seq)}"] = lambda: loss("tiled", None)
+    times = interleaved(variants, args.reps, args.device)
+    rows = []
+    print(f"angular loss alone, forward + backward, (B, T, C) = ({args.batch}, {args.seq}, {args.n_embd}), "
+          f"{disperse._STRIP_PAIRS} pairs per block")
+    for name, ts in times.items():
+        rows.append({"variant": name, "median_s": statistics.median(ts), "times_s": ts})
+        print(f"{name:32s} {statistics.median(ts) * 1000:9.1f} ms")
+    return rows
+
+
+def peak_memory_of_one_loss(implementation, T, C, device):
+    """(peak bytes beyond what the process held before the loss, seconds); run in a fresh process."""
+    torch.manual_seed(0)
+    use(implementation)
+    # a small call first, so that loading the kernels' code is not counted
+    disperse.dispersion_loss(torch.randn(1, 300, C, device=device, requires_grad=True), "angular").backward()
+    z = torch.randn(1, T, C, device=device, requires_grad=True)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+    else:
+        before = reset_peak_resident_bytes()
+    t0 = time.perf_counter()
+    disperse.dispersion_loss(z, "angular").backward()
+    sync(device)
+    seconds = time.perf_counter() - t0
+    if device.startswith("cuda"):
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        peak = status_kib("VmHWM") * 1024
+    return peak - before, seconds
+
+
+def status_kib(field):
+    with open("/proc/self/status") as f:
+        return int(re.search(rf"{field}:\s+(\d+) kB", f.read()).group(1))
+
+
+def reset_peak_resident_bytes():
+    """Set the peak resident set size (VmHWM) back to the current one (Linux); returns it."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return status_kib("VmHWM") * 1024
+
+
+def memory_table(args):
+    rows = []
+    print(f"peak memory of one forward + backward of the angular loss on (1, T, {args.n_embd}) float32, "
+          f"beyond z itself; each in a fresh process")
+    print(f"{'T':>7s} {'implementation':>15s} {'peak MB':>10s} {'z MB':>8s} {'seconds':>8s}")
+    for T in args.lengths:
+        for implementation in args.impl:
+            z_mb = T * args.n_embd * 4 / 2**20
+            dense_gb = 4 * T * T * 4 / 2**30  # about four (T, T) float32 matrices alive at once
+            if implementation == "reference" and dense_gb > args.max_gb:
+                rows.append({"T": T, "implementation": implementation, "peak_mb": None,
+                             "skipped": f"needs about {dense_gb:.0f} GB > --max-gb {args.max_gb:g}"})
+                print(f"{T:7d} {implementation:>15s} {'skipped':>10s}   (needs about {dense_gb:.0f} GB)")
+                continue
+            command = [sys.executable, os.path.abspath(__file__), "--one-memory", implementation, str(T),
+                       "--n-embd", str(args.n_embd), "--device", args.device]
+            out = subprocess.run(command, capture_output=True, text=True, env=os.environ)
+            if out.returncode != 0:
+                raise SystemExit(f"the memory measurement for T={T}, {implementation} failed:\n{out.stderr}")
+            peak, seconds = json.loads(out.stdout.strip().splitlines()[-1])
+            rows.append({"T": T, "implementation": implementation, "peak_mb": peak / 2**20, "z_mb": z_mb,
+                         "seconds": seconds})
+            print(f"{T:7d} {implementation:>15s} {peak / 2**20:10.1f} {z_mb:8.1f} {seconds:8.1f}")
+    return rows
+
+
+def comma_list(cast):
+    return lambda text: [cast(part) for part in text.split(",") if part.strip()]
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--memory", action="store_true", help="peak memory of the loss alone for each of --lengths")
+    p.add_argument("--tiles", action="store_true", help="time the loss alone for each of --tile-sizes")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="step mode: the model under bf16 autocast or in float32 (the loss is float32 either way)")
+    p.add_argument("--impl", type=comma_list(str), default=None,
+                   help="implementations to compare, comma-separated, of reference, tiled, triton, auto "
+                        "(default: reference,tiled, plus triton on CUDA when it imports)")
+    p.add_argument("--max-tokens", type=int, default=256,
+                   help="step mode: also time the loss on this many sampled positions (0: don't)")
+    p.add_argument("--batch", type=int, default=1, help="sequences per step (default 1)")
+    p.add_argument("--seq", type=int, default=1024, help="T, the sequence length (default 1024)")
+    p.add_argument("--n-layer", type=int, default=12, help="step mode: the model's layers (default GPT-2 124M's 12)")
+    p.add_argument("--n-head", type=int, default=12)
+    p.add_argument("--n-embd", type=int, default=768, help="C, the hidden width (default 768)")
+    p.add_argument("--reps", type=int, default=4, help="timed rounds per variant (default 4)")
+    p.add_argument("--lengths", type=comma_list(int), default=[1024, 4096, 16384, 32768],
+                   help="memory mode: the T to measure (default 1024,4096,16384,32768)")
+    p.add_argument("--max-gb", type=float, default=6.0,
+                   help="memory mode: skip the reference where its matrices need more than this (default 6)")
+    p.add_argument("--tile-sizes", type=comma_list(int), default=[32, 64, 128, 256, 512],
+                   help="tiles mode: the tile edges to time (default 32,64,128,256,512)")
+    p.add_argument("--json", help="write the results and the settings to this file")
+    p.add_argument("--one-memory", nargs=2, metavar=("IMPL", "T"), help=argparse.SUPPRESS)  # memory mode's child
+    args = p.parse_args()
+
+    if args.one_memory:
+        implementation, T = args.one_memory
+        print(json.dumps(peak_memory_of_one_loss(implementation, int(T), args.n_embd, args.device)))
+        return
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"--device {args.device}: CUDA is not available here; use --device cpu")
+    if args.impl is None:
+        args.impl = ["reference", "tiled"]
+        if args.device.startswith("cuda") and disperse._triton_usable():
+            args.impl.append("triton")
+    for implementation in args.impl:
+        if implementation not in disperse.IMPLEMENTATIONS:
+            raise SystemExit(f"--impl {implementation!r}: choose from {', '.join(disperse.IMPLEMENTATIONS)}")
+        if implementation == "triton" and not disperse._triton_usable(args.device):
+            raise SystemExit("--impl triton: the Triton kernel needs `pip install triton` and a CUDA device "
+                             "(or TRITON_INTERPRET=1 on CPU, slow)")
+
+    if args.memory:
+        mode, rows = "memory", memory_table(args)
+    elif args.tiles:
+        mode, rows = "tiles", tile_times(args)
+    else:
+        mode, rows = "step", step_times(args)
     if args.json:
+        device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor()
         with open(args.json, "w") as f:
-            json.dump({"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": platform.platform(),
-                       "cpus": os.cpu_count(), "torch": torch.__version__, "command": " ".join(sys.argv),
-                       "settings": vars(args), "results": rows}, f, indent=2)
+            json.dump({"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                       "mode": mode, "machine": platform.platform(), "device": device_name,
+                       "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+                       "command": " ".join(sys.argv), "settings": vars(args), "results": rows}, f, indent=2)
 
 
 if __name__ == "__main__":
