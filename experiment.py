@@ -53,6 +53,7 @@ import time
 import numpy as np
 
 from configurator import ConfigError, _parse_value, load_config
+from errors import InputError
 from eval.condensation import json_safe  # nan/inf -> null, so the JSON files are standard
 
 REPO = os.path.dirname(os.path.abspath(__file__))
@@ -200,6 +201,8 @@ def arm_spec(cfg, name):
     vars(train).update(effective)
     try:
         train.check_settings()
+    except InputError as e:
+        raise ExperimentError(f"{where}: {e}") from None
     except SystemExit as e:
         raise ExperimentError(f"{where}: {str(e.code).replace('config error: ', '')}") from None
     finally:
