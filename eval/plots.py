@@ -5,7 +5,7 @@ training runs (metrics.jsonl written by train.py).
   plot_heatmaps   the paper's figure: per layer (x = layer fraction), the density histogram of the
                   sequence-averaged token cosine similarities (y), one panel per model
   plot_mean_cos   mean_cos against layer fraction for several checkpoints (and the centred version)
-  plot_training   train/val loss, last-layer mean_cos and Spearman rho against iteration
+  plot_training   train and val cross-entropy, last-layer mean_cos and Spearman rho against iteration
   draw_figures    the experiment report's PNGs (eval/report.py): heatmaps, mean_cos, training,
                   paired differences, and plot_dose_response (against lambda)
 
@@ -150,15 +150,15 @@ def _last_layer_key(rows):
 
 
 def plot_training(metrics_paths, labels=None, path="training_curves.png"):
-    """Train and val loss, the last layer's mean_cos and the Spearman rho of mean_cos over depth,
-    against iteration, one colour per run. Panels whose keys no run logged are left out.
+    """Train CE (train.py's `ce`: the cross-entropy without the auxiliary term) and val CE, the last
+    layer's mean_cos and the Spearman rho of mean_cos over depth, against iteration, one colour per run. Panels whose keys no run logged are left out.
     Returns the titles of the panels drawn (nothing is written when there are none)."""
     labels = labels or [os.path.basename(os.path.dirname(os.path.abspath(p))) for p in metrics_paths]
     labels = _labels(labels, metrics_paths)
     runs = [read_metrics(p) for p in metrics_paths]
     has = lambda key: any(_series(rows, key)[0] for rows in runs)  # noqa: E731
     panels = []
-    if has("loss") or has("val_loss"):
+    if has("ce") or has("loss") or has("val_loss"):
         panels.append("loss")
     if any(_last_layer_key(rows) for rows in runs):
         panels.append("last-layer mean cos")
@@ -174,8 +174,12 @@ def plot_training(metrics_paths, labels=None, path="training_curves.png"):
     for i, (rows, label) in enumerate(zip(runs, labels)):
         colour = colours(i % 10)
         if "loss" in ax_of:
-            x, y = _series(rows, "loss")
-            ax_of["loss"].plot(x, y, color=colour, lw=0.8, alpha=0.6, label=f"{label} train")
+            # train.py's `loss` is CE + the auxiliary term; `ce` is the cross-entropy alone, comparable
+            # across arms and with val_loss (CE). A log from before `ce` was logged shows `loss`, named so.
+            key = "ce" if _series(rows, "ce")[0] else "loss"
+            x, y = _series(rows, key)
+            ax_of["loss"].plot(x, y, color=colour, lw=0.8, alpha=0.6,
+                               label=f"{label} train CE" if key == "ce" else f"{label} train loss (CE + aux)")
             x, y = _series(rows, "val_loss")
             ax_of["loss"].plot(x, y, color=colour, lw=1.5, ls="--", marker="o", ms=3, label=f"{label} val")
         if "last-layer mean cos" in ax_of:
@@ -193,7 +197,10 @@ def plot_training(metrics_paths, labels=None, path="training_curves.png"):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     if "loss" in ax_of:
-        ax_of["loss"].set_ylabel("cross-entropy")
+        ce_only = all(_series(rows, "ce")[0] or not _series(rows, "loss")[0] for rows in runs)
+        ax_of["loss"].set_title("cross-entropy" if ce_only else "loss", fontsize=10)
+        ax_of["loss"].set_ylabel("cross-entropy (nats/token): train CE, val CE" if ce_only
+                                 else "train: CE, or CE + aux where no ce is logged; val: CE")
     if "Spearman ρ (mean cos vs depth)" in ax_of:
         ax_of["Spearman ρ (mean cos vs depth)"].set_ylim(-1.05, 1.05)
     save_figure(fig, path)
@@ -242,13 +249,14 @@ def draw_figures(exp_dir, meta, runs, summary, doses):
             ests = [d["acc"].get(u) for u in rows[:-1]] + [d["avg_acc"]]
             y = [i + (j - (len(others) - 1) / 2) * 0.8 / max(1, len(others)) for i in range(len(rows))]
             pts = [(yy, e) for yy, e in zip(y, ests) if e is not None]
+            bar = lambda x: x if math.isfinite(x) else 0.0  # noqa: E731  (one seed: no interval, a point alone)
             ax.errorbar([100 * e[0] for _, e in pts], [yy for yy, _ in pts],
-                        xerr=[[100 * (e[0] - e[1]) for _, e in pts], [100 * (e[2] - e[0]) for _, e in pts]],
-                        fmt="o", ms=4, capsize=2, label=arm)
+                        xerr=[[bar(100 * (e[0] - e[1])) for _, e in pts], [bar(100 * (e[2] - e[0])) for _, e in pts]],
+                        fmt="o", ms=4, capsize=2, label=f"{arm} (seeds {', '.join(map(str, d['seeds']))})")
         ax.axvline(0.0, color="grey", lw=0.8)
         ax.set_yticks(range(len(rows)), rows)
         ax.invert_yaxis()
-        ax.set_xlabel(f"accuracy − {meta['config']['baseline']} (pp), 95% bootstrap CI")
+        ax.set_xlabel(f"accuracy − {meta['config']['baseline']} (pp), 95% t-interval over seeds")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3, axis="x")
         figures["deltas"] = save_figure(fig, os.path.join(exp_dir, "deltas.png"))

@@ -21,7 +21,7 @@ import numpy as np
 from errors import MissingFileError, run_cli
 from eval.condensation import json_safe, spearman  # json_safe: nan/inf -> null, so the JSON files are standard
 from eval.plots import draw_figures, read_metrics
-from eval.stats import mean_std, paired_bootstrap
+from eval.stats import mean_std, paired_bootstrap, seed_intervals, t_interval
 
 
 def _read_json(path):
@@ -68,17 +68,33 @@ def read_items(path):
     return items, chance
 
 
-def read_checkpoint_results(run_dir, eval_name, probe_name):
+# per-run figures compared across arms (besides the benchmark accuracies): key -> label, digits
+SCALARS = {"val_loss": ("val CE", 3), "mean_cos_last": ("last-layer mean_cos", 3), "spearman": ("Spearman ρ", 2),
+           "wikitext_word_perplexity": ("WikiText-103 word ppl", 1), "lambada_perplexity": ("LAMBADA ppl", 1),
+           "lambada_acc": ("LAMBADA acc", 3)}
+
+
+def read_checkpoint_results(run_dir, eval_name, probe_name, val_loss):
+    """What the report needs of one evaluated checkpoint of a run: per-item accuracies, chance,
+    the language-modelling figures of results.json, the probe, and its val loss (CE)."""
     items, chance = read_items(os.path.join(run_dir, eval_name, "items.jsonl"))
+    results = _read_json(os.path.join(run_dir, eval_name, "results.json")) or {}
     probe = _read_json(os.path.join(run_dir, probe_name, "condensation.json"))
     acc = {u: float(np.mean(list(v.values()))) for u, v in items.items()}
+    metric = lambda task, key: results.get(task, {}).get(key)  # noqa: E731  (None: not scored)
     return {"items": items, "chance": chance, "acc": acc, "avg_acc": float(np.mean(list(acc.values()))) if acc else None,
-            "mean_cos_last": probe["layers"][-1]["mean_cos"], "spearman": probe["spearman"],
-            "kendall": probe["kendall"], "probe": probe}
+            "val_loss": val_loss, "mean_cos_last": probe["layers"][-1]["mean_cos"], "spearman": probe["spearman"],
+            "kendall": probe["kendall"], "probe": probe,
+            "wikitext_word_perplexity": metric("wikitext", "word_perplexity"),
+            "lambada_perplexity": metric("lambada_openai", "perplexity"), "lambada_acc": metric("lambada_openai", "acc"),
+            "shots": {t: {k: v for k, v in res.items() if k in ("num_fewshot", "split", "fewshot_split",
+                                                                 "fewshot_matches_lm_eval")}
+                      for t, res in results.items() if isinstance(res, dict) and "num_fewshot" in res}}
 
 
 def collect_runs(exp_dir, meta):
-    """{arm: {seed: run}} for the finished runs (done.json present) of the experiment's grid."""
+    """{arm: {seed: run}} for the finished runs (done.json present) of the experiment's grid:
+    the arms and seeds of its experiment.json, so any other folder (a base run) is ignored."""
     runs = {}
     for arm in meta["config"]["arms"]:
         for seed in meta["config"]["seeds"]:
@@ -91,23 +107,31 @@ def collect_runs(exp_dir, meta):
             run = {"dir": run_dir, "final_iter": done["final_iter"], "val_loss": val.get(done["final_iter"]),
                    "seconds": done["seconds"], "hardware": done["hardware"], "finished": done["finished"],
                    "metrics_path": os.path.join(run_dir, "metrics.jsonl")}
-            run["final"] = read_checkpoint_results(run_dir, "eval", "condensation")
+            run["final"] = read_checkpoint_results(run_dir, "eval", "condensation", run["val_loss"])
             if done["best"] is not None:
                 run["best_iter"], run["best_val_loss"] = done["best"]["iter"], done["best"]["val_loss"]
                 same = done["best"]["iter"] == done["final_iter"]
-                run["best"] = run["final"] if same else read_checkpoint_results(run_dir, "eval_best", "condensation_best")
+                run["best"] = run["final"] if same else read_checkpoint_results(
+                    run_dir, "eval_best", "condensation_best", run["best_val_loss"])
             runs.setdefault(arm, {})[seed] = run
     return runs
 
 
 # ---------------------------------------------------------------------- the report
 
+def _finite(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def summarize(meta, runs, which):
     """Per-arm means and stds over seeds, and paired differences with the baseline, for one
-    checkpoint choice ('final' or 'best')."""
+    checkpoint choice ('final' or 'best'). Every difference pairs an arm's run with the
+    baseline's run of the same seed, over the seeds both have ('seeds' of each delta), and its
+    95% interval is the t-interval over those per-seed differences (eval/stats.seed_intervals):
+    none with one seed. Accuracy deltas also carry the within-run (item) bootstrap interval
+    ('acc_items', 'avg_acc_items'), which holds the runs fixed and resamples items only."""
     cfg = meta["config"]
     base = cfg["baseline"]
-    val_key = "val_loss" if which == "final" else "best_val_loss"
     units = []
     for arm_runs in runs.values():
         for run in arm_runs.values():
@@ -117,23 +141,25 @@ def summarize(meta, runs, which):
         out["chance"] = run[which]["chance"]
         out["n_items"] = {u: len(v) for u, v in run[which]["items"].items()}
         break
+    # the tasks with a chance level: their average is shown beside the same tasks' chance average
+    out["chance_units"] = [u for u in units if out["chance"].get(u) is not None]
+    chance_avg = lambda r: (float(np.mean([r[which]["acc"][u] for u in out["chance_units"]]))  # noqa: E731
+                            if out["chance_units"] and all(u in r[which]["acc"] for u in out["chance_units"]) else None)
     for arm in cfg["arms"]:
         arm_runs = runs.get(arm, {})
         seeds = sorted(arm_runs)
         pick = lambda f: mean_std([f(arm_runs[s]) for s in seeds])  # noqa: E731
+        depth = max([len(arm_runs[s][which]["probe"]["layers"]) for s in seeds], default=0)
         out["arms"][arm] = {
             "seeds": seeds,
-            "val_loss": pick(lambda r: r.get(val_key)),
-            "mean_cos_last": pick(lambda r: r[which]["mean_cos_last"]),
-            "spearman": pick(lambda r: r[which]["spearman"]),
+            **{key: pick(lambda r, k=key: r[which][k]) for key in SCALARS},
             "avg_acc": pick(lambda r: r[which]["avg_acc"]),
+            "avg_acc_chance_units": pick(chance_avg),
             "mean_cos_layers": [mean_std([arm_runs[s][which]["probe"]["layers"][i]["mean_cos"] for s in seeds
-                                          if i < len(arm_runs[s][which]["probe"]["layers"])])
-                                for i in range(max([len(arm_runs[s][which]["probe"]["layers"]) for s in seeds], default=0))],
+                                          if i < len(arm_runs[s][which]["probe"]["layers"])]) for i in range(depth)],
             "acc": {u: mean_std([arm_runs[s][which]["acc"].get(u) for s in seeds]) for u in units},
-            "per_seed": {s: {"val_loss": arm_runs[s].get(val_key), "avg_acc": arm_runs[s][which]["avg_acc"],
-                             "mean_cos_last": arm_runs[s][which]["mean_cos_last"],
-                             "spearman": arm_runs[s][which]["spearman"], "acc": arm_runs[s][which]["acc"],
+            "per_seed": {s: {**{key: arm_runs[s][which][key] for key in SCALARS}, "avg_acc": arm_runs[s][which]["avg_acc"],
+                             "acc": arm_runs[s][which]["acc"],
                              "iter": arm_runs[s]["final_iter"] if which == "final" else arm_runs[s].get("best_iter")}
                          for s in seeds},
         }
@@ -143,10 +169,12 @@ def summarize(meta, runs, which):
         if not common:
             continue
         delta = {"seeds": common}
-        for key in ("val_loss", "mean_cos_last", "spearman"):
-            get = (lambda r, k=key: r.get(val_key)) if key == "val_loss" else (lambda r, k=key: r[which][k])
-            delta[key] = mean_std([get(arm_runs[s]) - get(runs[base][s]) for s in common
-                                   if get(arm_runs[s]) is not None and get(runs[base][s]) is not None])
+        for key in SCALARS:
+            pairs = [(s, arm_runs[s][which][key] - runs[base][s][which][key]) for s in common
+                     if _finite(arm_runs[s][which][key]) and _finite(runs[base][s][which][key])]
+            if pairs:
+                delta[key] = tuple(float(x) for x in t_interval([d for _, d in pairs]))
+                delta[key + "_seeds"] = [s for s, _ in pairs]
         diffs, n_items = {}, {}
         for u in units:
             # pair by (seed, item): only items scored in every run of both arms
@@ -159,8 +187,10 @@ def summarize(meta, runs, which):
                                   for k in keys] for s in common])  # (S, N)
             n_items[u] = len(keys)
         if diffs:
-            boot = paired_bootstrap(diffs, cfg["n_boot"], cfg["boot_seed"])
-            delta["acc"], delta["avg_acc"], delta["n_items"] = boot["tasks"], boot["average"], n_items
+            seeds_ci = seed_intervals(diffs)
+            items_ci = paired_bootstrap(diffs, cfg["n_boot"], cfg["boot_seed"], resample_seeds=False)
+            delta.update(acc=seeds_ci["tasks"], avg_acc=seeds_ci["average"], n_items=n_items,
+                         acc_items=items_ci["tasks"], avg_acc_items=items_ci["average"])
         out["deltas"][arm] = delta
     return out
 
@@ -208,10 +238,20 @@ def _pm(ms, scale=1.0, digits=1, signed=False):
     return text + (f" ± {s * scale:.{digits}f}" if s is not None and math.isfinite(s) else "")
 
 
-def _ci(est, scale=100.0, digits=1):
+def _ci(est, scale=100.0, digits=1, star=True):
+    """'+1.2 [-0.3, +2.7]' with ' *' where the interval excludes 0 (star=False: never); with one
+    seed (no interval) the estimate alone, and no star."""
+    if est is None:
+        return "—"
     e, lo, hi = est
-    mark = " *" if lo > 1e-9 or hi < -1e-9 else ""  # the tolerance: rounding noise is no difference
+    if not (_finite(lo) and _finite(hi)):
+        return f"{e * scale:+.{digits}f} (1 seed: no interval)"
+    mark = " *" if star and (lo > 1e-9 or hi < -1e-9) else ""  # the tolerance: rounding noise is no difference
     return f"{e * scale:+.{digits}f} [{lo * scale:+.{digits}f}, {hi * scale:+.{digits}f}]{mark}"
+
+
+def _seeds_text(seeds):
+    return ", ".join(str(s) for s in seeds) if seeds else "—"
 
 
 def _settings_text(settings):
@@ -224,59 +264,123 @@ def _markdown_table(header, rows):
     return "\n".join(lines)
 
 
+def _at_chance(summary, unit):
+    """Whether every arm's mean accuracy on a task lies within 2 binomial standard errors of its
+    chance level (None where chance is not defined)."""
+    c, n = summary["chance"].get(unit), summary["n_items"].get(unit)
+    if c is None or not n:
+        return None
+    band = 2 * math.sqrt(c * (1 - c) / n)
+    accs = [s["acc"][unit][0] for s in summary["arms"].values() if s["seeds"]]
+    return all(_finite(a) and abs(a - c) <= band for a in accs)
+
+
 def _checkpoint_section(meta, summary, title, which):
     cfg = meta["config"]
     base = cfg["baseline"]
+    arms = summary["arms"]
+    deltas = summary["deltas"]
     lines = [f"## {title}", ""]
-    lines.append("Mean ± std over seeds (std with ddof = 1). Δ columns: arm − baseline, paired by seed "
-                 "(and by item for accuracy); accuracy Δ in percentage points with a 95% bootstrap CI over "
-                 "items × seeds; * marks a CI that excludes 0.")
+    lines.append("Mean ± std over seeds (std with ddof = 1). Δ columns: arm − baseline, each run paired with the "
+                 "baseline's run of the same seed, over the seeds both have (the `Δ seeds` column); 95% interval: "
+                 "the t-interval over those per-seed differences (df = seeds − 1); * marks an interval that "
+                 "excludes 0. One seed gives no interval and no star.")
     lines.append("")
+
+    def delta_cell(arm, key, scale=1.0, digits=3):
+        return "" if arm == base else _ci(deltas.get(arm, {}).get(key), scale, digits)
+
+    def delta_seeds(arm):
+        return "" if arm == base else _seeds_text(deltas.get(arm, {}).get("seeds"))
+
+    rows = [[f"**{arm}**" if arm == base else arm, _seeds_text(s["seeds"]), _pm(s["val_loss"], digits=3),
+             delta_cell(arm, "val_loss"), _pm(s["mean_cos_last"], digits=3), delta_cell(arm, "mean_cos_last"),
+             _pm(s["spearman"], digits=2), delta_cell(arm, "spearman", digits=2), _pm(s["avg_acc"], 100.0),
+             delta_cell(arm, "avg_acc", 100.0, 1), delta_seeds(arm)] for arm, s in arms.items()]
+    val_name = "val CE" if which == "final" else "best val CE"
+    lines.append(_markdown_table(["arm", "seeds", val_name, f"Δ {val_name} [95% CI]", "last-layer mean_cos",
+                                  "Δ mean_cos [95% CI]", "Spearman ρ", "Δ ρ [95% CI]", "avg acc (%)",
+                                  f"Δ avg acc vs {base} (pp) [95% CI]", "Δ seeds"], rows))
+    lines.append("")
+
+    # language modelling: what moves in a model too small for the benchmarks
+    lines += ["### Language modelling", "",
+              f"Held-out val CE (train.py's `val_loss`, nats/token, at this checkpoint), WikiText-103 word perplexity "
+              "(task `wikitext`), LAMBADA (OpenAI) perplexity of the last word and its accuracy (greedy). "
+              "Mean ± std over seeds; Δ as above.", ""]
+    lm = [("val_loss", 1.0, 3), ("wikitext_word_perplexity", 1.0, 1), ("lambada_perplexity", 1.0, 1),
+          ("lambada_acc", 100.0, 1)]
     rows = []
-    for arm, s in summary["arms"].items():
-        d = summary["deltas"].get(arm, {})
-        rows.append([f"**{arm}**" if arm == base else arm, len(s["seeds"]), _pm(s["val_loss"], digits=3),
-                     "" if arm == base else _pm(d.get("val_loss", (None, None)), digits=3, signed=True),
-                     _pm(s["mean_cos_last"], digits=3),
-                     "" if arm == base else _pm(d.get("mean_cos_last", (None, None)), digits=3, signed=True),
-                     _pm(s["spearman"], digits=2), _pm(s["avg_acc"], 100.0),
-                     "" if arm == base or "avg_acc" not in d else _ci(d["avg_acc"])])
-    val_name = "val loss" if which == "final" else "best val loss"
-    lines.append(_markdown_table(["arm", "seeds", val_name, f"Δ {val_name}", "last-layer mean cos", "Δ mean cos",
-                                  "Spearman ρ", "avg acc (%)", f"Δ avg acc vs {base} (pp) [95% CI]"], rows))
+    for arm, s in arms.items():
+        row = [f"**{arm}**" if arm == base else arm]
+        for key, scale, digits in lm:
+            scored = _finite(s[key][0])
+            row += [_pm(s[key], scale, digits) if scored else "not scored",
+                    delta_cell(arm, key, scale, digits) if scored else ""]
+        rows.append(row + [delta_seeds(arm)])
+    header = ["arm"]
+    for key, _, _ in lm:
+        name = SCALARS[key][0] + (" (%)" if key == "lambada_acc" else "")
+        header += [name, f"Δ {name} [95% CI]"]
+    lines.append(_markdown_table(header + ["Δ seeds"], rows))
     lines.append("")
-    depth = max(len(s["mean_cos_layers"]) for s in summary["arms"].values())
+    if not any(_finite(s["wikitext_word_perplexity"][0]) for s in arms.values()):
+        lines += ["WikiText-103 word perplexity was not scored: add `wikitext` to the experiment's `tasks`.", ""]
+
+    depth = max(len(s["mean_cos_layers"]) for s in arms.values())
     if depth:
-        lines.append("Mean token cosine per hidden state (0 = embedding output, last = after ln_f), mean over seeds:")
+        lines.append("Condensation per hidden state (0 = embedding output, last = after ln_f): the probe's `mean_cos`, "
+                     "the mean of all T × T token cosines of a sequence, the diagonal (1) included "
+                     "(eval/condensation.py), mean over seeds; Spearman ρ of mean_cos against depth. "
+                     "(train.py's log `disp/layer{i}/pair_cos` is another quantity: it leaves the diagonal out.)")
         lines.append("")
         rows = [[arm] + [f"{s['mean_cos_layers'][i][0]:.3f}" if i < len(s["mean_cos_layers"]) else "—" for i in range(depth)]
-                for arm, s in summary["arms"].items() if s["seeds"]]
-        lines.append(_markdown_table(["arm"] + [str(i) for i in range(depth)], rows))
+                + [_pm(s["spearman"], digits=2), delta_cell(arm, "spearman", digits=2)]
+                for arm, s in arms.items() if s["seeds"]]
+        lines.append(_markdown_table(["arm"] + [str(i) for i in range(depth)] + ["Spearman ρ", "Δ ρ [95% CI]"], rows))
         lines.append("")
+
     units = summary["units"]
     if units:
-        lines.append(f"Accuracy (%) per task, mean ± std over seeds ({which} checkpoint):")
+        lines.append(f"Accuracy (%) per task, mean ± std over seeds ({which} checkpoint). `at chance`: every arm's "
+                     "accuracy lies within 2 binomial standard errors of the chance level.")
         lines.append("")
         chance = summary["chance"]
         rows = []
         for u in units:
-            c = chance.get(u)
-            n = summary["n_items"].get(u, "")
-            rows.append([u, n, "—" if c is None else f"{100 * c:.1f}"]
-                        + [_pm(summary["arms"][a]["acc"][u], 100.0) for a in summary["arms"]])
-        known = [chance[u] for u in units if chance.get(u) is not None]
-        rows.append(["**average**", "", f"{100 * np.mean(known):.1f} ({len(known)} of {len(units)} tasks)" if known else "—"]
-                    + [_pm(summary["arms"][a]["avg_acc"], 100.0) for a in summary["arms"]])
-        lines.append(_markdown_table(["task", "items", "chance"] + list(summary["arms"]), rows))
+            c, flag = chance.get(u), _at_chance(summary, u)
+            rows.append([u, summary["n_items"].get(u, ""), "—" if c is None else f"{100 * c:.1f}",
+                         {None: "—", True: "at chance", False: "no"}[flag]]
+                        + [_pm(arms[a]["acc"][u], 100.0) for a in arms])
+        known = summary["chance_units"]
+        rows.append([f"**average, all {len(units)} tasks**", "",
+                     f"{100 * np.mean([chance[u] for u in units]):.1f}" if len(known) == len(units) else "— (not defined for all)",
+                     ""] + [_pm(arms[a]["avg_acc"], 100.0) for a in arms])
+        if known and len(known) < len(units):  # chance and accuracy averaged over the same tasks
+            rows.append([f"**average, the {len(known)} tasks with a chance level**", "",
+                         f"{100 * np.mean([chance[u] for u in known]):.1f}", ""]
+                        + [_pm(arms[a]["avg_acc_chance_units"], 100.0) for a in arms])
+        lines.append(_markdown_table(["task", "items", "chance", "at chance", *arms], rows))
         lines.append("")
-        others = [a for a in summary["deltas"] if "acc" in summary["deltas"][a]]
+        others = [a for a in deltas if "acc" in deltas[a]]
         if others:
-            lines.append(f"Paired Δ accuracy vs {base} (pp), 95% bootstrap CI over items × seeds:")
+            names = [f"{a} (seeds {_seeds_text(deltas[a]['seeds'])})" for a in others]
+            lines.append(f"Paired Δ accuracy vs {base} (pp), 95% t-interval over the per-seed paired means "
+                         "(* excludes 0):")
             lines.append("")
-            rows = [[u] + [_ci(summary["deltas"][a]["acc"][u]) if u in summary["deltas"][a]["acc"] else "—"
+            rows = [[u] + [_ci(deltas[a]["acc"][u]) if u in deltas[a]["acc"] else "—" for a in others] for u in units]
+            rows.append(["**average**"] + [_ci(deltas[a]["avg_acc"]) for a in others])
+            lines.append(_markdown_table(["task"] + names, rows))
+            lines.append("")
+            lines.append(f"Within-run (item) uncertainty of the same Δ (pp): 95% bootstrap interval over items with "
+                         f"the runs held fixed ({cfg['n_boot']} replicates, seed {cfg['boot_seed']}). It says how much "
+                         "another draw of test items would move these runs' difference, not whether another seed "
+                         "would reproduce it, so it is never starred:")
+            lines.append("")
+            rows = [[u] + [_ci(deltas[a]["acc_items"][u], star=False) if u in deltas[a]["acc_items"] else "—"
                            for a in others] for u in units]
-            rows.append(["**average**"] + [_ci(summary["deltas"][a]["avg_acc"]) for a in others])
-            lines.append(_markdown_table(["task"] + others, rows))
+            rows.append(["**average**"] + [_ci(deltas[a]["avg_acc_items"], star=False) for a in others])
+            lines.append(_markdown_table(["task"] + names, rows))
             lines.append("")
     return lines
 
@@ -318,6 +422,17 @@ def build_report(exp_dir):
 
     shots = (f"paper protocol: 0-shot, {cfg['num_fewshot']}-shot for ARC-E/C, MedMCQA, MMLU" if cfg["paper_protocol"]
              else f"{cfg['num_fewshot']}-shot")
+    # tasks whose shots did not come from lm-eval's few-shot split (offline: MedMCQA's train split is absent)
+    fallback = {}
+    for arm_runs in runs.values():
+        for run in arm_runs.values():
+            for task, info in run["final"]["shots"].items():
+                if info.get("num_fewshot") and info.get("fewshot_matches_lm_eval") is False:
+                    fallback.setdefault(unit_of(task), info.get("split"))
+    if fallback:
+        shots += (" (" + ", ".join(f"{u}: shots drawn from its scored split `{s}`, the scored item excluded"
+                                  for u, s in fallback.items())
+                  + ", because lm-eval's few-shot split is not available offline; these shots differ from lm-eval's)")
     L = [f"# Experiment report: {os.path.basename(os.path.normpath(exp_dir))}", ""]
     L.append(f"- Runs finished: {n_done} of {n_planned} ({len(cfg['arms'])} arms × seeds {cfg['seeds']})"
              + (f", {finished[0]} to {finished[-1]}" if finished else ""))
@@ -332,9 +447,21 @@ def build_report(exp_dir):
     L.append(f"- Benchmarks: `{cfg['tasks']}`, {shots}, limit {cfg['eval_limit'] or 'none (full sets)'}; "
              f"probe: {cfg['probe_n_seq']} sequences × {cfg['probe_seq_len']} tokens of "
              f"`{os.path.basename(meta.get('probe_text') or '?')}`")
-    L.append(f"- Baseline: `{cfg['baseline']}`. Bootstrap: {cfg['n_boot']} replicates (seed {cfg['boot_seed']}); "
-             "each resamples the seeds (shared by all tasks) and each task's items, with replacement; "
-             "percentile 95% intervals. They are not corrected for the number of arms × tasks compared.")
+    L.append(f"- Baseline: `{cfg['baseline']}`. Every Δ pairs each run with the baseline's run of the same seed, "
+             "over the seeds both have (printed beside it). Its 95% interval is a t-interval over the per-seed paired "
+             "differences (df = seeds − 1), so run-to-run variance is in it; * marks one that excludes 0. In "
+             "simulated null experiments with a run-level shift it excluded 0 in 4.7–5.3% of trials at 2, 3 and 5 "
+             "seeds (bench/interval_calibration.py). Accuracy Δs also show a within-run (item) bootstrap interval "
+             f"({cfg['n_boot']} replicates), never starred. Not corrected for the number of arms × tasks compared.")
+    n_paired = sorted({len(d["seeds"]) for s in summaries.values() for d in s["deltas"].values()})
+    if 1 in n_paired:
+        L.append("- Comparisons over one seed carry no interval and no star: one seed cannot estimate run-to-run "
+                 "variance (another seed may move an arm by more than the difference shown).")
+    base_run = meta.get("base")
+    if base_run:
+        where = base_run.get("out_dir") or base_run.get("dir") if isinstance(base_run, dict) else base_run
+        L.append(f"- Base run: the arms start from a pretraining run (`{where or 'base'}`); it is not an arm and is "
+                 "not compared.")
     L.append("")
     L.append(_markdown_table(["arm", "train.py settings"], [[a, _settings_text(s)] for a, s in cfg["arms"].items()]))
     L.append("")
@@ -370,20 +497,26 @@ def build_report(exp_dir):
             L += ["## Figures", ""]
             captions = {"heatmaps": "Condensation heatmaps (final checkpoint, histograms averaged over seeds)",
                         "mean_cos": "Mean token cosine per layer (averaged over seeds)",
-                        "training": "Training curves (first seed of each arm)",
-                        "deltas": "Paired accuracy differences with 95% CIs",
+                        "training": "Training curves, first seed of each arm: train CE (cross-entropy alone, without the "
+                                    "dispersion or control term) and val CE",
+                        "deltas": "Paired accuracy differences with 95% t-intervals over seeds (a point alone: one seed)",
                         "dose_response": "Dose–response against λ (mean ± std over seeds)"}
             for key, name in figures.items():
                 L += [f"{captions[key]}:", "", f"![{key}]({name})", ""]
     L += ["## How to read this", "",
           "- Accuracy is lm-eval's `acc` (TruthfulQA-MC2: the probability mass on true answers); the average is "
           "the unweighted mean over the tasks, MMLU counted once (pooled over its subjects). `chance` is uniform "
-          "guessing, where defined.",
-          "- An arm is only better than the baseline where its CI excludes 0; with few items or seeds the "
-          "intervals are wide, and one of 20 intervals misses by chance alone.",
+          "guessing, where defined; where it is not defined for every task, a second average row takes the same "
+          "tasks for chance and for accuracy.",
+          "- An arm differs from the baseline only where its interval excludes 0; with few seeds the t-intervals "
+          "are wide (at 2 seeds t = 12.7), and one of 20 intervals misses by chance alone.",
           "- The std over seeds needs at least 2 seeds; with 2 it is itself very uncertain.",
-          "- `last-layer mean cos` is the paper's condensation measure (eval/condensation.py) at the last "
-          "hidden state (after ln_f); Spearman ρ > 0 means token similarity rises with depth.", ""]
+          "- `mean_cos` is the paper's condensation measure (eval/condensation.py): the mean of all token-pair "
+          "cosines of a sequence, diagonal included, averaged over the probe's sequences; `last-layer` is the last "
+          "hidden state (after ln_f). Spearman ρ > 0 means token similarity rises with depth. train.py's "
+          "`disp/layer{i}/pair_cos` excludes the diagonal and is not shown here.",
+          "- Tiny models sit at chance on the benchmarks; there the language-modelling table and the condensation "
+          "figures are what can differ between arms.", ""]
 
     report = {"config": cfg, "arms": meta["arms"], "runs_finished": n_done, "runs_planned": n_planned,
               "hardware": hardware_seen, "seconds": seconds, "invocations": invocations, "missing": missing,
