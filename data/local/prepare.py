@@ -2,6 +2,7 @@
 Prepare any local plain-text files for training: the offline default.
 
     python -m data.local.prepare --input ../shared/corpus --out_dir data/local
+    python -m data.local.prepare --input ../shared/corpus --out_dir data/local-qwen3 --tokenizer Qwen/Qwen3-0.6B
 
 --input takes files and folders (folders are walked for *.txt files). Each file is cut into
 documents of consecutive paragraphs (about --doc_chars characters each); the last
@@ -58,6 +59,8 @@ def main(argv=None):
     parser.add_argument("--out_dir", default=os.path.join("data", "local"))
     parser.add_argument("--val_fraction", type=float, default=0.05)
     parser.add_argument("--doc_chars", type=int, default=4000)
+    parser.add_argument("--tokenizer", default="gpt2",
+                        help="gpt2 (tiktoken), or a Hugging Face tokenizer folder or hub name (e.g. Qwen/Qwen3-0.6B)")
     args = parser.parse_args(argv)
     if not 0 < args.val_fraction < 1:
         parser.error(f"--val_fraction must be between 0 and 1, got {args.val_fraction}")
@@ -79,7 +82,8 @@ def main(argv=None):
         raise InputError(f"no validation documents in {', '.join(args.input)}: a file is held out only if it has "
                          "at least 2 documents; give more text (paragraphs separated by blank lines), "
                          "a smaller --doc_chars or a larger --val_fraction")
-    return prepare_from_documents(args.out_dir, train_docs, val_docs, source=" ".join(args.input))
+    return prepare_from_documents(args.out_dir, train_docs, val_docs, source=" ".join(args.input),
+                                  tokenizer=args.tokenizer)
 
 
 if __name__ == "__main__":
