@@ -167,9 +167,9 @@ def write_split(path, docs, desc=None, dtype=np.uint16):
 def write_meta(out_dir, **fields):
     """meta.json, written last and atomically: a folder with a meta.json has complete .bin files.
     Defaults: GPT-2's tokenizer; dtype follows vocab_size unless given."""
-    meta = {"tokenizer": "gpt2", "vocab_size": VOCAB_SIZE, **fields}
-    meta = {"tokenizer": meta.pop("tokenizer"), "vocab_size": meta.pop("vocab_size"),
-            "dtype": meta.pop("dtype", np.dtype(token_dtype(meta["vocab_size"])).name), **meta}
+    vocab_size = fields.pop("vocab_size", VOCAB_SIZE)
+    meta = {"tokenizer": fields.pop("tokenizer", "gpt2"), "vocab_size": vocab_size,
+            "dtype": fields.pop("dtype", np.dtype(token_dtype(vocab_size)).name), **fields}
     path = os.path.join(out_dir, "meta.json")
     with open(path + ".tmp", "w") as f:
         json.dump(meta, f, indent=2)
