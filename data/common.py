@@ -241,7 +241,7 @@ def read_meta(data_dir):
     hint = f"run the dataset's prepare script first (see README: e.g. python -m data.local.prepare --out_dir {data_dir})"
     if not os.path.exists(meta_path):
         if not os.path.exists(os.path.join(data_dir, "train.bin")):
-            raise MissingFileError(f"missing {meta_path}: {hint}")
+            raise MissingFileError(f"missing {os.path.join(data_dir, 'train.bin')} and meta.json: {hint}")
         if data_dir not in _NOTICED:
             _NOTICED.add(data_dir)
             print(f"note: {data_dir} has no meta.json; reading its .bin files as GPT-2 token ids (uint16), "

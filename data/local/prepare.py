@@ -17,7 +17,7 @@ import sys
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from data.common import prepare_from_documents
+from data.common import get_tokenizer, prepare_from_documents
 from errors import InputError, MissingFileError, run_cli
 
 
@@ -64,6 +64,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not 0 < args.val_fraction < 1:
         parser.error(f"--val_fraction must be between 0 and 1, got {args.val_fraction}")
+    get_tokenizer(args.tokenizer)  # a bad name stops here, before any reading or downloading
     train_docs, val_docs = [], []
     for path in find_text_files(args.input):
         try:

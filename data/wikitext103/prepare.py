@@ -19,7 +19,7 @@ import sys
 
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from data.common import prepare_from_documents
+from data.common import get_tokenizer, prepare_from_documents
 from errors import InputError, MissingFileError, run_cli
 
 HEADING = re.compile(r"^ = [^=].* = $")
@@ -57,6 +57,7 @@ def main(argv=None):
     parser.add_argument("--tokenizer", default="gpt2",
                         help="gpt2 (tiktoken), or a Hugging Face tokenizer folder or hub name (e.g. Qwen/Qwen3-0.6B)")
     args = parser.parse_args(argv)
+    get_tokenizer(args.tokenizer)  # a bad name stops here, before any reading or downloading
     if args.input:
         train_lines, val_lines = read_local(args.input, "train"), read_local(args.input, "valid")
         if val_lines is None:
