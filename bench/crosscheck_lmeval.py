@@ -176,25 +176,42 @@ def random_llama(vocab_size, work, block_size=256):
     return GPT.from_hf(str(work / "llama-init"))
 
 
-def tokenizer_check(names, data_dir, wikitext, hf_dir):
-    """Every request of every listed task (0-shot, no limit): our tiktoken-based (context,
-    continuation) tokens vs the same split done with the Hugging Face GPT-2 tokenizer that
-    lm-eval uses. Returns {task: (requests, mismatches)}."""
-    from data.common import get_tokenizer
+def lmeval_tokens(lm, kind, request):
+    """lm-eval's own token requests for one of our text requests, from its HFLM `lm`: the
+    per-request part of TemplateLM.loglikelihood (empty context: the prefix token), or the
+    windows of HFLM.loglikelihood_rolling."""
+    from lm_eval import utils
+    if kind == "loglikelihood_rolling":
+        windows = utils.get_rolling_token_windows(token_list=lm.tok_encode(request[1]), prefix_token=lm.prefix_token_id,
+                                                  max_seq_len=lm.max_length, context_len=1)
+        return [tuple(map(list, utils.make_disjoint_window(w))) for w in windows]
+    context, continuation = request
+    if context:
+        return tuple(map(list, lm._encode_pair(context, continuation)))
+    cont = lm.tok_encode(continuation, add_special_tokens=False)
+    return ([lm.prefix_token_id], cont) if lm.prefix_token_id != cont[0] else (cont[:1], cont[1:])
+
+
+def tokenizer_check(names, data_dir, wikitext, lm, enc, block_size):
+    """Every request of every listed task (0-shot, no limit): our (context, continuation) tokens
+    (eval/scoring.py with `enc`) vs lm-eval's own (its HFLM `lm`, with the exported tokenizer
+    folder). Returns {task: (requests, mismatches)}."""
     from eval import tasks as T
     from eval.benchmarks import load_task_docs
-    from eval.scoring import encode_pair
-
-    ours, theirs = get_tokenizer(), get_tokenizer(str(hf_dir))
+    from eval.scoring import encode, encode_pair, rolling_windows
     out = {}
     for name in names:
         task = T.TASKS[name]
         docs = load_task_docs(task, data_dir, wikitext, download=False)
         n = bad = 0
         for item in T.build_items(task, docs, 0, None):
-            for ctx, cont in item.requests:
+            for request in item.requests:
                 n += 1
-                bad += encode_pair(ours, ctx, cont) != encode_pair(theirs, ctx, cont)
+                if task.kind == "loglikelihood_rolling":
+                    ours = [tuple(map(list, w)) for w in rolling_windows(encode(enc, request[1]), block_size, enc.prefix_token)]
+                else:
+                    ours = tuple(map(list, encode_pair(enc, *request)))
+                bad += ours != lmeval_tokens(lm, task.kind, request)
         out[name] = (n, bad)
     return out
 
@@ -277,7 +294,7 @@ def main():
     p.add_argument("--work", default=None, help="folder for the HF export, YAMLs and data (default: temp)")
     p.add_argument("--out", default=None, help="write crosscheck.json here")
     p.add_argument("--full-tokenizer-check", action="store_true",
-                   help="also compare tiktoken with the HF tokenizer on every request of every task (no limit)")
+                   help="also compare our tokens with lm-eval's own (HFLM) on every request of every task (no limit)")
     args = p.parse_args()
     go_offline(p, args)
     import torch
@@ -373,13 +390,13 @@ def main():
                   f"{row['ours']:>9.4f} {row['lmeval']:>9.4f} {row['max_abs_dll']:>9.2e}{'' if ok else '  MISMATCH'}")
             for doc_id, why in row["mismatches"][:3]:
                 print(f"    doc {doc_id}: {why}")
-    if args.full_tokenizer_check and not tokenizer_dir:  # tiktoken vs the HF GPT-2 tokenizer lm-eval loads
+    if args.full_tokenizer_check:
         t0 = time.time()
-        checked = tokenizer_check(names, args.data_dir, args.wikitext, hf_dir)
+        checked = tokenizer_check(names, args.data_dir, args.wikitext, lm, enc, model.config.block_size)
         report["tokenizer_check"] = checked
         total, bad = sum(n for n, _ in checked.values()), sum(b for _, b in checked.values())
         print(f"\ntokenizer check: {total} requests of {len(checked)} tasks, {bad} differ "
-              f"(tiktoken vs Hugging Face GPT-2 tokenizer, {time.time() - t0:.0f}s)")
+              f"(ours with {enc.name} vs lm-eval's HFLM with the exported folder, {time.time() - t0:.0f}s)")
         for name, (n, b) in checked.items():
             if b:
                 print(f"    {name}: {b} of {n} requests differ")
