@@ -211,11 +211,7 @@ def main(argv):
         if master:
             print(f"resuming from {ckpt_path} at iteration {iter_num}")
     else:
-        model, info = load_model(init_from, dropout=dropout, allow_unsafe_pickle=allow_unsafe_pickle)  # a pretrained model
-        if master and info["tokenizer"] != meta["tokenizer"]:
-            print(f"warning: {init_from} comes with the tokenizer {info['tokenizer']!r} but {data_dir} was prepared "
-                  f"with {meta['tokenizer']!r}; unless the two give the same ids, prepare the data with --tokenizer "
-                  f"{info['tokenizer']}")
+        model, _ = load_model(init_from, dropout=dropout, allow_unsafe_pickle=allow_unsafe_pickle)  # a pretrained GPT-2
     if block_size < model.config.block_size:
         model.crop_block_size(block_size)
     if model.config.vocab_size != vocab_size:
