@@ -317,7 +317,7 @@ def resolve_device(name):
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-_probe_tokens = {}  # text path -> token ids, tokenised once per process
+_probe_tokens = {}  # (text path, tokenizer) -> token ids, tokenised once per process
 
 
 def evaluate_checkpoint(cfg, ckpt_path, eval_dir, probe_dir, label):
@@ -325,6 +325,7 @@ def evaluate_checkpoint(cfg, ckpt_path, eval_dir, probe_dir, label):
     stage would pay torch's start-up and re-read the benchmark files each time). Each output
     folder is written under a temporary name and renamed when complete."""
     import torch
+    from data.common import get_tokenizer
     from eval import benchmarks
     from eval import tasks as T
     from eval.condensation import model_context_length, probe_hidden_states, read_tokens, sample_sequences
@@ -342,7 +343,7 @@ def evaluate_checkpoint(cfg, ckpt_path, eval_dir, probe_dir, label):
             num_fewshot = cfg["num_fewshot"]
         results, items = benchmarks.evaluate(model, cfg["tasks"], resolve_data_dir(cfg), limit=cfg["eval_limit"],
                                              num_fewshot=num_fewshot, batch_size=cfg["eval_batch_size"],
-                                             device=device, dtype=cfg["eval_dtype"])
+                                             device=device, dtype=cfg["eval_dtype"], enc=get_tokenizer(info["tokenizer"]))
         results["config"].update(ckpt=ckpt_path, model=info, paper_protocol=cfg["paper_protocol"])
         shutil.rmtree(eval_dir + ".tmp", ignore_errors=True)
         benchmarks.write_outputs(eval_dir + ".tmp", results, items)
@@ -351,11 +352,11 @@ def evaluate_checkpoint(cfg, ckpt_path, eval_dir, probe_dir, label):
     if not os.path.exists(os.path.join(probe_dir, "condensation.json")):
         t0 = time.time()
         text = resolve_probe_text(cfg)
-        if text not in _probe_tokens:
-            from data.common import get_tokenizer
-            _probe_tokens[text] = read_tokens(text, get_tokenizer().encode_ordinary)
+        key = (text, info["tokenizer"])  # the text in the checkpoint's own token ids
+        if key not in _probe_tokens:
+            _probe_tokens[key] = read_tokens(text, get_tokenizer(info["tokenizer"]).encode)
         seq_len = min(cfg["probe_seq_len"], model_context_length(model) or cfg["probe_seq_len"])
-        sequences = sample_sequences(_probe_tokens[text], cfg["probe_n_seq"], seq_len, seed=0)  # (R, S), the same for every run
+        sequences = sample_sequences(_probe_tokens[key], cfg["probe_n_seq"], seq_len, seed=0)  # (R, S), the same for every run
         result = probe_hidden_states(model, sequences, cfg["probe_batch_size"], device)
         result["meta"] = {"model": ckpt_path, "label": label, "iter_num": info.get("iter_num"),
                           "n_layer": model.config.n_layer, "n_seq": cfg["probe_n_seq"], "seq_len": seq_len,
