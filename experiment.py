@@ -224,7 +224,8 @@ def task_limits(cfg):
     # groups first, then single tasks, so that {"mmlu": 5, "mmlu_anatomy": 20} gives anatomy 20
     for key in sorted(cfg["eval_limits"], key=lambda k: len(T.expand(k)), reverse=True):
         for leaf in T.expand(key):
-            limits[leaf] = cfg["eval_limits"][key]
+            if leaf in limits:
+                limits[leaf] = cfg["eval_limits"][key]
     return limits
 
 
@@ -465,7 +466,7 @@ def evaluate_checkpoint(cfg, ckpt_path, eval_dir, probe_dir, label, progress=Tru
     model, info = load_model(ckpt_path, device)
     seconds = {}
     if not os.path.exists(os.path.join(eval_dir, "results.json")):
-        t0 = time.time()
+        t0, cpu0 = time.time(), time.process_time()
         if cfg["paper_protocol"]:  # as eval/benchmarks.py --paper-protocol does
             few = set(T.expand(T.PAPER_FEW_SHOT))
             num_fewshot = {n: (cfg["num_fewshot"] if n in few else 0) for n in T.expand(cfg["tasks"])}
@@ -493,9 +494,9 @@ def evaluate_checkpoint(cfg, ckpt_path, eval_dir, probe_dir, label, progress=Tru
         shutil.rmtree(eval_dir + ".tmp", ignore_errors=True)
         benchmarks.write_outputs(eval_dir + ".tmp", results, items)
         os.replace(eval_dir + ".tmp", eval_dir)
-        seconds["eval"] = time.time() - t0
+        seconds["eval"], seconds["eval_cpu"] = time.time() - t0, time.process_time() - cpu0
     if not os.path.exists(os.path.join(probe_dir, "condensation.json")):
-        t0 = time.time()
+        t0, cpu0 = time.time(), time.process_time()
         text = resolve_probe_text(cfg)
         if text not in _probe_tokens:
             from data.common import get_tokenizer
@@ -510,7 +511,7 @@ def evaluate_checkpoint(cfg, ckpt_path, eval_dir, probe_dir, label, progress=Tru
         _write_json(os.path.join(probe_dir + ".tmp", "condensation.json"), result)
         shutil.rmtree(probe_dir, ignore_errors=True)
         os.replace(probe_dir + ".tmp", probe_dir)
-        seconds["probe"] = time.time() - t0
+        seconds["probe"], seconds["probe_cpu"] = time.time() - t0, time.process_time() - cpu0
     del model
     if device.startswith("cuda"):
         torch.cuda.empty_cache()  # give the memory back before the next training run
@@ -528,6 +529,13 @@ def hardware():
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
     return {"cpu": cpu, "cpu_count": os.cpu_count(), "gpus": gpus, "torch": torch.__version__,
             "python": platform.python_version(), "platform": platform.platform()}
+
+
+def _children_cpu():
+    """CPU seconds (user + sys) of this process's finished subprocesses: what a training run cost."""
+    import resource
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def run_dir_of(exp_dir, arm, seed):
@@ -572,7 +580,7 @@ def run_one(cfg, plan, arm, seed, exp_dir, say, quiet=False, threads=None):
         resume = os.path.exists(os.path.join(run_dir, "ckpt.pt"))
         cmd = train_command(cfg, spec, run_dir, resume, effective)
         say(f"{name}: {'resuming' if resume else 'training'} (log: {os.path.join(run_dir, 'train.log')})")
-        t0 = time.time()
+        t0, cpu0 = time.time(), _children_cpu()
         rc = run_logged(cmd, os.path.join(run_dir, "train.log"), cfg["threads"] if threads is None else threads,
                         echo=not quiet)
         if rc != 0 or not training_finished(run_dir, max_iters):
@@ -580,6 +588,7 @@ def run_one(cfg, plan, arm, seed, exp_dir, say, quiet=False, threads=None):
                 + _tail(os.path.join(run_dir, "train.log")))
             return "failed"
         timings["train"] = timings.get("train", 0.0) + time.time() - t0
+        timings["train_cpu"] = timings.get("train_cpu", 0.0) + _children_cpu() - cpu0  # user + sys, all threads
         _write_json(os.path.join(run_dir, "timings.json"), timings)
 
     checkpoints = [("ckpt.pt", "eval", "condensation")]
@@ -607,8 +616,9 @@ def run_one(cfg, plan, arm, seed, exp_dir, say, quiet=False, threads=None):
     _write_json(os.path.join(run_dir, "done.json"), {
         "spec": spec, "final_iter": max_iters, "best": best, "val_loss": val_loss, "last_layer_mean_cos": cos,
         "seconds": timings, "hardware": hardware(), "finished": datetime.datetime.now().isoformat(timespec="seconds")})
-    say(f"{name}: done, val loss {val_loss:.3f}, last-layer mean cos {cos:.3f} "
-        f"({', '.join(f'{k} {v:.0f}s' for k, v in timings.items())})")
+    wall = ", ".join(f"{k} {v:.0f}s" for k, v in timings.items() if not k.endswith("_cpu"))
+    cpu = sum(v for k, v in timings.items() if k.endswith("_cpu"))
+    say(f"{name}: done, val loss {val_loss:.3f}, last-layer mean cos {cos:.3f} ({wall}; {cpu:.0f} CPU-s)")
     return "done"
 
 
