@@ -2,7 +2,7 @@
 The paper's comparison in one command: a grid of arms x seeds, each arm trained, benchmarked and
 probed for condensation, then one report with honest statistics.
 
-    python experiment.py config/experiment_cpu.py                  # the CPU default grid (~12 min, 2 cores)
+    python experiment.py config/experiment_cpu.py                  # the CPU default grid (~14 min, 2 cores)
     python experiment.py config/experiment_cpu.py --seeds=[0,1,2] --eval_limit=10
     python experiment.py config/experiment_midtrain_gpt2.py        # the paper's setting: 8 GPUs, torchrun
     python experiment.py config/experiment_cpu.py --dry_run=True   # check the config, print the commands
@@ -11,6 +11,7 @@ probed for condensation, then one report with honest statistics.
 An experiment config is plain Python, read and checked like train.py's configs (configurator.py):
 
     base_config = "config/train_local_cpu.py"     # the train.py config every arm starts from
+    base_run = {"n_embd": 128, "max_iters": 300}  # optional: pretrain one base that every arm mid-trains
     base_overrides = {"max_iters": 200}           # train.py settings for every arm
     arms = {"ce": {},                             # arm name -> its train.py settings
             "angular": {"dispersion": "angular", "dispersion_weight": 0.1},
