@@ -680,7 +680,11 @@ def run_grid(cfg, plan, argv):
             futures = {pool.submit(_run_in_worker, cfg, plan, arm, seed, exp_dir): (arm, seed) for arm, seed in runs}
             stopping = False
             for n, future in enumerate(concurrent.futures.as_completed(futures), 1):
-                status, messages = future.result()  # an ExperimentError in a worker is raised here
+                try:
+                    status, messages = future.result()  # an ExperimentError in a worker is raised here
+                except BaseException:
+                    pool.shutdown(wait=True, cancel_futures=True)  # the runs under way finish, no new one starts
+                    raise
                 outcome[status] += 1
                 shown = messages if status == "failed" else messages[-1:]
                 for message in shown:

@@ -90,8 +90,8 @@ def test_arms_mid_train_from_the_base_and_a_rerun_reuses_it(grids, tiny_dataset,
     assert "base was made with other settings" in capsys.readouterr().err
 
 
-def test_two_jobs_give_the_folders_one_job_gives(grids):
-    tmp, _ = grids
+def test_two_jobs_give_the_folders_one_job_gives(grids, capsys):
+    tmp, configs = grids
     for run in ("ce/seed0", "angular/seed0"):
         one, two = tmp / "exp1" / run, tmp / "exp2" / run
         assert metrics(one / "metrics.jsonl") == metrics(two / "metrics.jsonl")
@@ -102,6 +102,11 @@ def test_two_jobs_give_the_folders_one_job_gives(grids):
     # the parallel runs kept their output in train.log, and the report has both arms
     assert "train" in (tmp / "exp2" / "angular" / "seed0" / "train.log").read_text()
     assert "Runs finished: 2 of 2" in (tmp / "exp2" / "report.md").read_text()
+    # an arm folder made with other settings, found by a worker process: refused there, reported here
+    arms = {"ce": {}, "angular": {"dispersion": "angular", "dispersion_weight": 0.5}}
+    capsys.readouterr()
+    assert experiment.main([configs[2], f"--arms={arms!r}"]) == 2
+    assert "angular/seed0 was made with other settings" in capsys.readouterr().err
 
 
 def test_each_task_gets_its_own_limit(grids):
