@@ -2,7 +2,7 @@
 The paper's comparison in one command: a grid of arms x seeds, each arm trained, benchmarked and
 probed for condensation, then one report with honest statistics.
 
-    python experiment.py config/experiment_cpu.py                  # the CPU default grid (~12 min, 2 cores)
+    python experiment.py config/experiment_cpu.py                  # the CPU default grid (~14 min, 2 cores)
     python experiment.py config/experiment_cpu.py --seeds=[0,1,2] --eval_limit=10
     python experiment.py config/experiment_midtrain_gpt2.py        # the paper's setting: 8 GPUs, torchrun
     python experiment.py config/experiment_cpu.py --dry_run=True   # check the config, print the commands
@@ -11,6 +11,7 @@ probed for condensation, then one report with honest statistics.
 An experiment config is plain Python, read and checked like train.py's configs (configurator.py):
 
     base_config = "config/train_local_cpu.py"     # the train.py config every arm starts from
+    base_run = {"n_embd": 128, "max_iters": 300}  # optional: pretrain one base that every arm mid-trains
     base_overrides = {"max_iters": 200}           # train.py settings for every arm
     arms = {"ce": {},                             # arm name -> its train.py settings
             "angular": {"dispersion": "angular", "dispersion_weight": 0.1},
@@ -20,11 +21,19 @@ An experiment config is plain Python, read and checked like train.py's configs (
 plus the settings in DEFAULTS below. An unknown key, an arm setting train.py does not have, or a
 value of the wrong type stops the experiment before any work, naming the arm and the close matches.
 
+With base_run (the paper's protocol: mid-training a pretrained model), one base GPT is first
+pretrained with cross-entropy into EXP/base/ (`train.py <base_config> --<base_run>`), benchmarked and
+probed like a run (the "no mid-training" row), and every arm then starts from its weights
+(init_from=EXP/base: weights only, a fresh optimizer, iteration 0). The arms keep the base's
+architecture; base_overrides and the arms set the mid-training (steps, learning rate, dispersion).
+The base is trained once: a rerun reuses it, a base made with other settings is an error, and an
+interrupted one resumes.
+
 What one run (arm, seed) does, in EXP/<arm>/seed<S>/:
   1. train: `<launcher> train.py <base_config> --<base_overrides> --<arm settings> --seed=S --out_dir=...`
-     as a subprocess, its output shown and kept in train.log. At one seed every arm reads the same
-     batches (train.py keys them by (seed, step, micro-batch) and gives the auxiliary losses their
-     own RNG), so arms differ only by their settings. With select_by_val, train.py runs with
+     as a subprocess, its output kept in train.log (and shown, with jobs=1). At one seed every arm reads
+     the same batches (train.py keys them by (seed, step, micro-batch) and gives the auxiliary losses
+     their own RNG), so arms differ only by their settings. With select_by_val, train.py runs with
      keep_best=True, so the checkpoint of the lowest val loss is also kept as ckpt_best.pt.
   2. benchmarks (eval/benchmarks.py) on the final checkpoint -> eval/results.json, eval/items.jsonl
   3. condensation probe (eval/condensation.py) on it -> condensation/condensation.json
@@ -33,6 +42,9 @@ What one run (arm, seed) does, in EXP/<arm>/seed<S>/:
   5. done.json: written last, so a rerun skips the run only when everything above succeeded.
      A rerun of an unfinished run resumes its training from its ckpt.pt. A run folder made with
      other settings is never silently reused: the run stops with an error.
+With jobs=N, N runs go at once, each in its own process (threads each); the console gets one line
+per finished run. With wandb_log=True in the train.py settings, every run (the base too) is logged
+with group = the experiment folder's name and name = <arm>/seed<S> (unless set).
 Then EXP/report.md, report.json and PNGs (eval/report.py).
 """
 
@@ -62,6 +74,8 @@ REPO = os.path.dirname(os.path.abspath(__file__))
 DEFAULTS = dict(
     base_config="",  # train.py config file the arms start from; "" = train.py's own defaults
     base_overrides={},  # train.py settings applied to every arm, after base_config
+    base_run={},  # train.py settings of a pretraining stage: one base GPT trained with CE into EXP/base/, which
+    #               every arm then mid-trains (init_from); it may set seed. {}: no base stage
     arms={"ce": {}, "angular": {"dispersion": "angular", "dispersion_weight": 0.1}},
     baseline="ce",  # the arm every other arm is compared with, paired by (seed, item)
     seeds=[0, 1],
@@ -69,12 +83,14 @@ DEFAULTS = dict(
     launcher="python",  # how train.py is started, e.g. "torchrun --standalone --nproc_per_node=8"
     select_by_val=True,  # also evaluate the checkpoint with the lowest val loss
     keep_going=False,  # after a failed run, go on with the others (default: stop; a rerun resumes)
+    jobs=1,  # (arm, seed) runs at once, each in its own process of `threads` threads (the base gets jobs x threads)
     threads=0,  # CPU threads per process (training, evaluation); 0: torch's default. On a machine shared
     #             with other jobs, 1 avoids threads stalling on each other (measured 3.7x faster on 2 busy cores)
     dry_run=False,  # check everything and print the commands, run nothing
     # benchmarks (eval/benchmarks.py)
     tasks="paper10",
     eval_limit=None,  # score the first N documents of each task (of each MMLU subject); None: all
+    eval_limits={},  # task or group name -> its own limit (None: all), e.g. {"lambada_openai": None, "mmlu": 5}
     num_fewshot=0,
     paper_protocol=False,  # 0-shot for six tasks, num_fewshot shots for ARC-E/C, MedMCQA, MMLU (the paper's)
     eval_data_dir="",  # folder of <dataset>/<split>.jsonl; "" = $DISPERSE_BENCHMARKS
@@ -93,6 +109,12 @@ DEFAULTS = dict(
 TYPES = {"eval_limit": (int, type(None))}
 # train.py settings the runner sets itself: an arm may not set them
 RESERVED = ("seed", "out_dir", "always_save_checkpoint", "eval_only", "keep_best")
+BASE = "base"  # the base run's folder in EXP (so no arm may be called that)
+# train.py's model settings: an arm that mid-trains the base has the base's (its weights say so); of these
+# an arm may change only dropout, and block_size downwards (train.py crops the position embeddings)
+MODEL_KEYS = ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "dropout", "bias", "n_inner", "norm",
+              "norm_eps", "pos_emb", "rope_theta", "mlp", "n_kv_head", "head_dim", "qk_norm", "qkv_bias",
+              "tie_embeddings")
 
 
 class ExperimentError(ValueError):
@@ -132,7 +154,8 @@ def _find_file(path):
 
 def load_experiment(argv):
     """Defaults, then config files, then --key=value: checked by configurator.load_config, then
-    every arm checked against train.py's settings. Returns (cfg, plan); plan: one spec per arm."""
+    the base run and every arm checked against train.py's settings. Returns (cfg, plan); plan: one
+    spec per arm (with base_run, each names the base it starts from)."""
     try:
         cfg = load_config(DEFAULTS, argv, TYPES)
     except ConfigError as e:
@@ -149,9 +172,11 @@ def load_experiment(argv):
     for name in cfg["arms"]:
         if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.+-]+", name):
             problems.append(f"arm name {name!r}: use letters, digits and _ . + - (it names a folder)")
+        elif name == BASE and cfg["base_run"]:
+            problems.append(f"arm name {BASE!r} is the base run's folder; call the arm something else")
     if cfg["threads"] < 0:
         problems.append(f"threads={cfg['threads']} must be 0 (torch's default) or more")
-    for key in ("eval_batch_size", "probe_n_seq", "probe_seq_len", "probe_batch_size", "n_boot"):
+    for key in ("jobs", "eval_batch_size", "probe_n_seq", "probe_seq_len", "probe_batch_size", "n_boot"):
         if cfg[key] < 1:
             problems.append(f"{key}={cfg[key]} must be at least 1")
     if cfg["eval_limit"] is not None and cfg["eval_limit"] < 1:
@@ -162,34 +187,64 @@ def load_experiment(argv):
         problems.append(f"base_config {cfg['base_config']!r} not found")
     from eval import tasks as T
     try:
-        T.expand(cfg["tasks"])
+        names = T.expand(cfg["tasks"])
     except KeyError as e:
         problems.append(f"tasks={cfg['tasks']!r}: {e.args[0]}")
+    else:
+        problems += _check_eval_limits(cfg["eval_limits"], names)
     if problems:
         raise ExperimentError("; ".join(problems))
-    plan = {name: arm_spec(cfg, name) for name in cfg["arms"]}
+    base = base_spec(cfg) if cfg["base_run"] else None
+    plan = {name: arm_spec(cfg, name, base) for name in cfg["arms"]}
     return cfg, plan
 
 
-def arm_spec(cfg, name):
-    """Check one arm's settings against train.py (names, types, then train.py's own value checks)
-    and return its spec: what defines its runs, apart from the seed and the folder."""
-    import train  # importing train.py runs no training: its settings and checks only
+def _check_eval_limits(limits, names):
+    """eval_limits: keys are tasks or groups among the experiment's tasks, values ints >= 1 or None."""
+    from eval import tasks as T
+    problems = []
+    for key, limit in limits.items():
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+            problems.append(f"eval_limits[{key!r}]={limit!r} must be an int >= 1 or None (all documents)")
+        try:
+            leaves = T.expand(key)
+        except (KeyError, TypeError):
+            problems.append(f"eval_limits: {key!r} is not a task or group{_closest(str(key), list(T.TASKS) + list(T.GROUPS))}")
+            continue
+        if not set(leaves) <= set(names):
+            problems.append(f"eval_limits: {key!r} is not among tasks; add it to tasks or drop its limit")
+    return problems
 
-    where = "base_overrides" if name is None else f"arm {name!r}"
-    overrides = cfg["base_overrides"] if name is None else cfg["arms"][name]
+
+def task_limits(cfg):
+    """The limit of each task scored: eval_limits' entry (a task's own before its group's), else eval_limit."""
+    from eval import tasks as T
+    names = T.expand(cfg["tasks"])
+    limits = {name: cfg["eval_limit"] for name in names}
+    # groups first, then single tasks, so that {"mmlu": 5, "mmlu_anatomy": 20} gives anatomy 20
+    for key in sorted(cfg["eval_limits"], key=lambda k: len(T.expand(k)), reverse=True):
+        for leaf in T.expand(key):
+            if leaf in limits:
+                limits[leaf] = cfg["eval_limits"][key]
+    return limits
+
+
+def _check_keys(where, overrides, reserved):
+    import train
     if not isinstance(overrides, dict):
         raise ExperimentError(f"{where}: expected a dict of train.py settings, got {overrides!r}")
     for key in overrides:
-        if key in RESERVED:
+        if key in reserved:
             raise ExperimentError(f"{where}: {key!r} is set by the experiment runner, not by an arm")
         if key not in train._defaults:
             raise ExperimentError(f"{where}: {key!r} is not a train.py setting{_closest(key, train._defaults)}")
-    if name is not None:
-        arm_spec(cfg, None)  # the shared overrides first, so their errors name them
-    settings = {**cfg["base_overrides"], **({} if name is None else overrides)}
-    spec = {"base_config": cfg["base_config"], "settings": settings}
-    argv = [_find_file(spec["base_config"])] if spec["base_config"] else []
+
+
+def _effective(where, base_config, settings):
+    """train.py's settings after base_config and `settings`, checked as train.py checks them."""
+    import train  # importing train.py runs no training: its settings and checks only
+
+    argv = [_find_file(base_config)] if base_config else []
     argv += [f"--{k}={_cli_value(v)}" for k, v in settings.items()]
     try:
         effective = load_config(train._defaults, argv, train._types)
@@ -208,20 +263,78 @@ def arm_spec(cfg, name):
         vars(train).update(saved)
     if effective["init_from"] == "resume":
         raise ExperimentError(f"{where}: init_from='resume' is the runner's job (it resumes unfinished runs itself)")
-    spec["effective"] = {k: v for k, v in effective.items() if k not in ("seed", "out_dir")}
+    return effective
+
+
+def base_spec(cfg):
+    """The base run's spec: base_config + base_run, trained once with its own seed (train.py's default
+    unless base_run sets one)."""
+    import train
+    settings = dict(cfg["base_run"])
+    _check_keys("base_run", settings, [k for k in RESERVED if k != "seed"])
+    seed = settings.pop("seed", train._defaults["seed"])
+    effective = _effective("base_run", cfg["base_config"], {**settings, "seed": seed})
+    if effective["dispersion"] != "none":
+        raise ExperimentError(f"base_run: dispersion={effective['dispersion']!r}; the base is pretrained with "
+                              "cross-entropy only (the arms add the dispersion term)")
+    return {"base_config": cfg["base_config"], "seed": seed, "settings": settings,
+            "effective": {k: v for k, v in effective.items() if k not in ("seed", "out_dir")}}
+
+
+def arm_spec(cfg, name, base=None):
+    """Check one arm's settings against train.py (names, types, then train.py's own value checks)
+    and return its spec: what defines its runs, apart from the seed and the folder. With a base
+    run, the arm gets the base's block_size and vocab_size (what train.py reads besides the
+    weights) and may not give itself another architecture."""
+    where = "base_overrides" if name is None else f"arm {name!r}"
+    overrides = cfg["base_overrides"] if name is None else cfg["arms"][name]
+    reserved = RESERVED + (("init_from",) if base else ())
+    _check_keys(where, overrides, reserved)
+    if name is not None:
+        arm_spec(cfg, None, base)  # the shared overrides first, so their errors name them
+    inherited = {}
+    if base:
+        model = base["effective"]
+        for key, value in overrides.items():
+            if key in MODEL_KEYS and key not in ("dropout", "block_size") and value != model[key]:
+                raise ExperimentError(f"{where}: {key}={value!r}, but the arms mid-train the base, whose {key} is "
+                                      f"{model[key]!r}; set the architecture in base_run")
+        if overrides.get("block_size", 0) > model["block_size"]:
+            raise ExperimentError(f"{where}: block_size={overrides['block_size']} is longer than the base's "
+                                  f"({model['block_size']}); it can only be cut")
+        inherited = {"block_size": model["block_size"], "vocab_size": model["vocab_size"]}
+    settings = {**inherited, **cfg["base_overrides"], **({} if name is None else overrides)}
+    effective = _effective(where, cfg["base_config"], settings)
+    if base:  # the model train.py builds is the base's (init_from)
+        effective.update({k: base["effective"][k] for k in MODEL_KEYS if k not in ("dropout", "block_size")})
+    spec = {"base_config": cfg["base_config"], "settings": settings,
+            "effective": {k: v for k, v in effective.items() if k not in ("seed", "out_dir")}}
+    if base:
+        spec["base"] = base
     return spec
 
 
 def run_spec(cfg, plan, arm, seed):
     """Everything that determines what a run's folder holds. Paths that may move with a machine
-    (the data folders) are left out; the probe text is named by its file name and size."""
+    (the data folders) are left out; the probe text is named by its file name and size. An arm's
+    runs name their base run (its settings), so a changed base is not mixed in either."""
     text = resolve_probe_text(cfg, required=False)
-    return {"arm": arm, "seed": seed, "base_config": plan[arm]["base_config"], "settings": plan[arm]["settings"],
-            "select_by_val": cfg["select_by_val"],
+    if arm == BASE:
+        source = next(iter(plan.values()))["base"]
+        seed = source["seed"]
+    else:
+        source = plan[arm]
+    spec = {"arm": arm, "seed": seed, "base_config": source["base_config"], "settings": source["settings"],
+            "select_by_val": cfg["select_by_val"] and arm != BASE,
             "eval": {k: cfg[k] for k in ("tasks", "eval_limit", "num_fewshot", "paper_protocol")},
             "probe": {"text": os.path.basename(text) if text else None,
                       "text_bytes": os.path.getsize(text) if text and os.path.isfile(text) else None,
                       "n_seq": cfg["probe_n_seq"], "seq_len": cfg["probe_seq_len"]}}
+    if cfg["eval_limits"]:  # only when set, so that runs made before eval_limits existed still match
+        spec["eval"]["eval_limits"] = cfg["eval_limits"]
+    if arm != BASE and "base" in source:
+        spec["base"] = {k: v for k, v in source["base"].items() if k != "effective"}
+    return spec
 
 
 def resolve_probe_text(cfg, required=True):
@@ -241,13 +354,16 @@ def preflight(cfg):
     surface after hours of training."""
     from eval import tasks as T
     data_dir = resolve_data_dir(cfg)
+    raw_wikitext = os.path.isfile(os.environ.get("DISPERSE_WIKITEXT_TEST", ""))  # eval/benchmarks.py reads it
     missing = [f"{T.TASKS[n].dataset}/{T.TASKS[n].split}.jsonl" for n in T.expand(cfg["tasks"])
-               if n != "wikitext" and not T.has_split(T.TASKS[n], T.TASKS[n].split, data_dir)]
+               if not (n == "wikitext" and raw_wikitext) and not T.has_split(T.TASKS[n], T.TASKS[n].split, data_dir)]
     if missing and T.hub_reachable():
         print(f"[experiment] not found locally, will be downloaded from the hub: {', '.join(sorted(set(missing)))}")
     elif missing:
+        hint = (" (for wikitext, DISPERSE_WIKITEXT_TEST may name the raw WikiText-103 test file instead)"
+                if "wikitext" in T.expand(cfg["tasks"]) and not raw_wikitext else "")
         raise ExperimentError(f"benchmark data missing in {data_dir or '<unset>'}: {', '.join(sorted(set(missing)))}. "
-                              "Set eval_data_dir or DISPERSE_BENCHMARKS to a folder of <dataset>/<split>.jsonl files")
+                              f"Set eval_data_dir or DISPERSE_BENCHMARKS to a folder of <dataset>/<split>.jsonl files{hint}")
     resolve_probe_text(cfg)
 
 
@@ -267,8 +383,8 @@ def _write_json(path, obj):
     os.replace(path + ".tmp", path)
 
 
-def run_logged(cmd, log_path, threads=0):
-    """Run cmd from the repository root; its output goes to the console and to log_path."""
+def run_logged(cmd, log_path, threads=0, echo=True):
+    """Run cmd from the repository root; its output goes to log_path (and, with echo, to the console)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if threads:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
@@ -279,8 +395,9 @@ def run_logged(cmd, log_path, threads=0):
         for chunk in iter(lambda: proc.stdout.read1(65536), b""):
             log.write(chunk)
             log.flush()
-            sys.stdout.write(decoder.decode(chunk))
-            sys.stdout.flush()
+            if echo:
+                sys.stdout.write(decoder.decode(chunk))
+                sys.stdout.flush()
         return proc.wait()
 
 
@@ -290,14 +407,29 @@ def _tail(path, n=25):
     return "\n".join(line for line in lines[-n:])
 
 
-def train_command(cfg, spec, run_dir, resume):
+def train_command(cfg, spec, run_dir, resume, effective=None):
+    """train.py's command line for a run. An arm with a base run starts from the base's weights
+    (EXP/base, beside the arm's folder EXP/<arm>/seed<S>); a resumed run from its own ckpt.pt.
+    effective: the run's train.py settings; with wandb_log, the run is named <arm>/seed<S> in the
+    group named after the experiment folder, unless the settings name them."""
     launcher = shlex.split(cfg["launcher"])
     if launcher[0] in ("python", "python3"):
         launcher[0] = sys.executable  # the interpreter running this, with its packages
     spec = {**spec, "base_config": _find_file(spec["base_config"]) if spec["base_config"] else ""}
-    args = train_args(spec, run_dir) + (["--init_from=resume"] if resume else [])
-    if cfg["select_by_val"]:
+    args = train_args(spec, run_dir)
+    if resume:
+        args.append("--init_from=resume")
+    elif "base" in spec:
+        args.append(f"--init_from={os.path.join(os.path.dirname(os.path.dirname(run_dir)), BASE)}")
+    if spec["select_by_val"]:
         args.append("--keep_best=True")
+    if effective and effective["wandb_log"]:
+        exp_dir = os.path.dirname(run_dir) if spec["arm"] == BASE else os.path.dirname(os.path.dirname(run_dir))
+        if not effective["wandb_group"]:
+            args.append(f"--wandb_group={os.path.basename(exp_dir)}")
+        if not effective["wandb_run_name"]:
+            name = BASE if spec["arm"] == BASE else f"{spec['arm']}/seed{spec['seed']}"
+            args.append(f"--wandb_run_name={name}")
     return launcher + [os.path.join(REPO, "train.py")] + args
 
 
@@ -320,7 +452,7 @@ def resolve_device(name):
 _probe_tokens = {}  # (text path, tokenizer) -> token ids, tokenised once per process
 
 
-def evaluate_checkpoint(cfg, ckpt_path, eval_dir, probe_dir, label):
+def evaluate_checkpoint(cfg, ckpt_path, eval_dir, probe_dir, label, progress=True):
     """Benchmarks and condensation probe of one checkpoint, in this process (a subprocess per
     stage would pay torch's start-up and re-read the benchmark files each time). Each output
     folder is written under a temporary name and renamed when complete."""
@@ -335,29 +467,45 @@ def evaluate_checkpoint(cfg, ckpt_path, eval_dir, probe_dir, label):
     model, info = load_model(ckpt_path, device)
     seconds = {}
     if not os.path.exists(os.path.join(eval_dir, "results.json")):
-        t0 = time.time()
+        t0, cpu0 = time.time(), time.process_time()
         if cfg["paper_protocol"]:  # as eval/benchmarks.py --paper-protocol does
             few = set(T.expand(T.PAPER_FEW_SHOT))
             num_fewshot = {n: (cfg["num_fewshot"] if n in few else 0) for n in T.expand(cfg["tasks"])}
         else:
             num_fewshot = cfg["num_fewshot"]
-        results, items = benchmarks.evaluate(model, cfg["tasks"], resolve_data_dir(cfg), limit=cfg["eval_limit"],
-                                             num_fewshot=num_fewshot, batch_size=cfg["eval_batch_size"],
-                                             device=device, dtype=cfg["eval_dtype"], enc=get_tokenizer(info["tokenizer"]))
-        results["config"].update(ckpt=ckpt_path, model=info, paper_protocol=cfg["paper_protocol"])
+        # one evaluate() per distinct limit; the tasks' results and items are then put back in the
+        # order of `tasks`, and the groups (MMLU, paper10) aggregated over all of them
+        limits = task_limits(cfg)
+        results, items_by_task, seconds_eval = {}, {}, 0.0
+        for limit in dict.fromkeys(limits.values()):
+            names = [n for n in limits if limits[n] == limit]
+            part, part_items = benchmarks.evaluate(model, names, resolve_data_dir(cfg), limit=limit,
+                                                   num_fewshot=num_fewshot, batch_size=cfg["eval_batch_size"],
+                                                   device=device, dtype=cfg["eval_dtype"], progress=progress,
+                                                   enc=get_tokenizer(info["tokenizer"]))
+            results.update({n: part[n] for n in names})
+            for rec in part_items:
+                items_by_task.setdefault(rec["task"], []).append(rec)
+            seconds_eval += part["config"]["seconds"]
+            config = part["config"]
+        items = [rec for n in limits for rec in items_by_task.get(n, [])]
+        results.update(benchmarks.group_metrics(results))
+        results["config"] = {**config, "tasks": cfg["tasks"], "limit": cfg["eval_limit"], "limits": limits,
+                             "seconds": round(seconds_eval, 2), "n_items": len(items),
+                             "ckpt": ckpt_path, "model": info, "paper_protocol": cfg["paper_protocol"]}
         shutil.rmtree(eval_dir + ".tmp", ignore_errors=True)
         benchmarks.write_outputs(eval_dir + ".tmp", results, items)
         os.replace(eval_dir + ".tmp", eval_dir)
-        seconds["eval"] = time.time() - t0
+        seconds["eval"], seconds["eval_cpu"] = time.time() - t0, time.process_time() - cpu0
     if not os.path.exists(os.path.join(probe_dir, "condensation.json")):
-        t0 = time.time()
+        t0, cpu0 = time.time(), time.process_time()
         text = resolve_probe_text(cfg)
         key = (text, info["tokenizer"])  # the text in the checkpoint's own token ids
         if key not in _probe_tokens:
             _probe_tokens[key] = read_tokens(text, get_tokenizer(info["tokenizer"]).encode)
         seq_len = min(cfg["probe_seq_len"], model_context_length(model) or cfg["probe_seq_len"])
         sequences = sample_sequences(_probe_tokens[key], cfg["probe_n_seq"], seq_len, seed=0)  # (R, S), the same for every run
-        result = probe_hidden_states(model, sequences, cfg["probe_batch_size"], device)
+        result = probe_hidden_states(model, sequences, cfg["probe_batch_size"], device, progress=progress)
         result["meta"] = {"model": ckpt_path, "label": label, "iter_num": info.get("iter_num"),
                           "n_layer": model.config.n_layer, "n_seq": cfg["probe_n_seq"], "seq_len": seq_len,
                           "text": text, "date": datetime.datetime.now().isoformat(timespec="seconds")}
@@ -365,7 +513,7 @@ def evaluate_checkpoint(cfg, ckpt_path, eval_dir, probe_dir, label):
         _write_json(os.path.join(probe_dir + ".tmp", "condensation.json"), result)
         shutil.rmtree(probe_dir, ignore_errors=True)
         os.replace(probe_dir + ".tmp", probe_dir)
-        seconds["probe"] = time.time() - t0
+        seconds["probe"], seconds["probe_cpu"] = time.time() - t0, time.process_time() - cpu0
     del model
     if device.startswith("cuda"):
         torch.cuda.empty_cache()  # give the memory back before the next training run
@@ -385,14 +533,40 @@ def hardware():
             "python": platform.python_version(), "platform": platform.platform()}
 
 
-def run_one(cfg, plan, arm, seed, exp_dir, say):
-    """Train, benchmark and probe one (arm, seed). Returns 'skipped', 'done' or 'failed'."""
-    run_dir = os.path.join(exp_dir, arm, f"seed{seed}")
+def _children_cpu():
+    """CPU seconds (user + sys) of this process's finished subprocesses: what a training run cost."""
+    import resource
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_dir_of(exp_dir, arm, seed):
+    return os.path.join(exp_dir, BASE) if arm == BASE else os.path.join(exp_dir, arm, f"seed{seed}")
+
+
+def last_layer_cos(probe_dir):
+    """The probe's mean_cos at the last hidden state (after ln_f), for the progress line."""
+    result = _read_json(os.path.join(probe_dir, "condensation.json"))
+    return result["layers"][-1]["mean_cos"] if result else None
+
+
+def final_val_loss(run_dir, max_iters):
+    from eval.plots import read_metrics
+    return next((r["val_loss"] for r in read_metrics(os.path.join(run_dir, "metrics.jsonl"))
+                 if r.get("iter") == max_iters and "val_loss" in r), None)
+
+
+def run_one(cfg, plan, arm, seed, exp_dir, say, quiet=False, threads=None):
+    """Train, benchmark and probe one (arm, seed), or the base run (arm=BASE). Returns 'skipped',
+    'done' or 'failed'. quiet: train.py's output only to train.log, no progress bars (parallel runs)."""
+    run_dir = run_dir_of(exp_dir, arm, seed)
     spec = run_spec(cfg, plan, arm, seed)
+    name = "base run" if arm == BASE else f"{arm} seed {seed}"
+    effective = next(iter(plan.values()))["base"]["effective"] if arm == BASE else plan[arm]["effective"]
     if os.path.exists(os.path.join(run_dir, "done.json")):
         if _read_json(os.path.join(run_dir, "done.json"))["spec"] != json_safe(spec):
             raise ExperimentError(f"{run_dir} was made with other settings; use another exp_dir or delete that folder")
-        say(f"{arm} seed {seed}: already done, skipped")
+        say(f"{name}: already done, skipped")
         return "skipped"
     os.makedirs(run_dir, exist_ok=True)
     old = _read_json(os.path.join(run_dir, "spec.json"))
@@ -401,48 +575,66 @@ def run_one(cfg, plan, arm, seed, exp_dir, say):
     _write_json(os.path.join(run_dir, "spec.json"), spec)
     timings = _read_json(os.path.join(run_dir, "timings.json")) or {}
 
-    max_iters = plan[arm]["effective"]["max_iters"]
+    max_iters = effective["max_iters"]
     if training_finished(run_dir, max_iters):
-        say(f"{arm} seed {seed}: training already finished")
+        say(f"{name}: training already finished")
     else:
         resume = os.path.exists(os.path.join(run_dir, "ckpt.pt"))
-        cmd = train_command(cfg, spec, run_dir, resume)
-        say(f"{arm} seed {seed}: {'resuming' if resume else 'training'} (log: {os.path.join(run_dir, 'train.log')})")
-        t0 = time.time()
-        rc = run_logged(cmd, os.path.join(run_dir, "train.log"), cfg["threads"])
+        cmd = train_command(cfg, spec, run_dir, resume, effective)
+        say(f"{name}: {'resuming' if resume else 'training'} (log: {os.path.join(run_dir, 'train.log')})")
+        t0, cpu0 = time.time(), _children_cpu()
+        rc = run_logged(cmd, os.path.join(run_dir, "train.log"), cfg["threads"] if threads is None else threads,
+                        echo=not quiet)
         if rc != 0 or not training_finished(run_dir, max_iters):
-            say(f"{arm} seed {seed}: training FAILED (exit code {rc}); last lines of train.log:\n"
+            say(f"{name}: training FAILED (exit code {rc}); last lines of train.log:\n"
                 + _tail(os.path.join(run_dir, "train.log")))
             return "failed"
         timings["train"] = timings.get("train", 0.0) + time.time() - t0
+        timings["train_cpu"] = timings.get("train_cpu", 0.0) + _children_cpu() - cpu0  # user + sys, all threads
         _write_json(os.path.join(run_dir, "timings.json"), timings)
 
     checkpoints = [("ckpt.pt", "eval", "condensation")]
     best = None
-    if cfg["select_by_val"]:
+    if spec["select_by_val"]:
         best = best_checkpoint(run_dir)
         if best is None:
-            say(f"{arm} seed {seed}: FAILED: no ckpt_best.pt (was it trained without select_by_val?)")
+            say(f"{name}: FAILED: no ckpt_best.pt (was it trained without select_by_val?)")
             return "failed"
         if best["iter"] != max_iters:
             checkpoints.append(("ckpt_best.pt", "eval_best", "condensation_best"))
     for ckpt, eval_name, probe_name in checkpoints:
-        say(f"{arm} seed {seed}: benchmarks and probe of {ckpt}")
+        say(f"{name}: benchmarks and probe of {ckpt}")
         try:
             seconds = evaluate_checkpoint(cfg, os.path.join(run_dir, ckpt), os.path.join(run_dir, eval_name),
-                                          os.path.join(run_dir, probe_name), f"{arm} seed {seed}")
+                                          os.path.join(run_dir, probe_name), name, progress=not quiet)
         except Exception as e:  # noqa: BLE001  (reported, then the grid stops or goes on)
-            say(f"{arm} seed {seed}: evaluating {ckpt} FAILED: {type(e).__name__}: {e}")
+            say(f"{name}: evaluating {ckpt} FAILED: {type(e).__name__}: {e}")
             return "failed"
         for k, v in seconds.items():
             timings[k] = timings.get(k, 0.0) + v
         _write_json(os.path.join(run_dir, "timings.json"), timings)
 
+    val_loss, cos = final_val_loss(run_dir, max_iters), last_layer_cos(os.path.join(run_dir, "condensation"))
     _write_json(os.path.join(run_dir, "done.json"), {
-        "spec": spec, "final_iter": max_iters, "best": best, "seconds": timings, "hardware": hardware(),
-        "finished": datetime.datetime.now().isoformat(timespec="seconds")})
-    say(f"{arm} seed {seed}: done ({', '.join(f'{k} {v:.0f}s' for k, v in timings.items())})")
+        "spec": spec, "final_iter": max_iters, "best": best, "val_loss": val_loss, "last_layer_mean_cos": cos,
+        "seconds": timings, "hardware": hardware(), "finished": datetime.datetime.now().isoformat(timespec="seconds")})
+    wall = ", ".join(f"{k} {v:.0f}s" for k, v in timings.items() if not k.endswith("_cpu"))
+    cpu = sum(v for k, v in timings.items() if k.endswith("_cpu"))
+    say(f"{name}: done, val loss {val_loss:.3f}, last-layer mean cos {cos:.3f} ({wall}; {cpu:.0f} CPU-s)")
     return "done"
+
+
+def _run_in_worker(cfg, plan, arm, seed, exp_dir):
+    """One run in a worker process of the pool (jobs > 1): quiet, its messages returned to the parent."""
+    messages = []
+    status = run_one(cfg, plan, arm, seed, exp_dir, messages.append, quiet=True)
+    return status, messages
+
+
+def _init_worker(threads):
+    if threads:
+        import torch
+        torch.set_num_threads(threads)  # for the evaluations, which run in the worker
 
 
 def run_grid(cfg, plan, argv):
@@ -452,25 +644,62 @@ def run_grid(cfg, plan, argv):
         torch.set_num_threads(cfg["threads"])  # for the evaluations, which run in this process
     exp_dir = os.path.abspath(cfg["exp_dir"])
     os.makedirs(exp_dir, exist_ok=True)
+    base = next(iter(plan.values())).get("base")
     _write_json(os.path.join(exp_dir, "experiment.json"), {
         "config": cfg, "arms": plan, "argv": argv, "probe_text": resolve_probe_text(cfg),
-        "benchmarks": resolve_data_dir(cfg), "written": datetime.datetime.now().isoformat(timespec="seconds")})
+        "benchmarks": resolve_data_dir(cfg), "task_limits": task_limits(cfg),
+        "base": {"dir": BASE, "spec": base} if base else None,
+        "written": datetime.datetime.now().isoformat(timespec="seconds")})
     # seed-major order: after each seed, every arm has a run at that seed, so even a grid that is
     # stopped half-way holds complete paired comparisons
     runs = [(arm, seed) for seed in cfg["seeds"] for arm in cfg["arms"]]
     t0 = time.time()
     outcome = {"done": 0, "skipped": 0, "failed": 0}
-    for i, (arm, seed) in enumerate(runs):
-        # numbered lines rather than a progress bar: the runs print their own tqdm bars
-        status = run_one(cfg, plan, arm, seed, exp_dir, lambda m: print(f"[experiment {i + 1}/{len(runs)}] {m}", flush=True))
-        outcome[status] += 1
-        if status == "failed" and not cfg["keep_going"]:
-            print("[experiment] stopping (keep_going=False); rerun the same command to resume")
-            break
+    if base:
+        # the base runs alone, so it gets every thread the parallel runs would have
+        status = run_one(cfg, plan, BASE, None, exp_dir, lambda m: print(f"[experiment base] {m}", flush=True),
+                         threads=cfg["threads"] * cfg["jobs"])
+        if status == "failed":
+            print("[experiment] stopping: the arms need the base run; rerun the same command to resume it")
+            runs = []
+            outcome["failed"] += 1
+    if cfg["jobs"] == 1:
+        for i, (arm, seed) in enumerate(runs):
+            # numbered lines rather than a progress bar: the runs print their own tqdm bars
+            status = run_one(cfg, plan, arm, seed, exp_dir, lambda m: print(f"[experiment {i + 1}/{len(runs)}] {m}", flush=True))
+            outcome[status] += 1
+            if status == "failed" and not cfg["keep_going"]:
+                print("[experiment] stopping (keep_going=False); rerun the same command to resume")
+                break
+    elif runs:
+        import concurrent.futures
+        import multiprocessing
+        print(f"[experiment] {len(runs)} runs, {cfg['jobs']} at a time; each one's output is in its train.log", flush=True)
+        # spawn, not fork: this process has torch loaded, and a forked copy of its thread pools can hang
+        with concurrent.futures.ProcessPoolExecutor(cfg["jobs"], mp_context=multiprocessing.get_context("spawn"),
+                                                    initializer=_init_worker, initargs=(cfg["threads"],)) as pool:
+            futures = {pool.submit(_run_in_worker, cfg, plan, arm, seed, exp_dir): (arm, seed) for arm, seed in runs}
+            stopping = False
+            for n, future in enumerate(concurrent.futures.as_completed(futures), 1):
+                try:
+                    status, messages = future.result()  # an ExperimentError in a worker is raised here
+                except BaseException:
+                    pool.shutdown(wait=True, cancel_futures=True)  # the runs under way finish, no new one starts
+                    raise
+                outcome[status] += 1
+                shown = messages if status == "failed" else messages[-1:]
+                for message in shown:
+                    print(f"[experiment {n}/{len(runs)}] {message}", flush=True)
+                if status == "failed" and not cfg["keep_going"] and not stopping:
+                    stopping = True
+                    print("[experiment] stopping after the runs under way (keep_going=False); rerun the same "
+                          "command to resume", flush=True)
+                    for f in futures:
+                        f.cancel()
     seconds = time.time() - t0
     with open(os.path.join(exp_dir, "invocations.jsonl"), "a") as f:
         f.write(json.dumps({"argv": argv, "finished": datetime.datetime.now().isoformat(timespec="seconds"),
-                            "seconds": round(seconds, 1), **outcome}) + "\n")
+                            "seconds": round(seconds, 1), "jobs": cfg["jobs"], **outcome}) + "\n")
     print(f"[experiment] {outcome['done']} run(s) done, {outcome['skipped']} skipped, {outcome['failed']} failed "
           f"in {seconds / 60:.1f} min")
     report_path = build_report(exp_dir)
@@ -488,11 +717,15 @@ def main(argv):
             return run_cli(report_main, argv[1:])  # eval/report.py's command line
         cfg, plan = load_experiment(argv)
         if cfg["dry_run"]:
-            for seed in cfg["seeds"]:
-                for arm in cfg["arms"]:
-                    run_dir = os.path.join(os.path.abspath(cfg["exp_dir"]), arm, f"seed{seed}")
-                    print(shlex.join(train_command(cfg, run_spec(cfg, plan, arm, seed), run_dir, False)))
-            print(f"config OK: {len(cfg['arms'])} arms × {len(cfg['seeds'])} seeds; nothing run (dry_run=True)")
+            exp_dir = os.path.abspath(cfg["exp_dir"])
+            base = next(iter(plan.values())).get("base")
+            runs = ([(BASE, None, base["effective"])] if base else []) + \
+                [(arm, seed, plan[arm]["effective"]) for seed in cfg["seeds"] for arm in cfg["arms"]]
+            for arm, seed, effective in runs:
+                cmd = train_command(cfg, run_spec(cfg, plan, arm, seed), run_dir_of(exp_dir, arm, seed), False, effective)
+                print(shlex.join(cmd))
+            print(f"config OK: {'a base run, then ' if base else ''}{len(cfg['arms'])} arms × {len(cfg['seeds'])} seeds; "
+                  "nothing run (dry_run=True)")
             return 0
         return run_grid(cfg, plan, argv)
     except ExperimentError as e:

@@ -48,7 +48,8 @@ eval_iters = 200  # batches per loss estimate, split across ranks
 eval_only = False  # evaluate once and exit
 always_save_checkpoint = True  # save at every eval, not only when val loss improves
 keep_best = False  # also keep the checkpoint of the lowest val loss as ckpt_best.pt (selection by val, never test)
-init_from = "scratch"  # 'scratch', 'resume' (from out_dir), or a GPT-2: 'gpt2'..'gpt2-xl' or a local HF directory
+init_from = "scratch"  # 'scratch', 'resume' (from out_dir), or weights only (fresh optimizer, iteration 0) from
+#                        another run's out_dir or ckpt.pt, a hub name ('gpt2'..'gpt2-xl') or a local HF directory
 allow_unsafe_pickle = False  # open checkpoints not in the safe format (older or foreign files): that can run code
 seed = 1337
 # data
