@@ -241,6 +241,10 @@ def main(argv):
     if compile:
         if master:
             print("compiling the model...")
+        if dispersion in CONTROLS:
+            # their gradient ratio (log steps) runs backward through the graph more than once (retain_graph),
+            # which a compiled backward that reuses ("donates") its saved buffers refuses
+            torch._functorch.config.donated_buffer = False
         model = torch.compile(model)
     if ddp:
         model = DDP(model, device_ids=[int(os.environ["LOCAL_RANK"])] if device_type == "cuda" else None)
