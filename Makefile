@@ -15,7 +15,9 @@ export DISPERSE_WIKITEXT_TEST := $(abspath $(SHARED)/corpus/wikitext103/test.raw
 install:
 	$(PYTHON) -m pip install --quiet torch==2.13.0
 	$(PYTHON) -m pip install --quiet -r requirements.txt
-	$(PYTHON) -m pip install --quiet transformers matplotlib scipy datasets
+	$(PYTHON) -m pip install --quiet transformers safetensors tokenizers matplotlib scipy datasets wandb
+	# triton: the GPU kernel's tests run on CPU under TRITON_INTERPRET=1 (a ~290 MB wheel)
+	$(PYTHON) -m pip install --quiet triton
 
 data/local/train.bin:
 	$(PYTHON) -m data.local.prepare --input $(SHARED)/corpus --out_dir data/local

@@ -44,7 +44,7 @@ def _unknown(key, known, source):
     return ConfigError(f"{source}: unknown config key {key!r}{hint}")
 
 
-def _parse_value(text):
+def parse_value(text):
     """'3' -> 3, '1e-3' -> 0.001, 'True' -> True, 'None' -> None, [1,2] -> list; else the string."""
     try:
         return ast.literal_eval(text)
@@ -87,7 +87,7 @@ def load_config(defaults, argv, types_=None):
             key, text = arg[2:].split("=", 1)
             if key not in config:
                 raise _unknown(key, config, "command line")
-            value = _parse_value(text)
+            value = parse_value(text)
             if str in allowed[key] and not isinstance(value, tuple(allowed[key])):
                 value = text  # --out_dir=2024 means the string "2024"
             config[key] = _check(key, value, allowed[key], "command line")

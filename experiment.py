@@ -33,14 +33,13 @@ What one run (arm, seed) does, in EXP/<arm>/seed<S>/:
   5. done.json: written last, so a rerun skips the run only when everything above succeeded.
      A rerun of an unfinished run resumes its training from its ckpt.pt. A run folder made with
      other settings is never silently reused: the run stops with an error.
-Then EXP/report.md, report.json and PNGs (see build_report).
+Then EXP/report.md, report.json and PNGs (eval/report.py).
 """
 
 import codecs
 import datetime
 import difflib
 import json
-import math
 import os
 import platform
 import re
@@ -50,11 +49,11 @@ import subprocess
 import sys
 import time
 
-import numpy as np
-
-from configurator import ConfigError, _parse_value, load_config
-from errors import InputError
+from configurator import ConfigError, load_config, parse_value
+from errors import InputError, run_cli
 from eval.condensation import json_safe  # nan/inf -> null, so the JSON files are standard
+from eval.report import best_checkpoint, build_report
+from eval.report import main as report_main
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 
@@ -110,7 +109,7 @@ def _closest(key, known):
 def _cli_value(value):
     """How a setting is written on train.py's command line so configurator.py reads it back
     exactly: strings as they are unless they would parse as something else ("1,6,12" is a tuple)."""
-    if isinstance(value, str) and isinstance(_parse_value(value), str):
+    if isinstance(value, str) and isinstance(parse_value(value), str):
         return value
     return repr(value)
 
@@ -318,7 +317,7 @@ def resolve_device(name):
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-_probe_tokens = {}  # text path -> token ids, tokenised once per process
+_probe_tokens = {}  # (text path, tokenizer) -> token ids, tokenised once per process
 
 
 def evaluate_checkpoint(cfg, ckpt_path, eval_dir, probe_dir, label):
@@ -326,6 +325,7 @@ def evaluate_checkpoint(cfg, ckpt_path, eval_dir, probe_dir, label):
     stage would pay torch's start-up and re-read the benchmark files each time). Each output
     folder is written under a temporary name and renamed when complete."""
     import torch
+    from data.common import get_tokenizer
     from eval import benchmarks
     from eval import tasks as T
     from eval.condensation import model_context_length, probe_hidden_states, read_tokens, sample_sequences
@@ -343,7 +343,7 @@ def evaluate_checkpoint(cfg, ckpt_path, eval_dir, probe_dir, label):
             num_fewshot = cfg["num_fewshot"]
         results, items = benchmarks.evaluate(model, cfg["tasks"], resolve_data_dir(cfg), limit=cfg["eval_limit"],
                                              num_fewshot=num_fewshot, batch_size=cfg["eval_batch_size"],
-                                             device=device, dtype=cfg["eval_dtype"])
+                                             device=device, dtype=cfg["eval_dtype"], enc=get_tokenizer(info["tokenizer"]))
         results["config"].update(ckpt=ckpt_path, model=info, paper_protocol=cfg["paper_protocol"])
         shutil.rmtree(eval_dir + ".tmp", ignore_errors=True)
         benchmarks.write_outputs(eval_dir + ".tmp", results, items)
@@ -352,11 +352,11 @@ def evaluate_checkpoint(cfg, ckpt_path, eval_dir, probe_dir, label):
     if not os.path.exists(os.path.join(probe_dir, "condensation.json")):
         t0 = time.time()
         text = resolve_probe_text(cfg)
-        if text not in _probe_tokens:
-            from data.common import get_tokenizer
-            _probe_tokens[text] = read_tokens(text, get_tokenizer().encode_ordinary)
+        key = (text, info["tokenizer"])  # the text in the checkpoint's own token ids
+        if key not in _probe_tokens:
+            _probe_tokens[key] = read_tokens(text, get_tokenizer(info["tokenizer"]).encode)
         seq_len = min(cfg["probe_seq_len"], model_context_length(model) or cfg["probe_seq_len"])
-        sequences = sample_sequences(_probe_tokens[text], cfg["probe_n_seq"], seq_len, seed=0)  # (R, S), the same for every run
+        sequences = sample_sequences(_probe_tokens[key], cfg["probe_n_seq"], seq_len, seed=0)  # (R, S), the same for every run
         result = probe_hidden_states(model, sequences, cfg["probe_batch_size"], device)
         result["meta"] = {"model": ckpt_path, "label": label, "iter_num": info.get("iter_num"),
                           "n_layer": model.config.n_layer, "n_seq": cfg["probe_n_seq"], "seq_len": seq_len,
@@ -478,504 +478,6 @@ def run_grid(cfg, plan, argv):
     return 1 if outcome["failed"] else 0
 
 
-def best_checkpoint(run_dir):
-    """{'iter', 'val_loss'} of the checkpoint train.py kept as ckpt_best.pt (keep_best=True): the
-    first eval after iteration 0 with the lowest val loss (train.py keeps a strictly lower one)."""
-    if not os.path.exists(os.path.join(run_dir, "ckpt_best.pt")):
-        return None
-    from eval.plots import read_metrics
-    evals = [r for r in read_metrics(os.path.join(run_dir, "metrics.jsonl")) if "val_loss" in r and r["iter"] > 0]
-    best = min(evals, key=lambda r: r["val_loss"])  # min returns the first of equal values
-    return {"iter": best["iter"], "val_loss": best["val_loss"]}
-
-
-# ---------------------------------------------------------------------- statistics
-
-def mean_std(values):
-    """Mean and sample standard deviation (ddof=1) of the finite values; std is nan below two."""
-    a = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
-    if a.size == 0:
-        return float("nan"), float("nan")
-    return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else float("nan")
-
-
-def paired_bootstrap(diffs, n_boot=2000, seed=0, chunk=200):
-    """Paired bootstrap over items x seeds. diffs: {task: array (S, N_task)} of per-item
-    differences d[s, i] = arm - baseline at seed s on item i (the same S seeds for every task).
-    A replicate draws S seeds with replacement, shared by all tasks (one training run serves
-    every task), and per task N_task items with replacement; its value is the mean of d over
-    the drawn seeds and items, and, for the average, the mean of those over tasks.
-    Returns {'tasks': {task: (estimate, lo, hi)}, 'average': (estimate, lo, hi), 'replicates':
-    {task: (n_boot,) array}}: the 95% percentile interval of the replicates, deterministic for a
-    given seed."""
-    rng = np.random.default_rng(seed)
-    names = list(diffs)
-    d = {t: np.asarray(diffs[t], dtype=np.float64) for t in names}
-    S = d[names[0]].shape[0]
-    if any(x.ndim != 2 or x.shape[0] != S or x.shape[1] == 0 for x in d.values()):
-        raise ValueError("every task needs an (S, N) array with the same S seeds and N >= 1 items")
-    reps = {t: [] for t in names}
-    for start in range(0, n_boot, chunk):
-        b = min(chunk, n_boot - start)
-        seed_counts = _draw_counts(rng, b, S)  # (b, S): how often each seed is drawn
-        for t in names:
-            n = d[t].shape[1]
-            item_counts = _draw_counts(rng, b, n)  # (b, N)
-            reps[t].append(((seed_counts @ d[t]) * item_counts).sum(axis=1) / (S * n))  # (b,)
-    reps = {t: np.concatenate(r) for t, r in reps.items()}
-
-    def summary(estimate, r):
-        lo, hi = np.percentile(r, [2.5, 97.5])
-        return float(estimate), float(lo), float(hi)
-
-    out = {"tasks": {t: summary(d[t].mean(), reps[t]) for t in names}}
-    out["average"] = summary(np.mean([d[t].mean() for t in names]), np.mean([reps[t] for t in names], axis=0))
-    out["replicates"] = reps
-    return out
-
-
-def _draw_counts(rng, b, n):
-    """b rows of counts of n indices drawn n times with replacement, (b, n)."""
-    draws = rng.integers(0, n, size=(b, n)) + n * np.arange(b)[:, None]
-    return np.bincount(draws.ravel(), minlength=b * n).reshape(b, n).astype(np.float64)
-
-
-# ---------------------------------------------------------------------- collecting the runs
-
-def unit_of(task):
-    """The report's tasks: the 57 MMLU subjects are pooled into mmlu (lm-eval's aggregate is
-    their size-weighted mean, i.e. the accuracy over all MMLU items)."""
-    return "mmlu" if task.startswith("mmlu_") else task
-
-
-def read_items(path):
-    """{unit: {(task, doc_id): acc}} and {unit: chance accuracy or None} of an items.jsonl."""
-    items, chance = {}, {}
-    with open(path) as f:
-        for line in f:
-            if not line.strip():
-                continue
-            rec = json.loads(line)
-            if not isinstance(rec.get("acc"), (int, float)):
-                continue  # perplexity-only tasks (wikitext)
-            unit = unit_of(rec["task"])
-            items.setdefault(unit, {})[(rec["task"], rec["doc_id"])] = float(rec["acc"])
-            # uniform guessing scores 1/(number of choices) where acc is "the argmax is the gold"
-            plain = "lls" in rec and "pred" in rec and rec["acc"] == float(rec["pred"] == rec.get("gold"))
-            chance.setdefault(unit, []).append(1.0 / len(rec["lls"]) if plain else None)
-    chance = {u: (None if None in c else float(np.mean(c))) for u, c in chance.items()}
-    return items, chance
-
-
-def read_checkpoint_results(run_dir, eval_name, probe_name):
-    items, chance = read_items(os.path.join(run_dir, eval_name, "items.jsonl"))
-    probe = _read_json(os.path.join(run_dir, probe_name, "condensation.json"))
-    acc = {u: float(np.mean(list(v.values()))) for u, v in items.items()}
-    return {"items": items, "chance": chance, "acc": acc, "avg_acc": float(np.mean(list(acc.values()))) if acc else None,
-            "mean_cos_last": probe["layers"][-1]["mean_cos"], "spearman": probe["spearman"],
-            "kendall": probe["kendall"], "probe": probe}
-
-
-def collect_runs(exp_dir, meta):
-    """{arm: {seed: run}} for the finished runs (done.json present) of the experiment's grid."""
-    from eval.plots import read_metrics
-    runs = {}
-    for arm in meta["config"]["arms"]:
-        for seed in meta["config"]["seeds"]:
-            run_dir = os.path.join(exp_dir, arm, f"seed{seed}")
-            done = _read_json(os.path.join(run_dir, "done.json"))
-            if done is None:
-                continue
-            metrics = read_metrics(os.path.join(run_dir, "metrics.jsonl"))
-            val = {r["iter"]: r["val_loss"] for r in metrics if "val_loss" in r}
-            run = {"dir": run_dir, "final_iter": done["final_iter"], "val_loss": val.get(done["final_iter"]),
-                   "seconds": done["seconds"], "hardware": done["hardware"], "finished": done["finished"],
-                   "metrics_path": os.path.join(run_dir, "metrics.jsonl")}
-            run["final"] = read_checkpoint_results(run_dir, "eval", "condensation")
-            if done["best"] is not None:
-                run["best_iter"], run["best_val_loss"] = done["best"]["iter"], done["best"]["val_loss"]
-                same = done["best"]["iter"] == done["final_iter"]
-                run["best"] = run["final"] if same else read_checkpoint_results(run_dir, "eval_best", "condensation_best")
-            runs.setdefault(arm, {})[seed] = run
-    return runs
-
-
-# ---------------------------------------------------------------------- the report
-
-def summarize(meta, runs, which):
-    """Per-arm means and stds over seeds, and paired differences with the baseline, for one
-    checkpoint choice ('final' or 'best')."""
-    cfg = meta["config"]
-    base = cfg["baseline"]
-    val_key = "val_loss" if which == "final" else "best_val_loss"
-    units = []
-    for arm_runs in runs.values():
-        for run in arm_runs.values():
-            units += [u for u in run[which]["acc"] if u not in units]
-    out = {"units": units, "arms": {}, "deltas": {}, "chance": {}, "n_items": {}}
-    for run in runs.get(base, {}).values():
-        out["chance"] = run[which]["chance"]
-        out["n_items"] = {u: len(v) for u, v in run[which]["items"].items()}
-        break
-    for arm in cfg["arms"]:
-        arm_runs = runs.get(arm, {})
-        seeds = sorted(arm_runs)
-        pick = lambda f: mean_std([f(arm_runs[s]) for s in seeds])  # noqa: E731
-        out["arms"][arm] = {
-            "seeds": seeds,
-            "val_loss": pick(lambda r: r.get(val_key)),
-            "mean_cos_last": pick(lambda r: r[which]["mean_cos_last"]),
-            "spearman": pick(lambda r: r[which]["spearman"]),
-            "avg_acc": pick(lambda r: r[which]["avg_acc"]),
-            "mean_cos_layers": [mean_std([arm_runs[s][which]["probe"]["layers"][i]["mean_cos"] for s in seeds
-                                          if i < len(arm_runs[s][which]["probe"]["layers"])])
-                                for i in range(max([len(arm_runs[s][which]["probe"]["layers"]) for s in seeds], default=0))],
-            "acc": {u: mean_std([arm_runs[s][which]["acc"].get(u) for s in seeds]) for u in units},
-            "per_seed": {s: {"val_loss": arm_runs[s].get(val_key), "avg_acc": arm_runs[s][which]["avg_acc"],
-                             "mean_cos_last": arm_runs[s][which]["mean_cos_last"],
-                             "spearman": arm_runs[s][which]["spearman"], "acc": arm_runs[s][which]["acc"],
-                             "iter": arm_runs[s]["final_iter"] if which == "final" else arm_runs[s].get("best_iter")}
-                         for s in seeds},
-        }
-        if arm == base:
-            continue
-        common = sorted(set(arm_runs) & set(runs.get(base, {})))
-        if not common:
-            continue
-        delta = {"seeds": common}
-        for key in ("val_loss", "mean_cos_last", "spearman"):
-            get = (lambda r, k=key: r.get(val_key)) if key == "val_loss" else (lambda r, k=key: r[which][k])
-            delta[key] = mean_std([get(arm_runs[s]) - get(runs[base][s]) for s in common
-                                   if get(arm_runs[s]) is not None and get(runs[base][s]) is not None])
-        diffs, n_items = {}, {}
-        for u in units:
-            # pair by (seed, item): only items scored in every run of both arms
-            keys = set.intersection(*[set(r[which]["items"].get(u, {})) for arm_ in (arm, base)
-                                      for r in (runs[arm_][s] for s in common)])
-            if not keys:
-                continue
-            keys = sorted(keys)
-            diffs[u] = np.array([[runs[arm][s][which]["items"][u][k] - runs[base][s][which]["items"][u][k]
-                                  for k in keys] for s in common])  # (S, N)
-            n_items[u] = len(keys)
-        if diffs:
-            boot = paired_bootstrap(diffs, cfg["n_boot"], cfg["boot_seed"])
-            delta["acc"], delta["avg_acc"], delta["n_items"] = boot["tasks"], boot["average"], n_items
-        out["deltas"][arm] = delta
-    return out
-
-
-def dose_response(meta, runs, summary):
-    """Arms that differ only in dispersion_weight, by lambda, with the baseline at lambda = 0 when
-    it differs from them only by having no auxiliary loss. Groups with at least two lambdas > 0."""
-    arms = meta["arms"]
-    ignore = ("dispersion_weight", "dispersion")
-    groups = {}
-    for name, spec in arms.items():
-        eff = spec["effective"]
-        if eff["dispersion"] == "none":
-            continue
-        key = json.dumps({k: v for k, v in eff.items() if k != "dispersion_weight"}, sort_keys=True)
-        groups.setdefault(key, []).append((eff["dispersion_weight"], name))
-    base = meta["config"]["baseline"]
-    base_rest = {k: v for k, v in arms[base]["effective"].items() if k not in ignore}
-    out = []
-    for members in groups.values():
-        if len({w for w, _ in members}) < 2:
-            continue
-        members = sorted(members)
-        rest = {k: v for k, v in arms[members[0][1]]["effective"].items() if k not in ignore}
-        if arms[base]["effective"]["dispersion"] == "none" and rest == base_rest:
-            members = [(0.0, base)] + members
-        points = []
-        for weight, name in members:
-            s = summary["arms"][name]
-            points.append({"arm": name, "lambda": weight, "seeds": len(s["seeds"]), "mean_cos_last": s["mean_cos_last"],
-                           "spearman": s["spearman"], "avg_acc": s["avg_acc"], "val_loss": s["val_loss"]})
-        variant = arms[members[-1][1]]["effective"]["dispersion"]
-        from eval.condensation import spearman
-        done = [p for p in points if p["seeds"]]
-        trend = {k: spearman([p["lambda"] for p in done], [p[k][0] for p in done]) if len(done) >= 3 else None
-                 for k in ("mean_cos_last", "spearman", "avg_acc", "val_loss")}
-        out.append({"variant": variant, "points": points, "rank_corr_with_lambda": trend})
-    return out
-
-
-def _pm(ms, scale=1.0, digits=1, signed=False):
-    m, s = ms
-    if m is None or not math.isfinite(m):
-        return "—"
-    text = f"{m * scale:+.{digits}f}" if signed else f"{m * scale:.{digits}f}"
-    return text + (f" ± {s * scale:.{digits}f}" if s is not None and math.isfinite(s) else "")
-
-
-def _ci(est, scale=100.0, digits=1):
-    e, lo, hi = est
-    mark = " *" if lo > 1e-9 or hi < -1e-9 else ""  # the tolerance: rounding noise is no difference
-    return f"{e * scale:+.{digits}f} [{lo * scale:+.{digits}f}, {hi * scale:+.{digits}f}]{mark}"
-
-
-def _settings_text(settings):
-    return ", ".join(f"{k}={v}" for k, v in settings.items()) or "(base only)"
-
-
-def _markdown_table(header, rows):
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def average_probe(results):
-    """Seed-averaged condensation result (mean of mean_cos, histograms and rho over seeds) for the figures."""
-    first = results[0]
-    layers = []
-    for i, layer in enumerate(first["layers"]):
-        avg = {"layer": layer["layer"], "layer_fraction": layer["layer_fraction"]}
-        for key in ("mean_cos", "mean_cos_shared", "mean_cos_centered"):
-            avg[key] = float(np.mean([r["layers"][i][key] for r in results]))
-        avg["hist"] = np.mean([r["layers"][i]["hist"] for r in results], axis=0).tolist()
-        layers.append(avg)
-    return {"layers": layers, "hist_edges": first["hist_edges"],
-            "spearman": mean_std([r["spearman"] for r in results])[0],
-            "kendall": mean_std([r["kendall"] for r in results])[0]}
-
-
-def draw_figures(exp_dir, meta, runs, summary, doses):
-    """The report's PNGs; returns {name: file}. Without matplotlib, none."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return {}
-    from eval.plots import _new_figure, _save, plot_heatmaps, plot_mean_cos, plot_training
-    arms = [a for a in meta["config"]["arms"] if runs.get(a)]
-    figures = {}
-    probes = [average_probe([runs[a][s]["final"]["probe"] for s in sorted(runs[a])]) for a in arms]
-    labels = [f"{a} ({len(runs[a])} seed{'s' if len(runs[a]) > 1 else ''})" for a in arms]
-    figures["heatmaps"] = plot_heatmaps(probes, labels, os.path.join(exp_dir, "heatmaps.png"))
-    figures["mean_cos"] = plot_mean_cos(probes, labels, os.path.join(exp_dir, "mean_cos.png"))
-    first_seed = [runs[a][sorted(runs[a])[0]]["metrics_path"] for a in arms]
-    if plot_training(first_seed, [f"{a} seed {sorted(runs[a])[0]}" for a in arms], os.path.join(exp_dir, "training.png")):
-        figures["training"] = os.path.join(exp_dir, "training.png")
-
-    others = [a for a in arms if a in summary["deltas"] and "acc" in summary["deltas"][a]]
-    if others:  # forest plot: paired accuracy differences with their 95% CIs
-        rows = [u for u in summary["units"]] + ["average"]
-        fig, (ax,) = _new_figure(1, 6.0, 0.35 * len(rows) * max(1, len(others)) ** 0.5 + 1.5)
-        for j, arm in enumerate(others):
-            d = summary["deltas"][arm]
-            ests = [d["acc"].get(u) for u in rows[:-1]] + [d["avg_acc"]]
-            y = [i + (j - (len(others) - 1) / 2) * 0.8 / max(1, len(others)) for i in range(len(rows))]
-            pts = [(yy, e) for yy, e in zip(y, ests) if e is not None]
-            ax.errorbar([100 * e[0] for _, e in pts], [yy for yy, _ in pts],
-                        xerr=[[100 * (e[0] - e[1]) for _, e in pts], [100 * (e[2] - e[0]) for _, e in pts]],
-                        fmt="o", ms=4, capsize=2, label=arm)
-        ax.axvline(0.0, color="grey", lw=0.8)
-        ax.set_yticks(range(len(rows)), rows)
-        ax.invert_yaxis()
-        ax.set_xlabel(f"accuracy − {meta['config']['baseline']} (pp), 95% bootstrap CI")
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3, axis="x")
-        figures["deltas"] = _save(fig, os.path.join(exp_dir, "deltas.png"))
-
-    if doses:
-        figures["dose_response"] = plot_dose_response(doses, os.path.join(exp_dir, "dose_response.png"))
-    return {k: os.path.basename(v) for k, v in figures.items()}
-
-
-def plot_dose_response(doses, path):
-    """Condensation, benchmark average and val loss against lambda, one line per variant."""
-    from eval.plots import _new_figure, _save
-    panels = [("mean_cos_last", "last-layer mean cos"), ("spearman", "Spearman ρ over depth"),
-              ("avg_acc", "benchmark average (%)"), ("val_loss", "val loss")]
-    fig, axes = _new_figure(len(panels), 3.6, 3.2)
-    for group in doses:
-        pts = [p for p in group["points"] if p["seeds"]]
-        for ax, (key, title) in zip(axes, panels):
-            scale = 100.0 if key == "avg_acc" else 1.0
-            ax.errorbar([p["lambda"] for p in pts], [scale * p[key][0] for p in pts],
-                        yerr=[scale * (p[key][1] if math.isfinite(p[key][1]) else 0.0) for p in pts],
-                        marker="o", ms=4, capsize=2, label=group["variant"])
-            ax.set_title(title, fontsize=10)
-    positive = [p["lambda"] for g in doses for p in g["points"] if p["lambda"] > 0]
-    for ax in axes:
-        ax.set_xscale("symlog", linthresh=min(positive))  # linear near 0, so the baseline at lambda = 0 shows
-        ax.set_xlabel("λ (dispersion_weight)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    return _save(fig, path)
-
-
-def _checkpoint_section(meta, summary, title, which):
-    cfg = meta["config"]
-    base = cfg["baseline"]
-    lines = [f"## {title}", ""]
-    lines.append("Mean ± std over seeds (std with ddof = 1). Δ columns: arm − baseline, paired by seed "
-                 "(and by item for accuracy); accuracy Δ in percentage points with a 95% bootstrap CI over "
-                 "items × seeds; * marks a CI that excludes 0.")
-    lines.append("")
-    rows = []
-    for arm, s in summary["arms"].items():
-        d = summary["deltas"].get(arm, {})
-        rows.append([f"**{arm}**" if arm == base else arm, len(s["seeds"]), _pm(s["val_loss"], digits=3),
-                     "" if arm == base else _pm(d.get("val_loss", (None, None)), digits=3, signed=True),
-                     _pm(s["mean_cos_last"], digits=3),
-                     "" if arm == base else _pm(d.get("mean_cos_last", (None, None)), digits=3, signed=True),
-                     _pm(s["spearman"], digits=2), _pm(s["avg_acc"], 100.0),
-                     "" if arm == base or "avg_acc" not in d else _ci(d["avg_acc"])])
-    val_name = "val loss" if which == "final" else "best val loss"
-    lines.append(_markdown_table(["arm", "seeds", val_name, f"Δ {val_name}", "last-layer mean cos", "Δ mean cos",
-                                  "Spearman ρ", "avg acc (%)", f"Δ avg acc vs {base} (pp) [95% CI]"], rows))
-    lines.append("")
-    depth = max(len(s["mean_cos_layers"]) for s in summary["arms"].values())
-    if depth:
-        lines.append("Mean token cosine per hidden state (0 = embedding output, last = after ln_f), mean over seeds:")
-        lines.append("")
-        rows = [[arm] + [f"{s['mean_cos_layers'][i][0]:.3f}" if i < len(s["mean_cos_layers"]) else "—" for i in range(depth)]
-                for arm, s in summary["arms"].items() if s["seeds"]]
-        lines.append(_markdown_table(["arm"] + [str(i) for i in range(depth)], rows))
-        lines.append("")
-    units = summary["units"]
-    if units:
-        lines.append(f"Accuracy (%) per task, mean ± std over seeds ({which} checkpoint):")
-        lines.append("")
-        chance = summary["chance"]
-        rows = []
-        for u in units:
-            c = chance.get(u)
-            n = summary["n_items"].get(u, "")
-            rows.append([u, n, "—" if c is None else f"{100 * c:.1f}"]
-                        + [_pm(summary["arms"][a]["acc"][u], 100.0) for a in summary["arms"]])
-        known = [chance[u] for u in units if chance.get(u) is not None]
-        rows.append(["**average**", "", f"{100 * np.mean(known):.1f} ({len(known)} of {len(units)} tasks)" if known else "—"]
-                    + [_pm(summary["arms"][a]["avg_acc"], 100.0) for a in summary["arms"]])
-        lines.append(_markdown_table(["task", "items", "chance"] + list(summary["arms"]), rows))
-        lines.append("")
-        others = [a for a in summary["deltas"] if "acc" in summary["deltas"][a]]
-        if others:
-            lines.append(f"Paired Δ accuracy vs {base} (pp), 95% bootstrap CI over items × seeds:")
-            lines.append("")
-            rows = [[u] + [_ci(summary["deltas"][a]["acc"][u]) if u in summary["deltas"][a]["acc"] else "—"
-                           for a in others] for u in units]
-            rows.append(["**average**"] + [_ci(summary["deltas"][a]["avg_acc"]) for a in others])
-            lines.append(_markdown_table(["task"] + others, rows))
-            lines.append("")
-    return lines
-
-
-def build_report(exp_dir):
-    """report.md, report.json and PNGs in exp_dir from its finished runs. Returns report.md's path."""
-    meta = _read_json(os.path.join(exp_dir, "experiment.json"))
-    if meta is None:
-        raise ExperimentError(f"{exp_dir}: no experiment.json; is this an experiment folder?")
-    cfg = meta["config"]
-    runs = collect_runs(exp_dir, meta)
-    n_planned = len(cfg["arms"]) * len(cfg["seeds"])
-    n_done = sum(len(r) for r in runs.values())
-    summaries = {"final": summarize(meta, runs, "final")}
-    if cfg["select_by_val"] and runs:
-        summaries["best"] = summarize(meta, runs, "best")
-    doses = dose_response(meta, runs, summaries["final"]) if runs else []
-    figures = draw_figures(exp_dir, meta, runs, summaries["final"], doses) if runs else {}
-
-    hardware_seen = []
-    for arm_runs in runs.values():
-        for run in arm_runs.values():
-            hw = run["hardware"]
-            text = f"{hw['cpu']} ({hw['cpu_count']} CPUs)" + (f", {len(hw['gpus'])}× {hw['gpus'][0]}" if hw["gpus"] else "") \
-                + f", torch {hw['torch']}"
-            if text not in hardware_seen:
-                hardware_seen.append(text)
-    seconds = {}
-    for arm_runs in runs.values():
-        for run in arm_runs.values():
-            for k, v in run["seconds"].items():
-                seconds[k] = seconds.get(k, 0.0) + v
-    invocations = []
-    if os.path.exists(os.path.join(exp_dir, "invocations.jsonl")):
-        with open(os.path.join(exp_dir, "invocations.jsonl")) as f:
-            invocations = [json.loads(line) for line in f if line.strip()]
-    finished = sorted(run["finished"] for arm_runs in runs.values() for run in arm_runs.values())
-
-    shots = (f"paper protocol: 0-shot, {cfg['num_fewshot']}-shot for ARC-E/C, MedMCQA, MMLU" if cfg["paper_protocol"]
-             else f"{cfg['num_fewshot']}-shot")
-    L = [f"# Experiment report: {os.path.basename(os.path.normpath(exp_dir))}", ""]
-    L.append(f"- Runs finished: {n_done} of {n_planned} ({len(cfg['arms'])} arms × seeds {cfg['seeds']})"
-             + (f", {finished[0]} to {finished[-1]}" if finished else ""))
-    L.append(f"- Hardware: {'; '.join(hardware_seen) or 'n/a'}")
-    if seconds:
-        L.append("- Time summed over runs: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in seconds.items()))
-    for inv in invocations[-5:]:  # the wall time of each command, including the runs it skipped
-        L.append(f"- Invocation `python experiment.py {' '.join(inv['argv'])}` (finished {inv['finished']}): "
-                 f"{inv['seconds'] / 60:.1f} min wall, {inv['done']} run(s) done, {inv['skipped']} skipped, "
-                 f"{inv['failed']} failed")
-    L.append(f"- Base: `{cfg['base_config'] or 'train.py defaults'}` + {_settings_text(cfg['base_overrides'])}")
-    L.append(f"- Benchmarks: `{cfg['tasks']}`, {shots}, limit {cfg['eval_limit'] or 'none (full sets)'}; "
-             f"probe: {cfg['probe_n_seq']} sequences × {cfg['probe_seq_len']} tokens of "
-             f"`{os.path.basename(meta.get('probe_text') or '?')}`")
-    L.append(f"- Baseline: `{cfg['baseline']}`. Bootstrap: {cfg['n_boot']} replicates (seed {cfg['boot_seed']}); "
-             "each resamples the seeds (shared by all tasks) and each task's items, with replacement; "
-             "percentile 95% intervals. They are not corrected for the number of arms × tasks compared.")
-    L.append("")
-    L.append(_markdown_table(["arm", "train.py settings"], [[a, _settings_text(s)] for a, s in cfg["arms"].items()]))
-    L.append("")
-    missing = [f"{a}/seed{s}" for a in cfg["arms"] for s in cfg["seeds"] if s not in runs.get(a, {})]
-    if missing:
-        L += [f"Not finished (left out): {', '.join(missing)}", ""]
-    if runs:
-        L += _checkpoint_section(meta, summaries["final"], "Final checkpoint", "final")
-        if "best" in summaries:
-            iters = {f"{a}/seed{s}": r.get("best_iter") for a, ar in runs.items() for s, r in ar.items()}
-            same = sum(1 for a, ar in runs.items() for r in ar.values() if r.get("best_iter") == r["final_iter"])
-            L += [f"Checkpoint with the lowest val loss (selected on validation loss, never on a benchmark): "
-                  f"it is the final checkpoint in {same} of {n_done} runs. Iterations: "
-                  + ", ".join(f"{k} {v}" for k, v in iters.items()), ""]
-            if same < n_done:
-                L += _checkpoint_section(meta, summaries["best"], "Checkpoint selected by validation loss", "best")
-        if doses:
-            L += ["## Dose–response (arms that differ only in λ; the baseline at λ = 0)", ""]
-            for g in doses:
-                rows = [[p["arm"], p["lambda"], p["seeds"], _pm(p["mean_cos_last"], digits=3), _pm(p["spearman"], digits=2),
-                         _pm(p["avg_acc"], 100.0), _pm(p["val_loss"], digits=3)] for p in g["points"]]
-                L.append(f"{g['variant']}:")
-                L.append("")
-                L.append(_markdown_table(["arm", "λ", "seeds", "last-layer mean cos", "Spearman ρ", "avg acc (%)",
-                                          "val loss"], rows))
-                trend = g["rank_corr_with_lambda"]
-                if any(v is not None for v in trend.values()):
-                    L.append("")
-                    L.append("Rank correlation with λ across the arms' means: "
-                             + ", ".join(f"{k} {v:+.2f}" for k, v in trend.items() if v is not None and math.isfinite(v)))
-                L.append("")
-        if figures:
-            L += ["## Figures", ""]
-            captions = {"heatmaps": "Condensation heatmaps (final checkpoint, histograms averaged over seeds)",
-                        "mean_cos": "Mean token cosine per layer (averaged over seeds)",
-                        "training": "Training curves (first seed of each arm)",
-                        "deltas": "Paired accuracy differences with 95% CIs",
-                        "dose_response": "Dose–response against λ (mean ± std over seeds)"}
-            for key, name in figures.items():
-                L += [f"{captions[key]}:", "", f"![{key}]({name})", ""]
-    L += ["## How to read this", "",
-          "- Accuracy is lm-eval's `acc` (TruthfulQA-MC2: the probability mass on true answers); the average is "
-          "the unweighted mean over the tasks, MMLU counted once (pooled over its subjects). `chance` is uniform "
-          "guessing, where defined.",
-          "- An arm is only better than the baseline where its CI excludes 0; with few items or seeds the "
-          "intervals are wide, and one of 20 intervals misses by chance alone.",
-          "- The std over seeds needs at least 2 seeds; with 2 it is itself very uncertain.",
-          "- `last-layer mean cos` is the paper's condensation measure (eval/condensation.py) at the last "
-          "hidden state (after ln_f); Spearman ρ > 0 means token similarity rises with depth.", ""]
-
-    report = {"config": cfg, "arms": meta["arms"], "runs_finished": n_done, "runs_planned": n_planned,
-              "hardware": hardware_seen, "seconds": seconds, "invocations": invocations, "missing": missing,
-              "summaries": {k: {kk: vv for kk, vv in v.items()} for k, v in summaries.items()},
-              "dose_response": doses, "figures": figures}
-    _write_json(os.path.join(exp_dir, "report.json"), report)
-    path = os.path.join(exp_dir, "report.md")
-    with open(path, "w") as f:
-        f.write("\n".join(L))
-    return path
-
-
 # ---------------------------------------------------------------------- command line
 
 def main(argv):
@@ -983,8 +485,7 @@ def main(argv):
         if argv and argv[0] == "report":
             if len(argv) != 2:
                 raise ExperimentError("usage: python experiment.py report EXP_DIR")
-            print(f"wrote {build_report(argv[1])}")
-            return 0
+            return run_cli(report_main, argv[1:])  # eval/report.py's command line
         cfg, plan = load_experiment(argv)
         if cfg["dry_run"]:
             for seed in cfg["seeds"]:

@@ -850,7 +850,8 @@ def model_config_to_dict(config):
 def load_model(path, device="cpu", dropout=0.0, allow_unsafe_pickle=False):
     """A model from any of: our training checkpoint (out_dir/ckpt.pt, or the out_dir holding it),
     a Hugging Face GPT-2 model directory (config.json + weights), or a GPT-2 hub name.
-    Returns (model, info) where info says what was loaded (e.g. the iteration of a checkpoint).
+    Returns (model, info) where info says what was loaded (e.g. the iteration of a checkpoint) and
+    info["tokenizer"] names its tokenizer for data.common.get_tokenizer.
     Checkpoints are read safely and verified (checkpoint.py); allow_unsafe_pickle opens older ones."""
     if os.path.isdir(path) and os.path.exists(os.path.join(path, "ckpt.pt")):
         path = os.path.join(path, "ckpt.pt")
@@ -867,7 +868,9 @@ def load_model(path, device="cpu", dropout=0.0, allow_unsafe_pickle=False):
             model.load_state_dict(ckpt["model"])
         except RuntimeError as e:
             raise checkpoint.CheckpointError(f"{path}: its weights do not fit the model its model_args describe ({e})") from None
-        info = {"source": "checkpoint", "path": path, "iter_num": ckpt.get("iter_num")}
+        # the tokenizer of its data (train.py records it); older checkpoints were all GPT-2's
+        info = {"source": "checkpoint", "path": path, "iter_num": ckpt.get("iter_num"),
+                "tokenizer": ckpt.get("tokenizer") or "gpt2"}
     elif os.path.isdir(path) and os.path.exists(os.path.join(path, "config.json")) or not os.path.exists(path):
         try:
             model = GPT.from_hf(path, dropout=dropout)
@@ -875,8 +878,17 @@ def load_model(path, device="cpu", dropout=0.0, allow_unsafe_pickle=False):
             raise checkpoint.MissingFileError(str(e)) from None
         except ValueError as e:  # a field or weight this model cannot represent (the message names it)
             raise InputError(f"{path}: {e}") from None
-        info = {"source": "huggingface", "path": path}
+        info = {"source": "huggingface", "path": path, "tokenizer": hf_tokenizer_name(path)}
     else:
         raise checkpoint.MissingFileError(f"{path}: not a checkpoint file, an out_dir with ckpt.pt, "
                                           "or a Hugging Face model directory with config.json")
     return model.to(device), info
+
+
+def hf_tokenizer_name(path):
+    """The tokenizer of a Hugging Face model: its own folder when it holds tokenizer files (or it is
+    a hub name), else GPT-2's (model.to_hf writes weights and config.json only)."""
+    if not os.path.isdir(path):
+        return path
+    files = ("tokenizer.json", "vocab.json", "tokenizer.model", "tokenizer_config.json")
+    return os.path.abspath(path) if any(os.path.exists(os.path.join(path, f)) for f in files) else "gpt2"

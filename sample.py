@@ -1,8 +1,8 @@
 """
-Sample text from a trained model (or a GPT-2 checkpoint).
+Sample text from a trained model (or a Hugging Face one), with the tokenizer its checkpoint records.
 
     python sample.py --out_dir=out-local --start="The king said" --num_samples=3
-    python sample.py --init_from=path/to/hf-gpt2-dir --start=FILE:prompt.txt
+    python sample.py --init_from=path/to/hf-model-dir --start=FILE:prompt.txt
 
 Settings are checked like train.py's: config files and --key=value overrides.
 """
@@ -18,7 +18,7 @@ from errors import InputError, MissingFileError, run_cli
 from model import load_model
 
 # -----------------------------------------------------------------------------
-init_from = "resume"  # 'resume' (the checkpoint in out_dir) or a GPT-2: 'gpt2'..'gpt2-xl' or a local HF directory
+init_from = "resume"  # 'resume' (the checkpoint in out_dir), a hub name ('gpt2', 'Qwen/Qwen3-0.6B') or a local HF directory
 out_dir = "out"
 start = "\n"  # the prompt; "FILE:prompt.txt" reads it from a file
 num_samples = 3
@@ -29,6 +29,7 @@ seed = 1337
 device = "auto"
 dtype = "auto"  # auto: bfloat16 on CUDA where supported, else float32
 compile = False
+tokenizer = ""  # empty: the checkpoint's (train.py records it) or the HF model's own; else gpt2, an HF folder or hub name
 allow_unsafe_pickle = False  # open checkpoints not in the safe format (older or foreign files): that can run code
 # -----------------------------------------------------------------------------
 _defaults = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))}
@@ -59,14 +60,14 @@ def main(argv):
     model.eval()
     if compile:
         model = torch.compile(model)
-    enc = get_tokenizer()
-    ids = enc.encode(prompt, allowed_special={"<|endoftext|>"})
+    enc = get_tokenizer(tokenizer or info["tokenizer"])
+    ids = enc.encode_special(prompt)  # as Hugging Face encodes a prompt: with the tokenizer's BOS, if it has one
     if not ids:
         raise InputError(f"start={start!r} is an empty prompt; give at least one character (the default is a newline)")
     if max(ids) >= model.config.vocab_size:
-        raise InputError(f"the prompt has GPT-2 token id {max(ids)} but the model {path} has vocab_size="
-                         f"{model.config.vocab_size}; it was trained on other token ids, so sample it with a prompt "
-                         "of ids below that (this script encodes prompts with GPT-2's tokenizer)")
+        raise InputError(f"the prompt has token id {max(ids)} in the tokenizer {enc.name!r} but the model {path} "
+                         f"has vocab_size={model.config.vocab_size}; it was trained on other token ids: pass the "
+                         "tokenizer of its data (--tokenizer=...), or a prompt of ids below that")
     x = torch.tensor(ids, dtype=torch.long, device=dev)[None, ...]  # (1, T)
     generator = torch.Generator(device=dev).manual_seed(seed)
     autocast = torch.autocast(device_type=device_type, dtype=ptdtype) if ptdtype != torch.float32 else torch.no_grad()

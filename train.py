@@ -31,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import checkpoint
 import disperse
 from configurator import load_config
-from data.common import open_split, sample_batch
+from data.common import get_tokenizer, open_split, read_meta, sample_batch
 from errors import InputError, MissingFileError, run_cli
 from model import GPT, GPTConfig, device_peak_flops, load_model, model_config_from_dict, model_config_to_dict
 
@@ -53,7 +53,8 @@ init_from = "scratch"  # 'scratch', 'resume' (from out_dir), or a GPT-2: 'gpt2'.
 allow_unsafe_pickle = False  # open checkpoints not in the safe format (older or foreign files): that can run code
 seed = 1337
 # data
-dataset = "openwebtext"  # a folder under data/ or a path to a prepared folder (train.bin, val.bin, meta.json)
+dataset = "openwebtext"  # a folder under data/ or a path to a prepared folder (train.bin, val.bin, meta.json);
+#                          meta.json names the tokenizer, which the checkpoint records (no meta.json: GPT-2's)
 gradient_accumulation_steps = 5 * 8  # micro-steps per optimizer step, summed over all ranks
 batch_size = 12  # sequences per micro-step per rank
 block_size = 1024
@@ -146,7 +147,9 @@ def main(argv):
     config = load_config(_defaults, argv, _types)
     globals().update(config)  # from here on the settings are plain names, as in nanoGPT
     check_settings()
-    check_input_files()
+    data_dir = dataset if os.path.isdir(dataset) else os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", dataset)
+    meta = read_meta(data_dir)  # names the data's tokenizer, which the benchmarks and the probe text are encoded with
+    tokenizer = check_input_files(meta["tokenizer"])
     if malloc_tuning:
         tune_malloc()
 
@@ -187,9 +190,8 @@ def main(argv):
               f"({gradient_accumulation_steps} micro-steps x {batch_size} x {block_size})")
 
     # ------------------------------------------------------------------ data
-    data_dir = dataset if os.path.isdir(dataset) else os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", dataset)
-    train_data = open_split(data_dir, "train", block_size, vocab_size)  # also checks the largest token id
-    val_data = open_split(data_dir, "val", block_size, vocab_size)
+    train_data = open_split(data_dir, "train", block_size, vocab_size, meta)  # also checks the largest token id
+    val_data = open_split(data_dir, "val", block_size, vocab_size, meta)
 
     def get_batch(data, key):
         x, y = sample_batch(data, batch_size, block_size, key)
@@ -332,12 +334,11 @@ def main(argv):
         # a fixed set of held-out sequences, probed for condensation at every probe step
         from eval.condensation import quick_probe, read_tokens, sample_sequences
         if probe_text:
-            from data.common import get_tokenizer
-            probe_tokens = read_tokens(probe_text, get_tokenizer().encode_ordinary)
+            probe_tokens = read_tokens(probe_text, tokenizer.encode)
             if len(probe_tokens) and probe_tokens.max() >= vocab_size:
-                raise InputError(f"probe_text={probe_text!r} is encoded with GPT-2's tokenizer, which gives ids up "
-                                 f"to {probe_tokens.max()}, but vocab_size={vocab_size}; leave probe_text empty to probe "
-                                 "the dataset's val.bin")
+                raise InputError(f"probe_text={probe_text!r} is encoded with the data's tokenizer {tokenizer.name!r}, "
+                                 f"which gives ids up to {probe_tokens.max()}, but vocab_size={vocab_size}; leave "
+                                 "probe_text empty to probe the dataset's val.bin")
         else:
             probe_tokens = val_data
         probe_set = sample_sequences(probe_tokens, probe_n_seq, min(probe_seq_len, block_size), seed=0)
@@ -371,7 +372,7 @@ def main(argv):
 
         if iter_num % eval_interval == 0 or iter_num == max_iters or eval_only:
             losses = estimate_loss()
-            bench = run_benchmarks(raw_model) if eval_tasks else {}  # every rank scores its share of the items
+            bench = run_benchmarks(raw_model, tokenizer) if eval_tasks else {}  # every rank scores its share of the items
             rng_states = [capture_rng(aux_gen)]
             if ddp:  # every rank's generators, so that each resumes with its own dropout masks
                 rng_states = [None] * world
@@ -391,7 +392,7 @@ def main(argv):
                         "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                         "model_args": model_config_to_dict(raw_model.config), "iter_num": iter_num,
                         "best_val_loss": best_val_loss, "config": config, "rng": rng_states,
-                        "data": {"seed": seed, "next_step": iter_num},
+                        "data": {"seed": seed, "next_step": iter_num}, "tokenizer": meta["tokenizer"],
                     })
                     if keep_best and improved:
                         best_path = os.path.join(out_dir, "ckpt_best.pt")
@@ -492,11 +493,11 @@ def main(argv):
         dist.destroy_process_group()
 
 
-def run_benchmarks(model):
+def run_benchmarks(model, tokenizer):
     """Benchmark accuracies (eval/benchmarks.py) as flat metrics.jsonl keys: bench/<task>/<metric>."""
     from eval.benchmarks import evaluate
     results, _ = evaluate(model, eval_tasks, eval_data_dir, limit=eval_limit, num_fewshot=eval_num_fewshot,
-                          progress=False)
+                          progress=False, enc=tokenizer)
     flat = {}
     for task, metrics in results.items():
         if task == "config" or not isinstance(metrics, dict):
@@ -640,23 +641,27 @@ def check_state(model, model_state, optimizer):
                     raise ValueError(f"{name} has negative entries (it is a running mean of squares)")
 
 
-def check_input_files():
-    """Files and folders named by settings exist, before anything is trained or overwritten."""
+def check_input_files(tokenizer_name):
+    """Files and folders named by settings exist, before anything is trained or overwritten. Returns
+    the data's tokenizer where the eval hooks need it (eval_tasks, probe_text), else None."""
     if probe_text and not os.path.isfile(probe_text):
         raise MissingFileError(f"probe_text={probe_text!r}: no such file")
+    tokenizer = get_tokenizer(tokenizer_name) if (eval_tasks or probe_text) else None
     if eval_tasks:
         from eval import tasks as T
         try:
             names = T.expand(eval_tasks)
         except KeyError as e:
             raise InputError(f"eval_tasks: {e.args[0]}") from None
-        if vocab_size < 50257:
-            raise InputError(f"eval_tasks: the benchmarks are encoded with GPT-2's tokenizer (50257 ids) but "
-                             f"vocab_size={vocab_size}; train with vocab_size >= 50257 or leave eval_tasks empty")
+        if vocab_size < tokenizer.vocab_size:
+            raise InputError(f"eval_tasks: the benchmarks are encoded with the data's tokenizer {tokenizer.name!r} "
+                             f"({tokenizer.vocab_size} ids) but vocab_size={vocab_size}; train with vocab_size >= "
+                             f"{tokenizer.vocab_size} or leave eval_tasks empty")
         missing = [n for n in names if not T.has_split(T.TASKS[n], T.TASKS[n].split, eval_data_dir)]
         if missing:
             raise MissingFileError(f"eval_tasks: no data for {', '.join(missing)} in eval_data_dir={eval_data_dir!r} "
                                    "(it should hold <dataset>/<split>.jsonl files, e.g. shared/benchmarks)")
+    return tokenizer
 
 
 def capture_rng(aux_gen):

@@ -16,9 +16,15 @@ compared too.
     python bench/crosscheck_lmeval.py --data-dir ../shared/benchmarks \\
         --wikitext ../shared/corpus/wikitext103/test.raw --tiktoken-dir ../shared/tiktoken \\
         --limit 50 --num-fewshot 0,1 [--ckpt out/ckpt.pt] [--out crosscheck]
+    # a Llama-shaped model with a Hugging Face tokenizer that puts a BOS in front (trained here)
+    python bench/crosscheck_lmeval.py ... --family llama --tokenizer bpe --corpus ../shared/corpus
 
 Needs: pip install lm-eval==0.4.13 accelerate (optional dependencies of this project).
-Without --ckpt a small randomly initialised GPT (seed 0) is used.
+Without --ckpt a small randomly initialised model (seed 0) is used: a GPT-2 of model.py, or with
+--family llama one built by transformers from its LlamaConfig and read into model.py. --tokenizer
+gives the model's tokenizer (a Hugging Face folder, copied into the export lm-eval loads; `bpe`
+trains a 4096-id byte-level BPE on --corpus with `tokenizers`, BOS added like Llama's); our
+scorer then encodes with that folder (data.common.get_tokenizer) by HFLM's rules.
 """
 
 import argparse
@@ -125,41 +131,87 @@ def build_lmeval_tasks(names, data_dir, wikitext, work):
     return run, ydir
 
 
-def export_hf(model, tiktoken_dir, out):
+def export_hf(model, tiktoken_dir, out, tokenizer_dir=None):
     model.to_hf(str(out))
+    if tokenizer_dir:  # the model's own tokenizer folder
+        for name in os.listdir(tokenizer_dir):
+            if name.startswith(("tokenizer", "special_tokens_map", "vocab", "merges", "added_tokens")):
+                shutil.copy(Path(tokenizer_dir) / name, out / name)
+        return out
     # the GPT-2 tokenizer files under the names Hugging Face expects
     shutil.copy(Path(tiktoken_dir) / "6c7ea1a7e38e3a7f062df639a5b80947f075ffe6", out / "vocab.json")
     shutil.copy(Path(tiktoken_dir) / "6d1cbeee0f20b3d9449abfede4726ed8212e3aee", out / "merges.txt")
     return out
 
 
-def tokenizer_check(names, data_dir, wikitext, hf_dir):
-    """Every request of every listed task (0-shot, no limit): our tiktoken-based (context,
-    continuation) tokens vs the same split done with the Hugging Face GPT-2 tokenizer that
-    lm-eval uses. Returns {task: (requests, mismatches)}."""
-    from transformers import AutoTokenizer
-    from data.common import get_tokenizer
+def train_bpe(corpus, out, vocab_size=4096):
+    """A byte-level BPE trained with `tokenizers` on the .txt files under corpus, saved as a Hugging
+    Face folder whose encode() puts <s> in front, as Llama's does (</s> is its eos)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+    files = sorted(str(p) for p in Path(corpus).rglob("*.txt"))
+    if not files:
+        raise SystemExit(f"--corpus {corpus}: no .txt files to train the BPE on")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train(files, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<s>", "</s>"], show_progress=False,
+                                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))])
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>").save_pretrained(str(out))
+    return str(out)
+
+
+def random_llama(vocab_size, work, block_size=256):
+    """A Llama-shaped model at random init (seed 0), built by transformers from its LlamaConfig,
+    saved and read into model.py (GPT.from_hf); to_hf then writes what lm-eval loads."""
+    import torch
+    import transformers
+    from model import GPT
+    config = transformers.LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=block_size,
+                                      rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(config).save_pretrained(str(work / "llama-init"))
+    return GPT.from_hf(str(work / "llama-init"))
+
+
+def lmeval_tokens(lm, kind, request):
+    """lm-eval's own token requests for one of our text requests, from its HFLM `lm`: the
+    per-request part of TemplateLM.loglikelihood (empty context: the prefix token), or the
+    windows of HFLM.loglikelihood_rolling."""
+    from lm_eval import utils
+    if kind == "loglikelihood_rolling":
+        windows = utils.get_rolling_token_windows(token_list=lm.tok_encode(request[1]), prefix_token=lm.prefix_token_id,
+                                                  max_seq_len=lm.max_length, context_len=1)
+        return [tuple(map(list, utils.make_disjoint_window(w))) for w in windows]
+    context, continuation = request
+    if context:
+        return tuple(map(list, lm._encode_pair(context, continuation)))
+    cont = lm.tok_encode(continuation, add_special_tokens=False)
+    return ([lm.prefix_token_id], cont) if lm.prefix_token_id != cont[0] else (cont[:1], cont[1:])
+
+
+def tokenizer_check(names, data_dir, wikitext, lm, enc, block_size):
+    """Every request of every listed task (0-shot, no limit): our (context, continuation) tokens
+    (eval/scoring.py with `enc`) vs lm-eval's own (its HFLM `lm`, with the exported tokenizer
+    folder). Returns {task: (requests, mismatches)}."""
     from eval import tasks as T
     from eval.benchmarks import load_task_docs
-    from eval.scoring import encode_pair
-
-    class HFEncoder:  # the interface encode_pair expects
-        def __init__(self, tok):
-            self.tok = tok
-
-        def encode(self, text, allowed_special=None):
-            return self.tok.encode(text, add_special_tokens=False)
-
-    ours, theirs = get_tokenizer(), HFEncoder(AutoTokenizer.from_pretrained(str(hf_dir)))
+    from eval.scoring import encode, encode_pair, rolling_windows
     out = {}
     for name in names:
         task = T.TASKS[name]
         docs = load_task_docs(task, data_dir, wikitext, download=False)
         n = bad = 0
         for item in T.build_items(task, docs, 0, None):
-            for ctx, cont in item.requests:
+            for request in item.requests:
                 n += 1
-                bad += encode_pair(ours, ctx, cont) != encode_pair(theirs, ctx, cont)
+                if task.kind == "loglikelihood_rolling":
+                    ours = [tuple(map(list, w)) for w in rolling_windows(encode(enc, request[1]), block_size, enc.prefix_token)]
+                else:
+                    ours = tuple(map(list, encode_pair(enc, *request)))
+                bad += ours != lmeval_tokens(lm, task.kind, request)
         out[name] = (n, bad)
     return out
 
@@ -222,7 +274,13 @@ def compare_task(name, task, ours, lm_samples):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", default=None, help="checkpoint to test (default: a random tiny GPT, seed 0)")
+    p.add_argument("--ckpt", default=None, help="checkpoint to test (default: a random tiny model, seed 0)")
+    p.add_argument("--family", choices=("gpt2", "llama"), default="gpt2",
+                   help="without --ckpt: the random model's family (llama: from transformers' LlamaConfig)")
+    p.add_argument("--tokenizer", default=None,
+                   help="the model's Hugging Face tokenizer folder, or 'bpe' (trained on --corpus); default: GPT-2's")
+    p.add_argument("--corpus", default=os.path.join(os.environ.get("DISPERSE_SHARED", "../shared"), "corpus"),
+                   help="text the 'bpe' tokenizer is trained on")
     p.add_argument("--data-dir", default=os.environ.get("DISPERSE_BENCHMARKS"))
     p.add_argument("--wikitext", default=os.environ.get("DISPERSE_WIKITEXT_TEST"))
     p.add_argument("--tiktoken-dir", default=os.environ.get("TIKTOKEN_CACHE_DIR"),
@@ -236,7 +294,7 @@ def main():
     p.add_argument("--work", default=None, help="folder for the HF export, YAMLs and data (default: temp)")
     p.add_argument("--out", default=None, help="write crosscheck.json here")
     p.add_argument("--full-tokenizer-check", action="store_true",
-                   help="also compare tiktoken with the HF tokenizer on every request of every task (no limit)")
+                   help="also compare our tokens with lm-eval's own (HFLM) on every request of every task (no limit)")
     args = p.parse_args()
     go_offline(p, args)
     import torch
@@ -245,20 +303,29 @@ def main():
     import lm_eval
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
+    from data.common import get_tokenizer
     from model import GPT, GPTConfig, load_model
     from eval import tasks as T
     from eval.benchmarks import evaluate
 
-    if args.ckpt:
-        model, _ = load_model(args.ckpt, "cpu")
-        model_desc = args.ckpt
-    else:
-        torch.manual_seed(0)
-        model = GPT(GPTConfig(block_size=256, n_layer=2, n_head=4, n_embd=64))
-        model_desc = "random GPT (block 256, 2 layers, 4 heads, 64 dims, seed 0)"
-    model.eval()
     work = Path(args.work or tempfile.mkdtemp(prefix="crosscheck_"))
-    hf_dir = export_hf(model, args.tiktoken_dir, work / "hf")
+    tokenizer_dir = train_bpe(args.corpus, work / "bpe") if args.tokenizer == "bpe" else args.tokenizer
+    if args.ckpt:
+        model, info = load_model(args.ckpt, "cpu")
+        model_desc = args.ckpt
+        if tokenizer_dir is None and os.path.isdir(info["tokenizer"]):  # the Hugging Face folder it records
+            tokenizer_dir = info["tokenizer"]
+    enc = get_tokenizer(tokenizer_dir or "gpt2")
+    if not args.ckpt and args.family == "llama":
+        model = random_llama(enc.vocab_size, work)
+        model_desc = "random Llama (transformers LlamaConfig, block 256, 2 layers, 4 heads, 2 kv heads, 64 dims, seed 0)"
+    elif not args.ckpt:
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(block_size=256, n_layer=2, n_head=4, n_embd=64, vocab_size=enc.vocab_size))
+        model_desc = "random GPT (block 256, 2 layers, 4 heads, 64 dims, seed 0)"
+    model_desc += f"; tokenizer {enc.name if tokenizer_dir else 'gpt2 (tiktoken; its vocab.json + merges.txt for lm-eval)'}"
+    model.eval()
+    hf_dir = export_hf(model, args.tiktoken_dir, work / "hf", tokenizer_dir)
     names = T.expand(args.tasks)
     lm_names, ydir = build_lmeval_tasks(names, args.data_dir, args.wikitext, work)
     manager = TaskManager(include_path=str(ydir))
@@ -272,7 +339,7 @@ def main():
         t0 = time.time()
         ours, our_items = evaluate(model, pass_names, args.data_dir, limit=args.limit, num_fewshot=shots,
                                    batch_size=args.batch_size, device="cpu", seed=args.seed,
-                                   wikitext=args.wikitext, download=False, keep_requests=True)
+                                   wikitext=args.wikitext, download=False, keep_requests=True, enc=enc)
         t_ours = time.time() - t0
         t0 = time.time()
         lm_out = lm_eval.simple_evaluate(model=lm, tasks=pass_lm, task_manager=manager, limit=args.limit,
@@ -325,11 +392,11 @@ def main():
                 print(f"    doc {doc_id}: {why}")
     if args.full_tokenizer_check:
         t0 = time.time()
-        checked = tokenizer_check(names, args.data_dir, args.wikitext, hf_dir)
+        checked = tokenizer_check(names, args.data_dir, args.wikitext, lm, enc, model.config.block_size)
         report["tokenizer_check"] = checked
         total, bad = sum(n for n, _ in checked.values()), sum(b for _, b in checked.values())
         print(f"\ntokenizer check: {total} requests of {len(checked)} tasks, {bad} differ "
-              f"(tiktoken vs Hugging Face GPT-2 tokenizer, {time.time() - t0:.0f}s)")
+              f"(ours with {enc.name} vs lm-eval's HFLM with the exported folder, {time.time() - t0:.0f}s)")
         for name, (n, b) in checked.items():
             if b:
                 print(f"    {name}: {b} of {n} requests differ")

@@ -5,8 +5,8 @@
 #   python train.py config/midtrain_qwen3_wikitext103.py                       # one GPU, as the paper
 #   torchrun --standalone --nproc_per_node=8 train.py config/midtrain_qwen3_wikitext103.py
 # The model settings (norm, pos_emb, n_kv_head, ...) come from the checkpoint's config.json.
-# The data must be WikiText-103 in Qwen3's token ids (vocabulary 151,936): the GPT-2 ids that
-# data/wikitext103/prepare.py writes today do not fit (issue 11 item 3: preparers with --tokenizer).
+# The data is WikiText-103 in Qwen3's token ids (uint32; the model's vocabulary is 151,936):
+#   python -m data.wikitext103.prepare --tokenizer Qwen/Qwen3-0.6B --out_dir data/wikitext103_qwen3
 import math
 
 out_dir = "out-midtrain-qwen3-ce"

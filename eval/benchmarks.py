@@ -31,8 +31,8 @@ import torch
 
 from errors import InputError, MissingFileError, run_cli
 from eval import tasks as T
-from eval.scoring import (encode_pair, rolling_windows, score_items, mean, mean_stderr, pooled_stderr,
-                          pick_choice, perplexity_and_stderr, weighted_perplexities, EOT_TOKEN)
+from eval.scoring import (encode, encode_pair, rolling_windows, score_items, mean, mean_stderr, pooled_stderr,
+                          pick_choice, perplexity_and_stderr, weighted_perplexities)
 
 
 # ----------------------------------------------------------------------------- documents
@@ -88,7 +88,8 @@ def evaluate(model, tasks, data_dir=None, limit=None, num_fewshot=0, batch_size=
     e.g. paper_protocol_shots(1).
     limit: score only the first `limit` documents of each task (each MMLU subject).
     seed: lm-eval's few-shot seed. The model is put in eval mode and restored afterwards.
-    keep_requests: also put each item's (context, continuation) texts in its record."""
+    keep_requests: also put each item's (context, continuation) texts in its record.
+    enc: the model's tokenizer (data.common.get_tokenizer(name)); None: GPT-2's."""
     if enc is None:
         from data.common import get_tokenizer
         enc = get_tokenizer()
@@ -125,10 +126,10 @@ def evaluate(model, tasks, data_dir=None, limit=None, num_fewshot=0, batch_size=
             task_info[name]["note"] = task.split_note
         for item in items:
             if task.kind == "loglikelihood_rolling":
-                tokens = enc.encode(item.requests[0][1], allowed_special="all")
-                token_items.append(rolling_windows(tokens, model.config.block_size, EOT_TOKEN))
+                tokens = encode(enc, item.requests[0][1])
+                token_items.append(rolling_windows(tokens, model.config.block_size, enc.prefix_token))
             else:
-                token_items.append([encode_pair(enc, c, x, EOT_TOKEN) for c, x in item.requests])
+                token_items.append([encode_pair(enc, c, x) for c, x in item.requests])
             all_items.append(item)
 
     # score every request of every task in one pass (better batches)
@@ -275,7 +276,10 @@ def write_outputs(out_dir, results, items):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True, help="our ckpt.pt, an out_dir holding it, or a Hugging Face GPT-2 dir")
+    p.add_argument("--ckpt", required=True, help="our ckpt.pt, an out_dir holding it, or a Hugging Face model dir")
+    p.add_argument("--tokenizer", default=None,
+                   help="the model's tokenizer (gpt2, a Hugging Face folder or hub name); default: the one the "
+                        "checkpoint records, or the Hugging Face folder's own")
     p.add_argument("--tasks", default="paper10", help="comma list of tasks/groups (paper10, mmlu, hellaswag, ...)")
     p.add_argument("--data-dir", default=os.environ.get("DISPERSE_BENCHMARKS"),
                    help="folder of <dataset>/<split>.jsonl files (env DISPERSE_BENCHMARKS)")
@@ -309,11 +313,14 @@ def main(argv=None):
     if args.wikitext and not os.path.isfile(args.wikitext):
         raise MissingFileError(f"--wikitext {args.wikitext}: no such file")
 
+    from data.common import get_tokenizer
     from model import load_model
     model, info = load_model(args.ckpt, args.device, allow_unsafe_pickle=args.allow_unsafe_pickle)
-    if model.config.vocab_size <= EOT_TOKEN:
+    enc = get_tokenizer(args.tokenizer or info["tokenizer"])
+    if model.config.vocab_size < enc.vocab_size:
         raise InputError(f"{args.ckpt}: the model has vocab_size={model.config.vocab_size}, but the benchmarks are "
-                         f"encoded with GPT-2's tokenizer (ids up to {EOT_TOKEN}); score a model trained on GPT-2 tokens")
+                         f"encoded with its tokenizer {enc.name!r} (ids up to {enc.vocab_size - 1}); pass the "
+                         "tokenizer it was trained with (--tokenizer)")
     tasks = args.tasks
     if args.paper_protocol:
         num_fewshot = paper_protocol_shots(1 if args.num_fewshot is None else args.num_fewshot)
@@ -322,8 +329,8 @@ def main(argv=None):
     results, items = evaluate(model, tasks, args.data_dir, limit=args.limit, num_fewshot=num_fewshot,
                               batch_size=args.batch_size, device=args.device, seed=args.seed,
                               wikitext=args.wikitext, download=not args.no_download,
-                              max_batch_tokens=args.max_batch_tokens, dtype=args.dtype)
-    results["config"].update(ckpt=args.ckpt, model=info, paper_protocol=args.paper_protocol)
+                              max_batch_tokens=args.max_batch_tokens, dtype=args.dtype, enc=enc)
+    results["config"].update(ckpt=args.ckpt, model=info, paper_protocol=args.paper_protocol, tokenizer=enc.name)
     if args.paper_protocol:
         results["config"]["num_fewshot"] = {"zero_shot": T.PAPER_ZERO_SHOT, "few_shot": T.PAPER_FEW_SHOT,
                                             "shots": 1 if args.num_fewshot is None else args.num_fewshot}

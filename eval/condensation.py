@@ -47,8 +47,9 @@ seeded with seed + r). The difference: the paper's sequences start at the beginn
 ours anywhere, even inside a word. Which token sits at position 0 changes little (GPT-2 treats
 position 0 specially whatever token is there), and the per-pair average over 100 sequences washes
 out the rest. By default we read the file named by $DISPERSE_WIKITEXT (e.g. wikitext-103's
-valid.raw; the train split is not needed for a probe). A prepared .bin token file (data/*/prepare.py,
-GPT-2 ids) is read as tokens directly.
+valid.raw; the train split is not needed for a probe). The text is encoded with the model's
+tokenizer: the one its checkpoint records, a Hugging Face folder's own, or --tokenizer. A prepared
+.bin token file (data/*/prepare.py; uint16 or uint32 as its meta.json says) is read as tokens directly.
 
 Usage:
     python -m eval.condensation --ckpt out-wt103 --text wikitext103/valid.raw --out probe-wt103
@@ -68,8 +69,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from data.common import get_tokenizer, read_meta
 from errors import InputError, run_cli
-from model import GPT, load_model
+from model import GPT, hf_tokenizer_name, load_model
 
 NORM_FLOOR = 1e-3  # rows are divided by max(||x||, 1e-3), as in the paper's code
 HIST_BINS = 128
@@ -121,12 +123,16 @@ def kendall(x, y):
 # ---------------------------------------------------------------------- text
 
 def read_tokens(path, encode):
-    """Token ids (1-D array) of a text file, or of a prepared .bin file of GPT-2 ids (read as is).
-    encode: str -> list of ids, used for text files only."""
+    """Token ids (1-D array) of a text file, or of a prepared .bin file (read as is, in the dtype its
+    folder's meta.json gives; uint16 without one). encode: str -> list of ids, for text files only."""
     if path.endswith(".bin"):
-        if os.path.getsize(path) % 2:
-            raise InputError(f"{path} has an odd number of bytes: not a prepared file of uint16 token ids")
-        return np.memmap(path, dtype=np.uint16, mode="r")
+        folder = os.path.dirname(os.path.abspath(path))
+        has_meta = os.path.exists(os.path.join(folder, "meta.json"))
+        dtype = np.dtype(read_meta(folder)["dtype"] if has_meta else "uint16")
+        if os.path.getsize(path) % dtype.itemsize:
+            raise InputError(f"{path} has a number of bytes not divisible by {dtype.itemsize}: not a prepared "
+                             f"file of {dtype.name} token ids")
+        return np.memmap(path, dtype=dtype, mode="r")
     with open(path, encoding="utf-8", errors="replace") as f:
         text = f.read()
     return np.asarray(encode(text), dtype=np.int64)
@@ -389,19 +395,12 @@ def print_table(result):
 
 
 def _load_transformers(path, device):
-    """A transformers model and its tokenizer's encode; GPT-2's tiktoken when the folder has none."""
+    """A transformers model (any architecture)."""
     try:
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoModel
     except ImportError as e:
         raise SystemExit("--backend transformers needs transformers: pip install transformers") from e
-    model = AutoModel.from_pretrained(path, dtype=torch.float32).to(device)
-    # a folder written by model.to_hf has no tokenizer files (transformers would build an empty one)
-    tokenizer_files = ("tokenizer.json", "vocab.json", "tokenizer.model", "tokenizer_config.json")
-    if os.path.isdir(path) and not any(os.path.exists(os.path.join(path, f)) for f in tokenizer_files):
-        return model, None, "tiktoken gpt2"
-    tok = AutoTokenizer.from_pretrained(path)
-    tok.model_max_length = int(1e30)  # we tokenise a whole file; windows are cut afterwards
-    return model, lambda text: tok(text, add_special_tokens=False)["input_ids"], type(tok).__name__
+    return AutoModel.from_pretrained(path, dtype=torch.float32).to(device)
 
 
 def main(argv=None):
@@ -410,10 +409,13 @@ def main(argv=None):
         description="Embedding-condensation probe (arXiv 2602.00217, section 4): per-layer token "
                     "cosine similarity, its histogram and trend with depth.")
     parser.add_argument("--ckpt", required=True,
-                        help="our ckpt.pt, an out_dir holding one, or a Hugging Face GPT-2 model directory")
+                        help="our ckpt.pt, an out_dir holding one, or a Hugging Face model directory")
     parser.add_argument("--text", default=None,
-                        help="text file (or prepared .bin file of GPT-2 token ids) to draw sequences from; "
+                        help="text file (or prepared .bin file of the model's token ids) to draw sequences from; "
                              "default: $DISPERSE_WIKITEXT (e.g. wikitext-103 valid.raw)")
+    parser.add_argument("--tokenizer", default=None,
+                        help="what encodes --text (gpt2, a Hugging Face folder or hub name); default: the one the "
+                             "checkpoint records, or the Hugging Face folder's own (GPT-2's if it has none)")
     parser.add_argument("--n-seq", type=int, default=100, help="number of sequences R")
     parser.add_argument("--seq-len", type=int, default=512, help="tokens per sequence S (capped at the context)")
     parser.add_argument("--seed", type=int, default=0, help="sequence r is drawn with seed + r")
@@ -440,15 +442,12 @@ def main(argv=None):
                            else os.path.join("out-condensation", label))
 
     t0 = time.time()
-    encode, tokenizer = None, "tiktoken gpt2"
     if args.backend == "ours":
         model, info = load_model(args.ckpt, args.device, allow_unsafe_pickle=args.allow_unsafe_pickle)
     else:
-        model, encode, tokenizer = _load_transformers(args.ckpt, args.device)
-        info = {"source": "transformers", "path": args.ckpt}
-    if encode is None:
-        from data.common import get_tokenizer
-        encode = get_tokenizer().encode_ordinary
+        model = _load_transformers(args.ckpt, args.device)
+        info = {"source": "transformers", "path": args.ckpt, "tokenizer": hf_tokenizer_name(args.ckpt)}
+    tokenizer = get_tokenizer(args.tokenizer or info["tokenizer"])
     n_layer = model.config.n_layer if isinstance(model, GPT) else model.config.num_hidden_layers
 
     seq_len = args.seq_len
@@ -456,7 +455,7 @@ def main(argv=None):
     if ctx is not None and seq_len > ctx:
         print(f"--seq-len {seq_len} is longer than the model's context of {ctx} tokens: using {ctx}")
         seq_len = ctx
-    tokens = read_tokens(text_path, encode)
+    tokens = read_tokens(text_path, tokenizer.encode)
     if isinstance(model, GPT) and len(tokens) and int(tokens.max()) >= model.config.vocab_size:
         raise InputError(f"--text {text_path} holds token id {int(tokens.max())} but the model {args.ckpt} has "
                          f"vocab_size={model.config.vocab_size}; probe it with text in its own token ids (a prepared .bin file)")
@@ -471,7 +470,7 @@ def main(argv=None):
     result["meta"] = {
         "model": args.ckpt, "label": label, "backend": args.backend, "iter_num": info.get("iter_num"),
         "n_layer": n_layer, "n_seq": args.n_seq, "seq_len": seq_len, "seq_len_requested": args.seq_len,
-        "seed": args.seed, "text": text_path, "text_tokens": len(tokens), "tokenizer": tokenizer,
+        "seed": args.seed, "text": text_path, "text_tokens": len(tokens), "tokenizer": tokenizer.name,
         "device": args.device, "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "seconds": round(time.time() - t0, 1),
     }

@@ -5,7 +5,9 @@ training runs (metrics.jsonl written by train.py).
   plot_heatmaps   the paper's figure: per layer (x = layer fraction), the density histogram of the
                   sequence-averaged token cosine similarities (y), one panel per model
   plot_mean_cos   mean_cos against layer fraction for several checkpoints (and the centred version)
-  plot_training   train/val loss, last-layer mean_cos and Spearman rho against iteration
+  plot_training   train and val cross-entropy, last-layer mean_cos and Spearman rho against iteration
+  draw_figures    the experiment report's PNGs (eval/report.py): heatmaps, mean_cos, training,
+                  paired differences, and plot_dose_response (against lambda)
 
 matplotlib is imported inside the functions, so the rest of the project runs without it. Figures
 are drawn on matplotlib's Agg canvas without pyplot, which leaves any interactive backend alone.
@@ -25,9 +27,10 @@ import re
 import numpy as np
 
 from errors import InputError, MissingFileError, run_cli
+from eval.stats import mean_std
 
 
-def _new_figure(n_panels, panel_width, panel_height):
+def new_figure(n_panels, panel_width, panel_height):
     """A figure on the Agg canvas with n_panels axes side by side."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -52,7 +55,7 @@ def _labels(labels, paths_or_results):
     return [f"model {i}" for i in range(len(paths_or_results))]
 
 
-def _save(fig, path):
+def save_figure(fig, path):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=130)
     return path
@@ -65,7 +68,7 @@ def plot_heatmaps(results, labels=None, path="condensation_heatmap.png", vmax=10
     x = layer fraction, y = cosine similarity, colour = histogram density (clipped at vmax).
     The white line is each layer's mean_cos."""
     labels = _labels(labels, results)
-    fig, axes = _new_figure(len(results), 4.2, 3.8)
+    fig, axes = new_figure(len(results), 4.2, 3.8)
     mesh = None
     for ax, res, label in zip(axes, results, labels):
         layers = res["layers"]
@@ -85,7 +88,7 @@ def plot_heatmaps(results, labels=None, path="condensation_heatmap.png", vmax=10
                      fontsize=10)
         ax.legend(loc="lower right", fontsize=8, framealpha=0.3)
     fig.colorbar(mesh, ax=list(axes), label="Density", extend="max")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_mean_cos(results, labels=None, path="condensation_mean_cos.png"):
@@ -93,7 +96,7 @@ def plot_mean_cos(results, labels=None, path="condensation_mean_cos.png"):
     and a second panel with mean_cos_centered (the direction shared by all sequences removed)."""
     labels = _labels(labels, results)
     centred = all("mean_cos_centered" in l for res in results for l in res["layers"])
-    fig, axes = _new_figure(2 if centred else 1, 4.8, 3.6)
+    fig, axes = new_figure(2 if centred else 1, 4.8, 3.6)
     for res, label in zip(results, labels):
         frac = [l["layer_fraction"] for l in res["layers"]]
         line, = axes[0].plot(frac, [l["mean_cos"] for l in res["layers"]], marker="o", ms=3,
@@ -113,7 +116,7 @@ def plot_mean_cos(results, labels=None, path="condensation_mean_cos.png"):
         ax.set_xlabel("Layer fraction")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------- training curves
@@ -147,15 +150,15 @@ def _last_layer_key(rows):
 
 
 def plot_training(metrics_paths, labels=None, path="training_curves.png"):
-    """Train and val loss, the last layer's mean_cos and the Spearman rho of mean_cos over depth,
-    against iteration, one colour per run. Panels whose keys no run logged are left out.
+    """Train CE (train.py's `ce`: the cross-entropy without the auxiliary term) and val CE, the last
+    layer's mean_cos and the Spearman rho of mean_cos over depth, against iteration, one colour per run. Panels whose keys no run logged are left out.
     Returns the titles of the panels drawn (nothing is written when there are none)."""
     labels = labels or [os.path.basename(os.path.dirname(os.path.abspath(p))) for p in metrics_paths]
     labels = _labels(labels, metrics_paths)
     runs = [read_metrics(p) for p in metrics_paths]
     has = lambda key: any(_series(rows, key)[0] for rows in runs)  # noqa: E731
     panels = []
-    if has("loss") or has("val_loss"):
+    if has("ce") or has("loss") or has("val_loss"):
         panels.append("loss")
     if any(_last_layer_key(rows) for rows in runs):
         panels.append("last-layer mean cos")
@@ -166,13 +169,17 @@ def plot_training(metrics_paths, labels=None, path="training_curves.png"):
 
     from matplotlib import colormaps
     colours = colormaps["tab10"]
-    fig, axes = _new_figure(len(panels), 4.6, 3.6)
+    fig, axes = new_figure(len(panels), 4.6, 3.6)
     ax_of = dict(zip(panels, axes))
     for i, (rows, label) in enumerate(zip(runs, labels)):
         colour = colours(i % 10)
         if "loss" in ax_of:
-            x, y = _series(rows, "loss")
-            ax_of["loss"].plot(x, y, color=colour, lw=0.8, alpha=0.6, label=f"{label} train")
+            # train.py's `loss` is CE + the auxiliary term; `ce` is the cross-entropy alone, comparable
+            # across arms and with val_loss (CE). A log from before `ce` was logged shows `loss`, named so.
+            key = "ce" if _series(rows, "ce")[0] else "loss"
+            x, y = _series(rows, key)
+            ax_of["loss"].plot(x, y, color=colour, lw=0.8, alpha=0.6,
+                               label=f"{label} train CE" if key == "ce" else f"{label} train loss (CE + aux)")
             x, y = _series(rows, "val_loss")
             ax_of["loss"].plot(x, y, color=colour, lw=1.5, ls="--", marker="o", ms=3, label=f"{label} val")
         if "last-layer mean cos" in ax_of:
@@ -190,11 +197,95 @@ def plot_training(metrics_paths, labels=None, path="training_curves.png"):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     if "loss" in ax_of:
-        ax_of["loss"].set_ylabel("cross-entropy")
+        ce_only = all(_series(rows, "ce")[0] or not _series(rows, "loss")[0] for rows in runs)
+        ax_of["loss"].set_title("cross-entropy" if ce_only else "loss", fontsize=10)
+        ax_of["loss"].set_ylabel("cross-entropy (nats/token): train CE, val CE" if ce_only
+                                 else "train: CE, or CE + aux where no ce is logged; val: CE")
     if "Spearman ρ (mean cos vs depth)" in ax_of:
         ax_of["Spearman ρ (mean cos vs depth)"].set_ylim(-1.05, 1.05)
-    _save(fig, path)
+    save_figure(fig, path)
     return panels
+
+
+# ---------------------------------------------------------------------- the experiment report's figures
+
+def average_probe(results):
+    """Seed-averaged condensation result (mean of mean_cos, histograms and rho over seeds) for the figures."""
+    first = results[0]
+    layers = []
+    for i, layer in enumerate(first["layers"]):
+        avg = {"layer": layer["layer"], "layer_fraction": layer["layer_fraction"]}
+        for key in ("mean_cos", "mean_cos_shared", "mean_cos_centered"):
+            avg[key] = float(np.mean([r["layers"][i][key] for r in results]))
+        avg["hist"] = np.mean([r["layers"][i]["hist"] for r in results], axis=0).tolist()
+        layers.append(avg)
+    return {"layers": layers, "hist_edges": first["hist_edges"],
+            "spearman": mean_std([r["spearman"] for r in results])[0],
+            "kendall": mean_std([r["kendall"] for r in results])[0]}
+
+
+def draw_figures(exp_dir, meta, runs, summary, doses):
+    """The report's PNGs; returns {name: file}. Without matplotlib, none."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return {}
+    arms = [a for a in meta["config"]["arms"] if runs.get(a)]
+    figures = {}
+    probes = [average_probe([runs[a][s]["final"]["probe"] for s in sorted(runs[a])]) for a in arms]
+    labels = [f"{a} ({len(runs[a])} seed{'s' if len(runs[a]) > 1 else ''})" for a in arms]
+    figures["heatmaps"] = plot_heatmaps(probes, labels, os.path.join(exp_dir, "heatmaps.png"))
+    figures["mean_cos"] = plot_mean_cos(probes, labels, os.path.join(exp_dir, "mean_cos.png"))
+    first_seed = [runs[a][sorted(runs[a])[0]]["metrics_path"] for a in arms]
+    if plot_training(first_seed, [f"{a} seed {sorted(runs[a])[0]}" for a in arms], os.path.join(exp_dir, "training.png")):
+        figures["training"] = os.path.join(exp_dir, "training.png")
+
+    others = [a for a in arms if a in summary["deltas"] and "acc" in summary["deltas"][a]]
+    if others:  # forest plot: paired accuracy differences with their 95% CIs
+        rows = [u for u in summary["units"]] + ["average"]
+        fig, (ax,) = new_figure(1, 6.0, 0.35 * len(rows) * max(1, len(others)) ** 0.5 + 1.5)
+        for j, arm in enumerate(others):
+            d = summary["deltas"][arm]
+            ests = [d["acc"].get(u) for u in rows[:-1]] + [d["avg_acc"]]
+            y = [i + (j - (len(others) - 1) / 2) * 0.8 / max(1, len(others)) for i in range(len(rows))]
+            pts = [(yy, e) for yy, e in zip(y, ests) if e is not None]
+            bar = lambda x: x if math.isfinite(x) else 0.0  # noqa: E731  (one seed: no interval, a point alone)
+            ax.errorbar([100 * e[0] for _, e in pts], [yy for yy, _ in pts],
+                        xerr=[[bar(100 * (e[0] - e[1])) for _, e in pts], [bar(100 * (e[2] - e[0])) for _, e in pts]],
+                        fmt="o", ms=4, capsize=2, label=f"{arm} (seeds {', '.join(map(str, d['seeds']))})")
+        ax.axvline(0.0, color="grey", lw=0.8)
+        ax.set_yticks(range(len(rows)), rows)
+        ax.invert_yaxis()
+        ax.set_xlabel(f"accuracy − {meta['config']['baseline']} (pp), 95% t-interval over seeds")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3, axis="x")
+        figures["deltas"] = save_figure(fig, os.path.join(exp_dir, "deltas.png"))
+
+    if doses:
+        figures["dose_response"] = plot_dose_response(doses, os.path.join(exp_dir, "dose_response.png"))
+    return {k: os.path.basename(v) for k, v in figures.items()}
+
+
+def plot_dose_response(doses, path):
+    """Condensation, benchmark average and val loss against lambda, one line per variant."""
+    panels = [("mean_cos_last", "last-layer mean cos"), ("spearman", "Spearman ρ over depth"),
+              ("avg_acc", "benchmark average (%)"), ("val_loss", "val loss")]
+    fig, axes = new_figure(len(panels), 3.6, 3.2)
+    for group in doses:
+        pts = [p for p in group["points"] if p["seeds"]]
+        for ax, (key, title) in zip(axes, panels):
+            scale = 100.0 if key == "avg_acc" else 1.0
+            ax.errorbar([p["lambda"] for p in pts], [scale * p[key][0] for p in pts],
+                        yerr=[scale * (p[key][1] if math.isfinite(p[key][1]) else 0.0) for p in pts],
+                        marker="o", ms=4, capsize=2, label=group["variant"])
+            ax.set_title(title, fontsize=10)
+    positive = [p["lambda"] for g in doses for p in g["points"] if p["lambda"] > 0]
+    for ax in axes:
+        ax.set_xscale("symlog", linthresh=min(positive))  # linear near 0, so the baseline at lambda = 0 shows
+        ax.set_xlabel("λ (dispersion_weight)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------- command line

@@ -3,11 +3,16 @@ The log-likelihood engine and the metrics built on it.
 
 A request is (context, continuation); its score is log P(continuation | context) under the
 model, plus whether the continuation is the model's greedy choice at every token. Text is
-turned into tokens the way lm-evaluation-harness's HFLM does it for GPT-2:
+turned into tokens the way lm-evaluation-harness 0.4.13's HFLM does it, for any tokenizer
+(data.common.Tokenizer; the model's own):
+  - a text is encoded with the tokenizer's own special tokens (HFLM leaves add_special_tokens to
+    the tokenizer: Llama's adds a BOS in front, GPT-2's and Qwen's add nothing), except that a text
+    starting with the prefix token's text gets none (no second BOS);
   - trailing whitespace of the context is moved onto the continuation;
   - the context is encoded alone and the continuation tokens are what follows them in the
     encoding of context + continuation;
-  - an empty context is replaced by the end-of-text token;
+  - an empty context is replaced by the prefix token (bos, else eos: GPT-2's <|endoftext|>), and
+    the continuation is encoded without special tokens; perplexity windows start from it too;
   - a sequence longer than the model's block_size keeps its last block_size + 1 tokens.
 
 Speed: the requests of one item (the choices of a question) share their context, so the
@@ -27,20 +32,23 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-EOT_TOKEN = 50256  # GPT-2's <|endoftext|>: lm-eval's prefix token for an empty context
-
 
 # ----------------------------------------------------------------------------- tokenisation
 
-def encode(enc, text):
-    # special-token text ("<|endoftext|>") becomes the special token, as Hugging Face tokenizers do
-    return enc.encode(text, allowed_special="all")
+def encode(enc, text, add_special_tokens=None):
+    """HFLM.tok_encode: special-token text ("<|endoftext|>") becomes the special token; None leaves
+    adding BOS and the like to the tokenizer, unless text already starts with the prefix token's text."""
+    if add_special_tokens is None:
+        add_special_tokens = not text.startswith(enc.decode([enc.prefix_token]))
+    return enc.encode_special(text, add_special_tokens)
 
 
-def encode_pair(enc, context, continuation, prefix_token=EOT_TOKEN):
-    """(context_tokens, continuation_tokens) for one request, as lm-eval's HFLM builds them."""
+def encode_pair(enc, context, continuation, prefix_token=None):
+    """(context_tokens, continuation_tokens) for one request, as lm-eval's HFLM builds them.
+    prefix_token: the empty context's stand-in; None: the tokenizer's (enc.prefix_token)."""
+    prefix_token = enc.prefix_token if prefix_token is None else prefix_token
     if context == "":
-        cont = encode(enc, continuation)
+        cont = encode(enc, continuation, add_special_tokens=False)
         if cont[0] != prefix_token:
             return [prefix_token], cont
         return cont[:1], cont[1:]
@@ -54,7 +62,7 @@ def encode_pair(enc, context, continuation, prefix_token=EOT_TOKEN):
     return ctx, whole[len(ctx):]
 
 
-def rolling_windows(tokens, max_len, prefix_token=EOT_TOKEN):
+def rolling_windows(tokens, max_len, prefix_token):
     """Cut a long token list into (context, continuation) requests for perplexity, as lm-eval's
     loglikelihood_rolling does: every token is predicted exactly once, the first window is
     conditioned on the prefix token, each later window predicts up to max_len new tokens with as

@@ -39,7 +39,7 @@ def tiny_dataset(tmp_path_factory):
             start, step = rng.integers(0, 100), rng.integers(1, 4)
             docs.append([int((start + step * i) % 100) for i in range(rng.integers(20, 60))])
         write_split(str(out / f"{split}.bin"), docs)
-    write_meta(str(out), source="synthetic", tokenizer="synthetic", vocab_size=100)
+    write_meta(str(out), source="synthetic", tokenizer="gpt2", vocab_size=100)  # ids 0..99: GPT-2 ids for the tools that decode them
     return out
 
 

@@ -205,10 +205,14 @@ def test_fewshot_sampling_is_deterministic_and_excludes_the_doc():
 # ----------------------------------------------------------------------------- tokenisation
 
 class CharEncoder:
-    """A stand-in tokenizer: one token per character (code point)."""
+    """A stand-in tokenizer: one token per character (code point); adds no special tokens."""
+    prefix_token = 7
 
-    def encode(self, text, allowed_special=None):
+    def encode_special(self, text, add_special_tokens=True):
         return [ord(c) for c in text]
+
+    def decode(self, ids):
+        return "".join(chr(i) for i in ids)
 
 
 def test_encode_pair_moves_trailing_spaces_and_handles_empty_context():

@@ -1,16 +1,14 @@
-"""experiment.py: config checks, the statistics, keeping the best checkpoint, and a tiny grid end to end."""
+"""experiment.py: config checks, and a tiny grid end to end (training, benchmarks, probe, report)."""
 
-import itertools
 import json
 import os
 import time
 
-import numpy as np
 import pytest
 import torch
 
 import experiment
-from experiment import ExperimentError, load_experiment, mean_std, paired_bootstrap
+from experiment import ExperimentError, load_experiment
 
 
 def write_config(path, **settings):
@@ -51,81 +49,6 @@ def test_good_config_gives_each_arm_its_effective_settings(tmp_path):
     import train
     from configurator import load_config
     assert load_config(train._defaults, cmd[4:], train._types)["dispersion_layers"] == "1,2"
-
-
-# ---------------------------------------------------------------------- statistics
-
-def test_mean_std_uses_ddof_1():
-    m, s = mean_std([1.0, 2.0, 3.0, 4.0])
-    assert m == 2.5 and s == pytest.approx(np.sqrt(5 / 3))
-    m, s = mean_std([0.7])
-    assert m == 0.7 and np.isnan(s)
-
-
-def test_bootstrap_identical_arms_and_constant_shift():
-    rng = np.random.default_rng(0)
-    zero = {"a": np.zeros((3, 40)), "b": np.zeros((3, 7))}
-    out = paired_bootstrap(zero, n_boot=300, seed=1)
-    assert out["tasks"]["a"] == (0.0, 0.0, 0.0) and out["average"] == (0.0, 0.0, 0.0)
-    # arm = baseline + 0.05 on every item: every replicate is exactly the shift
-    base = rng.random((2, 30))
-    shifted = paired_bootstrap({"a": (base + 0.05) - base}, n_boot=300, seed=1)
-    assert shifted["tasks"]["a"] == pytest.approx((0.05, 0.05, 0.05))
-
-
-def test_bootstrap_matches_the_exact_resampling_distribution():
-    """S = 2 seeds, N = 3 items: all 2^2 x 3^3 equally likely resamples, enumerated."""
-    d = np.array([[0.0, 1.0, -1.0], [1.0, 1.0, 0.0]])
-    exact = np.array([d[list(s)][:, list(i)].mean() for s in itertools.product(range(2), repeat=2)
-                      for i in itertools.product(range(3), repeat=3)])
-    out = paired_bootstrap({"t": d}, n_boot=40000, seed=0)
-    assert out["tasks"]["t"][0] == pytest.approx(d.mean())
-    # every value a replicate can take, with its exact probability (values lie on a 1/6 grid)
-    grid = lambda x: np.round(np.asarray(x) * 6).astype(int)  # noqa: E731
-    values, counts = np.unique(grid(exact), return_counts=True)
-    freq = np.array([(grid(out["replicates"]["t"]) == v).mean() for v in values])
-    assert set(np.unique(grid(out["replicates"]["t"]))) <= set(values)
-    assert np.abs(freq - counts / len(exact)).max() < 0.01
-    lo, hi = out["tasks"]["t"][1:]
-    assert np.mean(exact < lo - 1e-9) <= 0.025 + 0.01 and np.mean(exact > hi + 1e-9) <= 0.025 + 0.01
-    again = paired_bootstrap({"t": d}, n_boot=500, seed=7)
-    assert again["tasks"] == paired_bootstrap({"t": d}, n_boot=500, seed=7)["tasks"]
-
-
-def test_bootstrap_average_resamples_seeds_jointly():
-    """Two tasks with the same seed effect (+1 at seed 0, -1 at seed 1): resampling the seeds
-    jointly keeps them correlated, so the average's interval is as wide as each task's."""
-    d = np.array([[1.0] * 20, [-1.0] * 20])
-    out = paired_bootstrap({"a": d, "b": d.copy()}, n_boot=2000, seed=0)
-    assert out["average"][1:] == pytest.approx(out["tasks"]["a"][1:])
-    assert out["average"][1] == pytest.approx(-1.0) and out["average"][2] == pytest.approx(1.0)
-
-
-def test_dose_response_groups_arms_that_differ_only_in_lambda(tmp_path):
-    eff = {"dispersion": "none", "dispersion_weight": 0.1, "n_layer": 2}
-    meta = {"config": {"baseline": "ce"}, "arms": {
-        "ce": {"effective": eff}, "a1": {"effective": {**eff, "dispersion": "angular", "dispersion_weight": 1.0}},
-        "a01": {"effective": {**eff, "dispersion": "angular", "dispersion_weight": 0.1}},
-        "a03": {"effective": {**eff, "dispersion": "angular", "dispersion_weight": 0.3}},
-        "deep": {"effective": {**eff, "dispersion": "angular", "n_layer": 4}}}}
-    arm = lambda cos: {"seeds": [0], "mean_cos_last": (cos, np.nan), "spearman": (0.0, np.nan),  # noqa: E731
-                       "avg_acc": (0.25, np.nan), "val_loss": (5.0, np.nan)}
-    summary = {"arms": {"ce": arm(0.9), "a1": arm(0.2), "a01": arm(0.7), "a03": arm(0.5), "deep": arm(0.1)}}
-    (group,) = experiment.dose_response(meta, {}, summary)
-    assert [(p["arm"], p["lambda"]) for p in group["points"]] == [("ce", 0.0), ("a01", 0.1), ("a03", 0.3), ("a1", 1.0)]
-    assert group["rank_corr_with_lambda"]["mean_cos_last"] == pytest.approx(-1.0)
-    assert os.path.getsize(experiment.plot_dose_response([group], str(tmp_path / "dose.png"))) > 0
-
-
-# ---------------------------------------------------------------------- the best checkpoint
-
-def test_best_checkpoint_is_the_first_lowest_val_loss_after_iteration_0(tmp_path):
-    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (
-        {"iter": 0, "val_loss": 1.0}, {"iter": 1, "loss": 0.5}, {"iter": 2, "val_loss": 3.0},
-        {"iter": 4, "val_loss": 2.5}, {"iter": 6, "val_loss": 2.5}, {"iter": 8, "val_loss": 2.7})))
-    assert experiment.best_checkpoint(str(tmp_path)) is None  # no ckpt_best.pt: not trained with keep_best
-    (tmp_path / "ckpt_best.pt").write_bytes(b"")
-    assert experiment.best_checkpoint(str(tmp_path)) == {"iter": 4, "val_loss": 2.5}
 
 
 def fake_benchmarks(root):

@@ -2,6 +2,7 @@
 Prepare any local plain-text files for training: the offline default.
 
     python -m data.local.prepare --input ../shared/corpus --out_dir data/local
+    python -m data.local.prepare --input ../shared/corpus --out_dir data/local-qwen3 --tokenizer Qwen/Qwen3-0.6B
 
 --input takes files and folders (folders are walked for *.txt files). Each file is cut into
 documents of consecutive paragraphs (about --doc_chars characters each); the last
@@ -16,7 +17,7 @@ import sys
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from data.common import prepare_from_documents
+from data.common import get_tokenizer, prepare_from_documents
 from errors import InputError, MissingFileError, run_cli
 
 
@@ -58,9 +59,12 @@ def main(argv=None):
     parser.add_argument("--out_dir", default=os.path.join("data", "local"))
     parser.add_argument("--val_fraction", type=float, default=0.05)
     parser.add_argument("--doc_chars", type=int, default=4000)
+    parser.add_argument("--tokenizer", default="gpt2",
+                        help="gpt2 (tiktoken), or a Hugging Face tokenizer folder or hub name (e.g. Qwen/Qwen3-0.6B)")
     args = parser.parse_args(argv)
     if not 0 < args.val_fraction < 1:
         parser.error(f"--val_fraction must be between 0 and 1, got {args.val_fraction}")
+    get_tokenizer(args.tokenizer)  # a bad name stops here, before any reading or downloading
     train_docs, val_docs = [], []
     for path in find_text_files(args.input):
         try:
@@ -79,7 +83,8 @@ def main(argv=None):
         raise InputError(f"no validation documents in {', '.join(args.input)}: a file is held out only if it has "
                          "at least 2 documents; give more text (paragraphs separated by blank lines), "
                          "a smaller --doc_chars or a larger --val_fraction")
-    return prepare_from_documents(args.out_dir, train_docs, val_docs, source=" ".join(args.input))
+    return prepare_from_documents(args.out_dir, train_docs, val_docs, source=" ".join(args.input),
+                                  tokenizer=args.tokenizer)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """
 OpenWebText (~9B GPT-2 tokens, 8M documents), for GPT-2 124M from scratch. Tokenized in
-parallel processes and written as uint16 memmaps (train.bin ~17 GB, val.bin ~8.5 MB).
+parallel processes (--tokenizer, default gpt2) and written as uint16 memmaps (train.bin
+~17 GB, val.bin ~8.5 MB; uint32 for a vocabulary over 65536 ids).
 
     python -m data.openwebtext.prepare                    # Hugging Face datasets (54 GB download cache)
     python -m data.openwebtext.prepare --input DIR        # offline: a folder of .txt files, one document each
@@ -16,25 +17,27 @@ import numpy as np
 
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from data.common import EOT_TOKEN, get_tokenizer, max_token_id, remove_leftovers, write_meta, write_tokens
+from data.common import get_tokenizer, max_token_id, remove_leftovers, token_dtype, write_meta, write_tokens
 from errors import InputError, MissingFileError, run_cli
 
 NUM_PROC = max(1, (os.cpu_count() or 2) // 2)
 
 
-def tokenize(example):
-    ids = get_tokenizer().encode_ordinary(example["text"])
-    ids.append(EOT_TOKEN)
+def tokenize(example, tokenizer):
+    enc = get_tokenizer(tokenizer)  # loaded once per worker process (cached)
+    ids = enc.encode(example["text"])
+    ids.append(enc.eot)
     return {"ids": ids, "len": len(ids)}
 
 
-def write_hf_split(dset, path):
-    """Stream a tokenized datasets split into one flat uint16 memmap, shard by shard."""
+def write_hf_split(dset, path, dtype):
+    """Stream a tokenized datasets split into one flat memmap of dtype, shard by shard."""
     total = int(np.sum(dset["len"], dtype=np.uint64))
     n_shards = min(1024, len(dset))
     shards = (np.concatenate(dset.shard(num_shards=n_shards, index=i, contiguous=True).with_format("numpy")["ids"])
               for i in range(n_shards))
-    return write_tokens(path, total, shards, desc=f"writing {os.path.basename(path)}", total_chunks=n_shards)
+    return write_tokens(path, total, shards, desc=f"writing {os.path.basename(path)}", total_chunks=n_shards,
+                        dtype=dtype)
 
 
 def main(argv=None):
@@ -42,7 +45,11 @@ def main(argv=None):
     parser.add_argument("--input", help="folder of .txt documents (default: Hugging Face openwebtext)")
     parser.add_argument("--out_dir", default=os.path.dirname(os.path.abspath(__file__)))
     parser.add_argument("--num_proc", type=int, default=NUM_PROC)
+    parser.add_argument("--tokenizer", default="gpt2",
+                        help="gpt2 (tiktoken), or a Hugging Face tokenizer folder or hub name (e.g. Qwen/Qwen3-0.6B)")
     args = parser.parse_args(argv)
+    enc = get_tokenizer(args.tokenizer)  # a bad name stops here, before any download
+    dtype = token_dtype(enc.vocab_size)
     try:
         from datasets import Dataset, load_dataset
     except ImportError as e:
@@ -63,12 +70,14 @@ def main(argv=None):
     remove_leftovers(args.out_dir)
     for name, dset in (("train", split["train"]), ("val", split["test"])):
         nbytes = sum(len(t.encode("utf-8")) for t in dset["text"]) if args.input else None
-        tokenized = dset.map(tokenize, remove_columns=["text"], desc=f"tokenizing {name}", num_proc=args.num_proc)
+        tokenized = dset.map(tokenize, fn_kwargs={"tokenizer": enc.name}, remove_columns=["text"],
+                             desc=f"tokenizing {name}", num_proc=args.num_proc)
         path = os.path.join(args.out_dir, f"{name}.bin")
-        n_tokens = write_hf_split(tokenized, path)
-        summary[name] = {"documents": len(dset), "tokens": n_tokens, "max_token_id": max_token_id(path), "bytes": nbytes}
+        n_tokens = write_hf_split(tokenized, path, dtype)
+        summary[name] = {"documents": len(dset), "tokens": n_tokens, "max_token_id": max_token_id(path, dtype),
+                         "bytes": nbytes}
         print(f"{name}: {len(dset):,} documents, {n_tokens:,} tokens" + (f", {nbytes:,} bytes" if nbytes else ""))
-    write_meta(args.out_dir, **summary)
+    write_meta(args.out_dir, tokenizer=enc.name, vocab_size=enc.vocab_size, dtype=np.dtype(dtype).name, **summary)
 
 
 if __name__ == "__main__":

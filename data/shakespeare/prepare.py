@@ -1,5 +1,5 @@
 """
-Tiny Shakespeare (1 MB), GPT-2 tokens; the first 90% for training, the last 10% for validation.
+Tiny Shakespeare (1 MB), GPT-2 tokens (or --tokenizer's); the first 90% for training, the last 10% for validation.
 
     python -m data.shakespeare.prepare                        # downloads it
     python -m data.shakespeare.prepare --input input.txt      # offline, from a local copy
@@ -12,7 +12,7 @@ import urllib.request
 
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from data.common import prepare_from_documents
+from data.common import get_tokenizer, prepare_from_documents
 from errors import InputError, MissingFileError, run_cli
 
 URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -22,7 +22,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", help="local copy of tinyshakespeare input.txt (default: download it)")
     parser.add_argument("--out_dir", default=os.path.dirname(os.path.abspath(__file__)))
+    parser.add_argument("--tokenizer", default="gpt2",
+                        help="gpt2 (tiktoken), or a Hugging Face tokenizer folder or hub name (e.g. Qwen/Qwen3-0.6B)")
     args = parser.parse_args(argv)
+    get_tokenizer(args.tokenizer)  # a bad name stops here, before any reading or downloading
     if args.input is None:
         args.input = os.path.join(args.out_dir, "input.txt")
         if not os.path.exists(args.input):
@@ -37,7 +40,7 @@ def main(argv=None):
         text = f.read()
     n = int(0.9 * len(text))
     # one document per split: the play text is continuous, so no end-of-text tokens inside
-    return prepare_from_documents(args.out_dir, [text[:n]], [text[n:]], source=args.input)
+    return prepare_from_documents(args.out_dir, [text[:n]], [text[n:]], source=args.input, tokenizer=args.tokenizer)
 
 
 if __name__ == "__main__":

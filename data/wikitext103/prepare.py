@@ -1,5 +1,6 @@
 """
-WikiText-103 (raw), the paper's mid-training data, as GPT-2 tokens. One document per article
+WikiText-103 (raw), the paper's mid-training data, as GPT-2 tokens
+(or another tokenizer's: --tokenizer Qwen/Qwen3-0.6B for the Qwen3 setting). One document per article
 (articles start at top-level headings " = Title = "); empty lines are dropped.
 
     python -m data.wikitext103.prepare                      # Hugging Face datasets, wikitext-103-raw-v1
@@ -18,7 +19,7 @@ import sys
 
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from data.common import prepare_from_documents
+from data.common import get_tokenizer, prepare_from_documents
 from errors import InputError, MissingFileError, run_cli
 
 HEADING = re.compile(r"^ = [^=].* = $")
@@ -53,7 +54,10 @@ def main(argv=None):
     parser.add_argument("--input", help="folder with the raw WikiText-103 files (default: Hugging Face hub)")
     parser.add_argument("--out_dir", default=os.path.dirname(os.path.abspath(__file__)))
     parser.add_argument("--train_from_valid", action="store_true", help="smoke tests only: train on valid text")
+    parser.add_argument("--tokenizer", default="gpt2",
+                        help="gpt2 (tiktoken), or a Hugging Face tokenizer folder or hub name (e.g. Qwen/Qwen3-0.6B)")
     args = parser.parse_args(argv)
+    get_tokenizer(args.tokenizer)  # a bad name stops here, before any reading or downloading
     if args.input:
         train_lines, val_lines = read_local(args.input, "train"), read_local(args.input, "valid")
         if val_lines is None:
@@ -71,7 +75,7 @@ def main(argv=None):
         ds = load_dataset("Salesforce/wikitext", "wikitext-103-raw-v1")
         train_lines, val_lines = ds["train"]["text"], ds["validation"]["text"]
     return prepare_from_documents(args.out_dir, articles(train_lines), articles(val_lines),
-                                  source=args.input or "Salesforce/wikitext wikitext-103-raw-v1")
+                                  source=args.input or "Salesforce/wikitext wikitext-103-raw-v1", tokenizer=args.tokenizer)
 
 
 if __name__ == "__main__":

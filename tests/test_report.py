@@ -1,0 +1,202 @@
+"""eval/report.py: reading finished runs and writing the report, on hand-made run folders."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from eval import plots, report
+from eval.stats import t_interval
+
+
+def test_dose_response_groups_arms_that_differ_only_in_lambda(tmp_path):
+    eff = {"dispersion": "none", "dispersion_weight": 0.1, "n_layer": 2}
+    meta = {"config": {"baseline": "ce"}, "arms": {
+        "ce": {"effective": eff}, "a1": {"effective": {**eff, "dispersion": "angular", "dispersion_weight": 1.0}},
+        "a01": {"effective": {**eff, "dispersion": "angular", "dispersion_weight": 0.1}},
+        "a03": {"effective": {**eff, "dispersion": "angular", "dispersion_weight": 0.3}},
+        "deep": {"effective": {**eff, "dispersion": "angular", "n_layer": 4}}}}
+    arm = lambda cos: {"seeds": [0], "mean_cos_last": (cos, np.nan), "spearman": (0.0, np.nan),  # noqa: E731
+                       "avg_acc": (0.25, np.nan), "val_loss": (5.0, np.nan)}
+    summary = {"arms": {"ce": arm(0.9), "a1": arm(0.2), "a01": arm(0.7), "a03": arm(0.5), "deep": arm(0.1)}}
+    (group,) = report.dose_response(meta, {}, summary)
+    assert [(p["arm"], p["lambda"]) for p in group["points"]] == [("ce", 0.0), ("a01", 0.1), ("a03", 0.3), ("a1", 1.0)]
+    assert group["rank_corr_with_lambda"]["mean_cos_last"] == pytest.approx(-1.0)
+    assert os.path.getsize(plots.plot_dose_response([group], str(tmp_path / "dose.png"))) > 0
+
+
+# ---------------------------------------------------------------------- the best checkpoint
+
+def test_best_checkpoint_is_the_first_lowest_val_loss_after_iteration_0(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (
+        {"iter": 0, "val_loss": 1.0}, {"iter": 1, "loss": 0.5}, {"iter": 2, "val_loss": 3.0},
+        {"iter": 4, "val_loss": 2.5}, {"iter": 6, "val_loss": 2.5}, {"iter": 8, "val_loss": 2.7})))
+    assert report.best_checkpoint(str(tmp_path)) is None  # no ckpt_best.pt: not trained with keep_best
+    (tmp_path / "ckpt_best.pt").write_bytes(b"")
+    assert report.best_checkpoint(str(tmp_path)) == {"iter": 4, "val_loss": 2.5}
+
+
+# ---------------------------------------------------------------------- hand-made experiment folders
+
+LAYERS = 3
+
+
+def write_run(exp, arm, seed, acc, ce=5.0, cos=(0.1, 0.3, 0.5), wikitext_ppl=None, lambada=(900.0, 0.0),
+              medmcqa_fallback=False):
+    """One finished run folder as the runner leaves it. acc: {task: list of 0/1 per item}; tasks
+    named 'tqa*' are scored without choices (no chance level, like truthfulqa_mc2)."""
+    run = exp / arm / f"seed{seed}"
+    (run / "eval").mkdir(parents=True)
+    (run / "condensation").mkdir()
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (
+        {"iter": 5, "loss": ce + 2.0, "ce": ce + 0.5}, {"iter": 10, "loss": ce + 1.0, "ce": ce + 0.2, "val_loss": ce})))
+    with open(run / "eval" / "items.jsonl", "w") as f:
+        for task, values in acc.items():
+            for i, a in enumerate(values):
+                rec = {"task": task, "doc_id": i, "acc": float(a)}
+                if not task.startswith("tqa"):
+                    rec.update(lls=[-1.0, -2.0, -3.0, -4.0], pred=0 if a else 1, gold=0)
+                f.write(json.dumps(rec) + "\n")
+    results = {t: {"acc": float(np.mean(v)), "num_fewshot": 0, "split": "validation"} for t, v in acc.items()}
+    if medmcqa_fallback:
+        results["medmcqa"].update(num_fewshot=1, fewshot_split="validation", fewshot_matches_lm_eval=False)
+    if wikitext_ppl is not None:
+        results["wikitext"] = {"word_perplexity": wikitext_ppl, "num_fewshot": 0, "split": "test"}
+    results["lambada_openai"] = {"perplexity": lambada[0], "acc": lambada[1], "num_fewshot": 0, "split": "test"}
+    (run / "eval" / "results.json").write_text(json.dumps(results))
+    layers = [{"layer": i, "layer_fraction": i / (LAYERS - 1), "mean_cos": c, "mean_cos_shared": c / 2,
+               "mean_cos_centered": c / 3, "hist": [1.0, 0.0]} for i, c in enumerate(cos)]
+    (run / "condensation" / "condensation.json").write_text(json.dumps(
+        {"layers": layers, "hist_edges": [-1.0, 0.0, 1.0], "spearman": 1.0, "kendall": 1.0}))
+    (run / "done.json").write_text(json.dumps({"spec": {}, "final_iter": 10, "best": None, "seconds": {"train": 1.0},
+                                               "hardware": {"cpu": "test", "cpu_count": 2, "gpus": [], "torch": "x"},
+                                               "finished": "2026-12-02T00:00:00"}))
+
+
+def write_experiment(exp, arms, seeds, **extra):
+    exp.mkdir(parents=True, exist_ok=True)
+    cfg = {"arms": {a: {} for a in arms}, "seeds": seeds, "baseline": "ce", "select_by_val": False, "n_boot": 200,
+           "boot_seed": 0, "tasks": "paper10", "num_fewshot": 0, "paper_protocol": False, "eval_limit": None,
+           "probe_n_seq": 2, "probe_seq_len": 8, "base_config": "", "base_overrides": {}}
+    eff = {"dispersion": "none", "dispersion_weight": 0.1}
+    (exp / "experiment.json").write_text(json.dumps({"config": cfg, "arms": {a: {"effective": eff} for a in arms},
+                                                     "probe_text": "valid.raw", **extra}))
+
+
+def build(exp):
+    report.build_report(str(exp))
+    return (exp / "report.md").read_text(), json.loads((exp / "report.json").read_text())
+
+
+def test_deltas_use_seed_t_intervals_and_the_seeds_both_arms_have(tmp_path):
+    """The arm has seeds 0-2, the baseline 0-1: every delta pairs over 0, 1 only, says so, and its
+    interval is the t-interval over the two per-seed differences (not a bootstrap)."""
+    exp = tmp_path / "exp"
+    write_experiment(exp, ["ce", "a"], [0, 1, 2])
+    n = 40
+    for seed in (0, 1):
+        write_run(exp, "ce", seed, {"piqa": [1] * 20 + [0] * 20}, ce=5.0 + seed)
+    shifts = {0: 4, 1: 8, 2: 20}  # extra correct items of arm a over ce at each seed
+    for seed, k in shifts.items():
+        write_run(exp, "a", seed, {"piqa": [1] * (20 + k) + [0] * (20 - k)}, ce=4.9 + seed - 0.05 * seed)
+    text, data = build(exp)
+    d = data["summaries"]["final"]["deltas"]["a"]
+    assert d["seeds"] == [0, 1]
+    expected = t_interval(np.array([4, 8]) / n)
+    assert d["avg_acc"] == pytest.approx([float(x) for x in expected])
+    assert d["acc"]["piqa"] == pytest.approx([float(x) for x in expected])
+    assert d["val_loss"] == pytest.approx([float(x) for x in t_interval([-0.1, -0.15])])
+    # the item bootstrap is there, named, and never starred; the seed set is printed
+    assert "Within-run (item) uncertainty" in text and "a (seeds 0, 1)" in text
+    item_table = text.split("Within-run (item) uncertainty")[1]
+    assert "] *" not in item_table.split("\n\n")[1] and "]" in item_table.split("\n\n")[1]
+    assert "| Δ seeds |" in text
+
+
+def test_one_seed_gives_no_interval_no_star_and_says_why(tmp_path):
+    exp = tmp_path / "exp"
+    write_experiment(exp, ["ce", "a"], [0])
+    write_run(exp, "ce", 0, {"piqa": [0] * 40})
+    write_run(exp, "a", 0, {"piqa": [1] * 40}, ce=4.0)  # a huge difference, but one seed
+    text, data = build(exp)
+    est, lo, hi = data["summaries"]["final"]["deltas"]["a"]["avg_acc"]
+    assert est == pytest.approx(1.0) and lo is None and hi is None  # nan -> null in report.json
+    assert "one seed cannot estimate run-to-run variance" in text
+    assert "+100.0 (1 seed: no interval)" in text and "-1.000 (1 seed: no interval)" in text
+    assert "] *" not in text and ") *" not in text  # a starred cell ends in ' *'
+    assert "+100.0 [+100.0, +100.0]" in text  # the item bootstrap: within-run, unstarred
+
+
+def test_chance_row_averages_the_same_tasks_as_the_accuracy_row(tmp_path):
+    """piqa and arc have a chance level (4 choices: 25%), tqa none: the all-task average has no
+    chance figure, and a second row averages chance and accuracy over piqa and arc alone."""
+    exp = tmp_path / "exp"
+    write_experiment(exp, ["ce"], [0])
+    write_run(exp, "ce", 0, {"piqa": [1] * 10 + [0] * 10, "arc": [1] * 5 + [0] * 15, "tqa": [1] * 20})
+    text, _ = build(exp)
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in text.splitlines() if line.startswith("| **average")}
+    assert rows["**average, all 3 tasks**"][1].startswith("—") and rows["**average, all 3 tasks**"][3] == "58.3"
+    assert rows["**average, the 2 tasks with a chance level**"][1] == "25.0"
+    assert rows["**average, the 2 tasks with a chance level**"][3] == "37.5"  # (50 + 25) / 2, not 58.3
+
+
+def test_language_modelling_table_and_condensation(tmp_path):
+    exp = tmp_path / "exp"
+    write_experiment(exp, ["ce", "a"], [0, 1])
+    for seed in (0, 1):
+        write_run(exp, "ce", seed, {"piqa": [1, 0]}, ce=5.0 + seed, wikitext_ppl=1000.0 + seed, lambada=(800.0, 0.01))
+        write_run(exp, "a", seed, {"piqa": [1, 0]}, ce=4.8 + seed, wikitext_ppl=950.0 + 3 * seed, lambada=(700.0, 0.02),
+                  cos=(0.1, 0.2, 0.4))
+    text, data = build(exp)
+    assert "### Language modelling" in text
+    d = data["summaries"]["final"]["deltas"]["a"]
+    assert d["wikitext_word_perplexity"] == pytest.approx([float(x) for x in t_interval([-50.0, -48.0])])
+    assert d["lambada_perplexity"][0] == pytest.approx(-100.0) and d["lambada_acc"][0] == pytest.approx(0.01)
+    lm_rows = text.split("### Language modelling")[1].split("\n\n")[2].splitlines()
+    a_row = [c.strip() for c in next(r for r in lm_rows if r.startswith("| a |")).split("|")[1:-1]]
+    assert a_row[1] == "5.300 ± 0.707" and a_row[3] == "951.5 ± 2.1" and a_row[-1] == "0, 1"
+    # condensation per layer, mean over seeds, and the definition named
+    assert "| a | 0.100 | 0.200 | 0.400 |" in text and "diagonal (1) included" in text and "pair_cos" in text
+
+
+def test_wikitext_not_scored_is_said(tmp_path):
+    exp = tmp_path / "exp"
+    write_experiment(exp, ["ce"], [0])
+    write_run(exp, "ce", 0, {"piqa": [1, 0]})
+    text, _ = build(exp)
+    assert "WikiText-103 word perplexity was not scored: add `wikitext`" in text
+
+
+def test_medmcqa_shots_from_the_scored_split_are_flagged(tmp_path):
+    exp = tmp_path / "exp"
+    write_experiment(exp, ["ce"], [0])
+    write_run(exp, "ce", 0, {"piqa": [1, 0], "medmcqa": [1, 0]}, medmcqa_fallback=True)
+    text, _ = build(exp)
+    header = text.split("| arm | train.py settings")[0]
+    assert "medmcqa: shots drawn from its scored split `validation`" in header
+    assert "not available offline" in header
+
+
+def test_folders_that_are_not_arms_are_ignored_and_the_base_run_is_named(tmp_path):
+    exp = tmp_path / "exp"
+    write_experiment(exp, ["ce"], [0], base={"out_dir": str(exp / "base")})
+    write_run(exp, "ce", 0, {"piqa": [1, 0]})
+    write_run(exp, "base", 0, {"piqa": [1, 1]})  # a finished run folder that is no arm of the grid
+    text, data = build(exp)
+    assert list(data["summaries"]["final"]["arms"]) == ["ce"] and "| base |" not in text
+    assert "Base run: the arms start from a pretraining run" in text and str(exp / "base") in text
+
+
+def test_training_figure_plots_cross_entropy_not_the_total_loss(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"iter": 0, "loss": 9.0, "ce": 6.0}\n{"iter": 2, "loss": 8.0, "ce": 5.0, "val_loss": 5.5}\n')
+    figures = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, p: figures.append(fig) or p)
+    assert plots.plot_training([str(path)], ["run"], str(tmp_path / "t.png"))[0] == "loss"
+    ax = figures[0].axes[0]
+    train, val = ax.get_lines()[:2]
+    assert list(train.get_ydata()) == [6.0, 5.0] and list(val.get_ydata()) == [5.5]
+    assert "run train CE" == train.get_label() and ax.get_ylabel().startswith("cross-entropy")
