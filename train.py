@@ -13,6 +13,7 @@ and are checked by configurator.py before any work starts.
 """
 
 import contextlib
+import ctypes
 import importlib.util
 import json
 import math
@@ -128,6 +129,7 @@ device = "auto"  # auto, cpu, cuda, cuda:1, mps
 dtype = "auto"  # auto (bfloat16 where supported, else float16 on CUDA, float32 on CPU), float32, bfloat16, float16
 compile = True  # torch.compile the model
 peak_flops = None  # one device's peak FLOP/s for MFU; None: look it up (model.PEAK_FLOPS)
+malloc_tuning = True  # glibc (Linux): keep freed memory for reuse instead of handing it back to the OS every step
 # experiment tracking: Weights & Biases gets the records of metrics.jsonl (which stays the source of truth)
 wandb_log = False
 wandb_project = "disperse-gpt"
@@ -149,6 +151,8 @@ def main(argv):
     data_dir = dataset if os.path.isdir(dataset) else os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", dataset)
     meta = read_meta(data_dir)  # names the data's tokenizer, which the benchmarks and the probe text are encoded with
     tokenizer = check_input_files(meta["tokenizer"])
+    if malloc_tuning:
+        tune_malloc()
 
     # ------------------------------------------------------------------ processes and devices
     ddp = int(os.environ.get("RANK", -1)) != -1
@@ -240,6 +244,10 @@ def main(argv):
     if compile:
         if master:
             print("compiling the model...")
+        if dispersion in CONTROLS:
+            # their gradient ratio (log steps) runs backward through the graph more than once (retain_graph),
+            # which a compiled backward that reuses ("donates") its saved buffers refuses
+            torch._functorch.config.donated_buffer = False
         model = torch.compile(model)
     if ddp:
         model = DDP(model, device_ids=[int(os.environ["LOCAL_RANK"])] if device_type == "cuda" else None)
@@ -530,6 +538,28 @@ def check_settings():
         problems.append("wandb_log=True but wandb is not installed; pip install wandb, or set wandb_log=False")
     if problems:
         raise InputError("; ".join(problems))
+
+
+def tune_malloc():
+    """Make glibc's malloc keep big freed blocks for reuse. By default it gives every block above
+    32 MB (the (B, T, vocab) logits and their gradient, the activations) back to the OS when it is
+    freed, so the next step maps it again and page-faults it in, a page at a time: on the CPU that
+    kernel time (sys) was as large as the compute (bench/bench_sys_time.py). Serving such blocks
+    from the heap, and never trimming it, ends that. Returns whether it was applied: a no-op off
+    Linux or without glibc."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # <malloc.h>; the values are C ints
+    return bool(mallopt(M_MMAP_THRESHOLD, ctypes.c_int(MALLOC_MMAP_THRESHOLD))
+                and mallopt(M_TRIM_THRESHOLD, ctypes.c_int(2**31 - 1)))
+
+
+MALLOC_MMAP_THRESHOLD = 2**30  # blocks at least this big are still mapped and unmapped each time
 
 
 def module_available(name):

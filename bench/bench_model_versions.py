@@ -39,6 +39,10 @@ SHAPES = {
                   rope_theta=1e6, mlp="swiglu", n_inner=2048, n_kv_head=4, qk_norm=True),
 }
 SHAPES["qwen3_ckpt"] = {**SHAPES["qwen3"], "gradient_checkpointing": True}
+# nanoGPT's small size (6 x 384) as a Qwen3 block with its own (untied) output head
+SHAPES["qwen3_small_untied"] = dict(n_layer=6, n_head=6, n_embd=384, bias=False, norm="rmsnorm", norm_eps=1e-6,
+                                    pos_emb="rope", rope_theta=1e6, mlp="swiglu", n_kv_head=2, qk_norm=True,
+                                    tie_embeddings=False)
 
 
 def load_module(path, name):
@@ -88,6 +92,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--old", default=None, help="git revision whose model.py is the first arm (GPT-2 shape), "
                         "e.g. 7997115, the last one before the families")
+    parser.add_argument("--shape", default="gpt2", help="with --old: the shape both versions are built at (default gpt2)")
     parser.add_argument("--shapes", default=None, help="comma-separated shapes from this model.py: " + ", ".join(SHAPES))
     parser.add_argument("--reps", type=int, default=12, help="timed steps per arm")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per arm first")
@@ -104,8 +109,10 @@ def main():
 
     tmp = tempfile.TemporaryDirectory()
     if args.old is not None:
-        arms = [(f"model.py@{args.old}", model_py_at(args.old, tmp.name), SHAPES["gpt2"]),
-                ("model.py (this tree)", new_model, SHAPES["gpt2"])]
+        if args.shape not in SHAPES:
+            parser.error(f"unknown shape {args.shape!r}; choose from {', '.join(SHAPES)}")
+        arms = [(f"model.py@{args.old}", model_py_at(args.old, tmp.name), SHAPES[args.shape]),
+                ("model.py (this tree)", new_model, SHAPES[args.shape])]
     else:
         names = args.shapes.split(",")
         unknown = [n for n in names if n not in SHAPES]
@@ -118,7 +125,7 @@ def main():
     times = [[] for _ in arms]
     losses = [[] for _ in arms]
     for i, batch in enumerate(batches):
-        x, y = batch[:, :-1], batch[:, 1:]
+        x, y = batch[:, :-1].contiguous(), batch[:, 1:].contiguous()  # as train.py gives them
         order = range(len(arms)) if i % 2 == 0 else reversed(range(len(arms)))  # alternate who goes first
         for a in order:
             dt, loss = step(*built[a], x, y)
