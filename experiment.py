@@ -78,6 +78,7 @@ DEFAULTS = dict(
     #               every arm then mid-trains (init_from); it may set seed. {}: no base stage
     arms={"ce": {}, "angular": {"dispersion": "angular", "dispersion_weight": 0.1}},
     baseline="ce",  # the arm every other arm is compared with, paired by (seed, item)
+    baselines={},  # arm -> the arm it is compared with instead of `baseline` (e.g. each width's own CE arm)
     seeds=[0, 1],
     exp_dir="out-experiment",
     launcher="python",  # how train.py is started, e.g. "torchrun --standalone --nproc_per_node=8"
@@ -165,6 +166,14 @@ def load_experiment(argv):
         problems.append("arms is empty")
     if cfg["baseline"] not in cfg["arms"]:
         problems.append(f"baseline={cfg['baseline']!r} is not an arm (arms: {', '.join(cfg['arms'])})")
+    if not isinstance(cfg["baselines"], dict):
+        problems.append(f"baselines={cfg['baselines']!r} must be a dict: arm -> the arm it is compared with")
+    else:
+        for arm, other in cfg["baselines"].items():
+            if arm not in cfg["arms"] or other not in cfg["arms"]:
+                problems.append(f"baselines[{arm!r}]={other!r}: both must be arms (arms: {', '.join(cfg['arms'])})")
+            elif arm == other:
+                problems.append(f"baselines[{arm!r}] is the arm itself; compare it with another arm or drop the entry")
     if not cfg["seeds"] or not all(isinstance(s, int) and not isinstance(s, bool) for s in cfg["seeds"]):
         problems.append(f"seeds={cfg['seeds']!r} must be a non-empty list of ints")
     elif len(set(cfg["seeds"])) != len(cfg["seeds"]):

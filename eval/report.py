@@ -117,10 +117,32 @@ def collect_runs(exp_dir, meta):
     return runs
 
 
+def read_base_run(exp_dir, meta):
+    """The base run's figures (the checkpoint every arm mid-trains from), or None when the
+    experiment has no base stage or the base is not finished and evaluated."""
+    base = meta.get("base")
+    if not base:
+        return None
+    run_dir = os.path.join(exp_dir, base.get("dir") or "base") if isinstance(base, dict) else os.path.join(exp_dir, "base")
+    done = _read_json(os.path.join(run_dir, "done.json"))
+    if done is None or not os.path.exists(os.path.join(run_dir, "condensation", "condensation.json")):
+        return None
+    metrics = read_metrics(os.path.join(run_dir, "metrics.jsonl"))
+    val = {r["iter"]: r["val_loss"] for r in metrics if "val_loss" in r}
+    out = read_checkpoint_results(run_dir, "eval", "condensation", val.get(done["final_iter"]))
+    out.update(dir=run_dir, final_iter=done["final_iter"])
+    return out
+
+
 # ---------------------------------------------------------------------- the report
 
 def _finite(v):
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def baseline_of(cfg, arm):
+    """The arm `arm` is compared with: its entry in `baselines`, else the experiment's `baseline`."""
+    return cfg.get("baselines", {}).get(arm, cfg["baseline"])
 
 
 def summarize(meta, runs, which):
@@ -163,27 +185,28 @@ def summarize(meta, runs, which):
                              "iter": arm_runs[s]["final_iter"] if which == "final" else arm_runs[s].get("best_iter")}
                          for s in seeds},
         }
-        if arm == base:
+        ref = baseline_of(cfg, arm)
+        if arm == ref:
             continue
-        common = sorted(set(arm_runs) & set(runs.get(base, {})))
+        common = sorted(set(arm_runs) & set(runs.get(ref, {})))
         if not common:
             continue
-        delta = {"seeds": common}
+        delta = {"seeds": common, "vs": ref}
         for key in SCALARS:
-            pairs = [(s, arm_runs[s][which][key] - runs[base][s][which][key]) for s in common
-                     if _finite(arm_runs[s][which][key]) and _finite(runs[base][s][which][key])]
+            pairs = [(s, arm_runs[s][which][key] - runs[ref][s][which][key]) for s in common
+                     if _finite(arm_runs[s][which][key]) and _finite(runs[ref][s][which][key])]
             if pairs:
                 delta[key] = tuple(float(x) for x in t_interval([d for _, d in pairs]))
                 delta[key + "_seeds"] = [s for s, _ in pairs]
         diffs, n_items = {}, {}
         for u in units:
             # pair by (seed, item): only items scored in every run of both arms
-            keys = set.intersection(*[set(r[which]["items"].get(u, {})) for arm_ in (arm, base)
+            keys = set.intersection(*[set(r[which]["items"].get(u, {})) for arm_ in (arm, ref)
                                       for r in (runs[arm_][s] for s in common)])
             if not keys:
                 continue
             keys = sorted(keys)
-            diffs[u] = np.array([[runs[arm][s][which]["items"][u][k] - runs[base][s][which]["items"][u][k]
+            diffs[u] = np.array([[runs[arm][s][which]["items"][u][k] - runs[ref][s][which]["items"][u][k]
                                   for k in keys] for s in common])  # (S, N)
             n_items[u] = len(keys)
         if diffs:
@@ -250,6 +273,18 @@ def _ci(est, scale=100.0, digits=1, star=True):
     return f"{e * scale:+.{digits}f} [{lo * scale:+.{digits}f}, {hi * scale:+.{digits}f}]{mark}"
 
 
+def _limits_text(cfg, limits):
+    """'limit 20 per task (lambada_openai 500, mmlu 5 per subject)': the documents scored per task."""
+    default = cfg["eval_limit"]
+    text = f"limit {default} per task" if default else "full sets"
+    special = {}
+    for key, limit in cfg.get("eval_limits", {}).items():
+        special[key] = "all" if limit is None else (f"{limit} per subject" if key == "mmlu" else str(limit))
+    if not special and limits:  # an older experiment.json: its per-task limits, where they differ
+        special = {k: str(v) for k, v in limits.items() if v != default}
+    return text + (" (" + ", ".join(f"{k} {v}" for k, v in special.items()) + ")" if special else "")
+
+
 def _seeds_text(seeds):
     return ", ".join(str(s) for s in seeds) if seeds else "—"
 
@@ -287,11 +322,16 @@ def _checkpoint_section(meta, summary, title, which):
                  "excludes 0. One seed gives no interval and no star.")
     lines.append("")
 
+    per_arm = bool(cfg.get("baselines"))  # arms with their own baselines: a column says which
+
     def delta_cell(arm, key, scale=1.0, digits=3):
-        return "" if arm == base else _ci(deltas.get(arm, {}).get(key), scale, digits)
+        return "" if arm == baseline_of(cfg, arm) else _ci(deltas.get(arm, {}).get(key), scale, digits)
 
     def delta_seeds(arm):
-        return "" if arm == base else _seeds_text(deltas.get(arm, {}).get("seeds"))
+        if arm == baseline_of(cfg, arm):
+            return ""
+        text = _seeds_text(deltas.get(arm, {}).get("seeds"))
+        return f"vs {baseline_of(cfg, arm)}; {text}" if per_arm else text
 
     rows = [[f"**{arm}**" if arm == base else arm, _seeds_text(s["seeds"]), _pm(s["val_loss"], digits=3),
              delta_cell(arm, "val_loss"), _pm(s["mean_cos_last"], digits=3), delta_cell(arm, "mean_cos_last"),
@@ -300,7 +340,8 @@ def _checkpoint_section(meta, summary, title, which):
     val_name = "val CE" if which == "final" else "best val CE"
     lines.append(_markdown_table(["arm", "seeds", val_name, f"Δ {val_name} [95% CI]", "last-layer mean_cos",
                                   "Δ mean_cos [95% CI]", "Spearman ρ", "Δ ρ [95% CI]", "avg acc (%)",
-                                  f"Δ avg acc vs {base} (pp) [95% CI]", "Δ seeds"], rows))
+                                  "Δ avg acc (pp) [95% CI]" if per_arm else f"Δ avg acc vs {base} (pp) [95% CI]",
+                                  "Δ vs; seeds" if per_arm else "Δ seeds"], rows))
     lines.append("")
 
     # language modelling: what moves in a model too small for the benchmarks
@@ -318,11 +359,17 @@ def _checkpoint_section(meta, summary, title, which):
             row += [_pm(s[key], scale, digits) if scored else "not scored",
                     delta_cell(arm, key, scale, digits) if scored else ""]
         rows.append(row + [delta_seeds(arm)])
+    base_run = summary.get("base_run") if which == "final" else None
+    if base_run:  # where every arm started from
+        row = ["base (before mid-training)"]
+        for key, scale, digits in lm:
+            row += [_pm((base_run[key], None), scale, digits) if _finite(base_run[key]) else "not scored", ""]
+        rows.append(row + [""])
     header = ["arm"]
     for key, _, _ in lm:
         name = SCALARS[key][0] + (" (%)" if key == "lambada_acc" else "")
         header += [name, f"Δ {name} [95% CI]"]
-    lines.append(_markdown_table(header + ["Δ seeds"], rows))
+    lines.append(_markdown_table(header + ["Δ vs; seeds" if per_arm else "Δ seeds"], rows))
     lines.append("")
     if not any(_finite(s["wikitext_word_perplexity"][0]) for s in arms.values()):
         lines += ["WikiText-103 word perplexity was not scored: add `wikitext` to the experiment's `tasks`.", ""]
@@ -337,6 +384,11 @@ def _checkpoint_section(meta, summary, title, which):
         rows = [[arm] + [f"{s['mean_cos_layers'][i][0]:.3f}" if i < len(s["mean_cos_layers"]) else "—" for i in range(depth)]
                 + [_pm(s["spearman"], digits=2), delta_cell(arm, "spearman", digits=2)]
                 for arm, s in arms.items() if s["seeds"]]
+        if base_run:
+            layers = base_run["probe"]["layers"]
+            rows.append(["base (before mid-training)"] + [f"{layers[i]['mean_cos']:.3f}" if i < len(layers) else "—"
+                                                          for i in range(depth)]
+                        + [_pm((base_run["spearman"], None), digits=2), ""])
         lines.append(_markdown_table(["arm"] + [str(i) for i in range(depth)] + ["Spearman ρ", "Δ ρ [95% CI]"], rows))
         lines.append("")
 
@@ -364,8 +416,10 @@ def _checkpoint_section(meta, summary, title, which):
         lines.append("")
         others = [a for a in deltas if "acc" in deltas[a]]
         if others:
-            names = [f"{a} (seeds {_seeds_text(deltas[a]['seeds'])})" for a in others]
-            lines.append(f"Paired Δ accuracy vs {base} (pp), 95% t-interval over the per-seed paired means "
+            names = [f"{a}{' − ' + deltas[a]['vs'] if per_arm else ''} (seeds {_seeds_text(deltas[a]['seeds'])})"
+                     for a in others]
+            lines.append(f"Paired Δ accuracy vs {'each arm’s baseline' if per_arm else base} (pp), 95% t-interval "
+                         "over the per-seed paired means "
                          "(* excludes 0):")
             lines.append("")
             rows = [[u] + [_ci(deltas[a]["acc"][u]) if u in deltas[a]["acc"] else "—" for a in others] for u in units]
@@ -396,6 +450,9 @@ def build_report(exp_dir):
     n_planned = len(cfg["arms"]) * len(cfg["seeds"])
     n_done = sum(len(r) for r in runs.values())
     summaries = {"final": summarize(meta, runs, "final")}
+    base_figures = read_base_run(exp_dir, meta)
+    if base_figures:
+        summaries["final"]["base_run"] = {k: v for k, v in base_figures.items() if k not in ("items",)}
     if cfg["select_by_val"] and runs:
         summaries["best"] = summarize(meta, runs, "best")
     doses = dose_response(meta, runs, summaries["final"]) if runs else []
@@ -443,10 +500,14 @@ def build_report(exp_dir):
         L.append(f"- Invocation `python experiment.py {' '.join(inv['argv'])}` (finished {inv['finished']}): "
                  f"{inv['seconds'] / 60:.1f} min wall, {inv['done']} run(s) done, {inv['skipped']} skipped, "
                  f"{inv['failed']} failed")
-    L.append(f"- Base: `{cfg['base_config'] or 'train.py defaults'}` + {_settings_text(cfg['base_overrides'])}")
-    L.append(f"- Benchmarks: `{cfg['tasks']}`, {shots}, limit {cfg['eval_limit'] or 'none (full sets)'}; "
+    L.append(f"- Every arm's train.py settings: `{cfg['base_config'] or 'train.py defaults'}` + "
+             f"{_settings_text(cfg['base_overrides'])}, then the arm's own (table below)")
+    L.append(f"- Benchmarks: `{cfg['tasks']}`, {shots}, {_limits_text(cfg, meta.get('task_limits'))}; "
              f"probe: {cfg['probe_n_seq']} sequences × {cfg['probe_seq_len']} tokens of "
              f"`{os.path.basename(meta.get('probe_text') or '?')}`")
+    if cfg.get("baselines"):
+        L.append("- Arms compared with an arm of their own instead of the baseline: "
+                 + ", ".join(f"`{a}` vs `{b}`" for a, b in cfg["baselines"].items()))
     L.append(f"- Baseline: `{cfg['baseline']}`. Every Δ pairs each run with the baseline's run of the same seed, "
              "over the seeds both have (printed beside it). Its 95% interval is a t-interval over the per-seed paired "
              "differences (df = seeds − 1), so run-to-run variance is in it; * marks one that excludes 0. In "
@@ -461,7 +522,8 @@ def build_report(exp_dir):
     if base_run:
         where = base_run.get("out_dir") or base_run.get("dir") if isinstance(base_run, dict) else base_run
         L.append(f"- Base run: the arms start from a pretraining run (`{where or 'base'}`); it is not an arm and is "
-                 "not compared.")
+                 "not compared" + (f"; its own figures (iteration {base_figures['final_iter']}) are the "
+                                   "`base (before mid-training)` rows" if base_figures else "") + ".")
     L.append("")
     L.append(_markdown_table(["arm", "train.py settings"], [[a, _settings_text(s)] for a, s in cfg["arms"].items()]))
     L.append("")

@@ -28,6 +28,8 @@ def write_config(path, **settings):
     ({"base_overrides": {"n_layr": 2}}, "base_overrides: 'n_layr' is not a train.py setting; did you mean n_layer"),
     ({"baseline": "cee"}, "baseline='cee' is not an arm"),
     ({"seeds": [0, 0]}, "repeats a seed"),
+    ({"baselines": {"angular": "ce2"}}, "baselines['angular']='ce2': both must be arms"),
+    ({"baselines": {"ce": "ce"}}, "baselines['ce'] is the arm itself"),
     ({"arms": {"ce": {}, "a/b": {}}}, "arm name 'a/b'"),
 ])
 def test_config_errors_name_the_problem(tmp_path, settings, message):

@@ -114,6 +114,26 @@ def test_deltas_use_seed_t_intervals_and_the_seeds_both_arms_have(tmp_path):
     assert "| Δ seeds |" in text
 
 
+def test_an_arm_with_its_own_baseline_is_paired_with_that_arm(tmp_path):
+    """baselines={"a_narrow": "ce_narrow"}: a_narrow's deltas pair it with ce_narrow (not with the
+    experiment's baseline ce), and the tables say which arm each delta is against."""
+    exp = tmp_path / "exp"
+    write_experiment(exp, ["ce", "ce_narrow", "a_narrow"], [0, 1])
+    meta = json.loads((exp / "experiment.json").read_text())
+    meta["config"]["baselines"] = {"a_narrow": "ce_narrow"}
+    (exp / "experiment.json").write_text(json.dumps(meta))
+    for seed in (0, 1):
+        write_run(exp, "ce", seed, {"piqa": [1, 0]}, ce=5.0 + seed)
+        write_run(exp, "ce_narrow", seed, {"piqa": [1, 0]}, ce=6.0 + seed)
+        write_run(exp, "a_narrow", seed, {"piqa": [1, 0]}, ce=5.9 + seed - 0.1 * seed)
+    text, data = build(exp)
+    deltas = data["summaries"]["final"]["deltas"]
+    assert deltas["a_narrow"]["vs"] == "ce_narrow" and deltas["ce_narrow"]["vs"] == "ce"
+    assert deltas["a_narrow"]["val_loss"] == pytest.approx([float(x) for x in t_interval([-0.1, -0.2])])
+    assert deltas["ce_narrow"]["val_loss"] == pytest.approx([float(x) for x in t_interval([1.0, 1.0])])
+    assert "| vs ce_narrow; 0, 1 |" in text and "`a_narrow` vs `ce_narrow`" in text
+
+
 def test_one_seed_gives_no_interval_no_star_and_says_why(tmp_path):
     exp = tmp_path / "exp"
     write_experiment(exp, ["ce", "a"], [0])
@@ -189,6 +209,23 @@ def test_folders_that_are_not_arms_are_ignored_and_the_base_run_is_named(tmp_pat
     assert "Base run: the arms start from a pretraining run" in text and str(exp / "base") in text
 
 
+def test_the_base_run_figures_are_shown_beside_the_arms(tmp_path):
+    """With a base stage (EXP/base finished and evaluated), the language-modelling and condensation
+    tables get a 'base (before mid-training)' row with its own figures and no delta."""
+    exp = tmp_path / "exp"
+    write_experiment(exp, ["ce"], [0], base={"dir": "base", "spec": {}})
+    write_run(exp, "ce", 0, {"piqa": [1, 0]}, wikitext_ppl=900.0)
+    write_run(exp, "tmp", 0, {"piqa": [1, 1]}, ce=7.25, wikitext_ppl=1234.5, cos=(0.11, 0.22, 0.33))
+    os.rename(exp / "tmp" / "seed0", exp / "base")
+    text, data = build(exp)
+    lm = text.split("### Language modelling")[1]
+    row = next(r for r in lm.splitlines() if r.startswith("| base (before mid-training) |"))
+    assert "7.250" in row and "1234.5" in row
+    assert "| base (before mid-training) | 0.110 | 0.220 | 0.330 | 1.00 |" in text
+    assert data["summaries"]["final"]["base_run"]["val_loss"] == pytest.approx(7.25)
+    assert "are the `base (before mid-training)` rows" in text
+
+
 def test_training_figure_plots_cross_entropy_not_the_total_loss(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
     path = tmp_path / "metrics.jsonl"
@@ -200,3 +237,10 @@ def test_training_figure_plots_cross_entropy_not_the_total_loss(tmp_path, monkey
     train, val = ax.get_lines()[:2]
     assert list(train.get_ydata()) == [6.0, 5.0] and list(val.get_ydata()) == [5.5]
     assert "run train CE" == train.get_label() and ax.get_ylabel().startswith("cross-entropy")
+
+
+def test_the_header_gives_each_task_its_own_limit():
+    cfg = {"eval_limit": 20, "eval_limits": {"lambada_openai": 500, "mmlu": 5, "wikitext": None}}
+    assert report._limits_text(cfg, None) == "limit 20 per task (lambada_openai 500, mmlu 5 per subject, wikitext all)"
+    # an older experiment.json without eval_limits: the per-task limits it recorded, where they differ
+    assert report._limits_text({"eval_limit": None}, {"piqa": None, "arc_easy": 7}) == "full sets (arc_easy 7)"
