@@ -17,10 +17,7 @@ hidden states, in one process, so the comparison is paired.
 """
 
 import argparse
-import datetime
-import json
 import os
-import platform
 import statistics
 import sys
 
@@ -30,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import disperse  # noqa: E402
 from data.common import open_split, sample_batch  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
+from bench.provenance import write_result  # noqa: E402
 
 
 def param_grad_norm(model, outputs, grad_outputs):
@@ -106,13 +104,8 @@ def main():
     for n in names:
         print(f"{n:>27}: mean {overall[n]['mean']:.3f}, range [{overall[n]['min']:.3f}, {overall[n]['max']:.3f}]")
     if args.json:
-        result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                  "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-                  "torch": torch.__version__, "command": "python " + " ".join(sys.argv),
-                  "settings": {**vars(args), "dataset": os.path.relpath(args.dataset)}, "rows": rows, "overall": overall}
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
-        print(f"wrote {args.json}")
+        write_result(args.json, {"settings": {**vars(args), "dataset": os.path.relpath(args.dataset)},
+                                 "rows": rows, "overall": overall})
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ Implementations (--impl, comma-separated; they set disperse.IMPLEMENTATION):
 """
 
 import argparse
-import datetime
 import json
 import os
 import platform
@@ -41,6 +40,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import disperse  # noqa: E402
+from bench.provenance import write_result  # noqa: E402
 
 
 def sync(device):
@@ -119,7 +119,7 @@ def tile_times(args):
         use(implementation, tile)
         disperse.dispersion_loss(h, "angular").backward()
 
-    variants = {f"reference": lambda: loss("reference", None)}
+    variants = {"reference": lambda: loss("reference", None)}
     for tile in args.tile_sizes:
         variants[f"tiled, tile {tile}"] = lambda tile=tile: loss("tiled", tile)
     variants[f"tiled, automatic tile {disperse._tile_size(args.seq)}"] = lambda: loss("tiled", None)
@@ -252,11 +252,8 @@ def main():
         mode, rows = "step", step_times(args)
     if args.json:
         device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor()
-        with open(args.json, "w") as f:
-            json.dump({"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                       "mode": mode, "machine": platform.platform(), "device": device_name,
-                       "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-                       "command": " ".join(sys.argv), "settings": vars(args), "results": rows}, f, indent=2)
+        write_result(args.json, {"mode": mode, "device": device_name, "torch_threads": torch.get_num_threads(),
+                                 "settings": vars(args), "results": rows})
 
 
 if __name__ == "__main__":

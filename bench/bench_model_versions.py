@@ -15,11 +15,8 @@ the per-step-pair ratios (each pair measured back to back) with the ratio of med
 """
 
 import argparse
-import datetime
 import importlib.util
-import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -30,6 +27,7 @@ import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+from bench.provenance import write_result  # noqa: E402
 
 # model settings per shape; gpt2 is GPT-2 124M, qwen3 a Qwen3-0.6B-style block at GPT-2 124M's size
 # (same width, depth, vocabulary and MLP parameter count; 12 query heads on 4 key/value heads)
@@ -152,14 +150,8 @@ def main():
     if args.old is not None:
         print("same losses step by step:", losses[0] == losses[1])
     if args.json:
-        out = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "command": " ".join(sys.argv),
-               "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
-               "threads": torch.get_num_threads(), "seq": args.seq, "batch": args.batch, "reps": args.reps,
-               "arms": rows}
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
-        print(f"wrote {args.json}")
+        write_result(args.json, {"threads": torch.get_num_threads(), "seq": args.seq, "batch": args.batch,
+                                 "reps": args.reps, "arms": rows})
 
 
 if __name__ == "__main__":

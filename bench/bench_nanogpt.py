@@ -25,11 +25,9 @@ It asserts nothing about speed.
 """
 
 import argparse
-import datetime
 import importlib.util
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -42,6 +40,7 @@ import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+from bench.provenance import write_result  # noqa: E402
 
 
 def load_nanogpt_model(folder):
@@ -192,18 +191,8 @@ def main():
     print(f"\n{result['mode']}: ours {result['ours_median_ms']:.1f} ms, nanoGPT {result['nanogpt_median_ms']:.1f} ms; "
           f"ours/nanoGPT {result['ratio_paired_median']:.3f} (median of pairs), {result['ratio_of_medians']:.3f} (of medians)")
     if args.json:
-        try:
-            rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-        except OSError:
-            rev = None
-        out = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "command": " ".join(sys.argv),
-               "revision": rev, "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
-               "cpus": os.cpu_count(), "threads": torch.get_num_threads(), "load_avg": os.getloadavg(),
-               "settings": {k: v for k, v in vars(args).items() if k != "json"}, **result}
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
-        print(f"wrote {args.json}")
+        write_result(args.json, {"threads": torch.get_num_threads(),
+                                 "settings": {k: v for k, v in vars(args).items() if k != "json"}, **result})
 
 
 if __name__ == "__main__":

@@ -17,10 +17,7 @@ are printed. It asserts nothing.
 """
 
 import argparse
-import datetime
-import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -29,6 +26,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+from bench.provenance import write_result  # noqa: E402
 
 ARMS = {"malloc_tuning=False": ["--malloc_tuning=False"], "malloc_tuning=True": ["--malloc_tuning=True"]}
 
@@ -80,14 +78,8 @@ def main():
         print(f"  {arm:28s} wall {m['wall_s']:6.1f} s  user {m['user_s']:6.1f} s  sys {m['sys_s']:6.1f} s  "
               f"faults {m['minor_faults']:>11,.0f}  max RSS {m['max_rss_mb']:.0f} MB")
     if args.json:
-        out = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "command": " ".join(sys.argv),
-               "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-               "load_avg": os.getloadavg(), "omp_threads": os.environ.get("OMP_NUM_THREADS"),
-               "settings": settings + args.extra, "medians": summary, "runs": runs}
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
-        print(f"wrote {args.json}")
+        write_result(args.json, {"omp_threads": os.environ.get("OMP_NUM_THREADS"), "settings": settings + args.extra,
+                                 "medians": summary, "runs": runs})
 
 
 if __name__ == "__main__":

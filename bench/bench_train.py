@@ -15,10 +15,8 @@ Results are printed as a table and written as JSON (--json).
 """
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -28,6 +26,7 @@ import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+from bench.provenance import write_result  # noqa: E402
 
 PRESETS = {
     # GPT-2 124M at context 1024, one sequence per step, float32 on CPU
@@ -97,19 +96,8 @@ def main():
         mfu = f"{r['mfu'] * 100:.1f}%" if r["mfu"] is not None else "n/a"
         print(f"{r['label']:40s} {r['ms_per_iter']:9.1f} {r['tokens_per_s']:10.0f} {r['peak_mem_mb']:9.0f} {mfu:>7s} "
               f"{r['time_overhead'] * 100:+6.1f}% {r['mem_overhead'] * 100:+6.1f}%")
-    report = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": platform.platform(),
-              "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-              "command": " ".join(sys.argv), "results": results}
-    try:
-        import torch
-        report["torch"] = torch.__version__
-        if torch.cuda.is_available():
-            report["gpu"] = torch.cuda.get_device_name()
-    except ImportError:
-        pass
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+        write_result(args.json, {"results": results})
 
 
 if __name__ == "__main__":

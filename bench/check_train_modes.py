@@ -13,7 +13,6 @@ eager. It asserts nothing; --tol only labels the result "agree" or "DIFFER".
 """
 
 import argparse
-import datetime
 import json
 import os
 import statistics
@@ -23,6 +22,7 @@ import tempfile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+from bench.provenance import write_result  # noqa: E402
 
 
 def run(mode, args, dataset, out_dir):
@@ -79,9 +79,7 @@ def main():
         print(f"{mode:<10} {r['ms_per_iter']:9.1f} {tps:>10} {r['max_rel_diff_vs_eager']:13.2e}  "
               + " ".join(f"{x:.4f}" for x in r["losses"]) + ("" if r["agrees"] else "  DIFFER"))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                       "command": " ".join(sys.argv), "tol": args.tol, "results": results}, f, indent=2)
+        write_result(args.json, {"tol": args.tol, "results": results})
 
 
 if __name__ == "__main__":

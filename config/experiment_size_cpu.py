@@ -9,12 +9,12 @@
 # widest CE arm (baseline), paired by seed: every run of a seed reads the same batches. Sized for about
 # 25 minutes on 2 idle CPU cores; the result table is in docs/dispersion.md.
 base_config = "config/train_local_cpu.py"  # local corpus, CPU, float32, no compile, AdamW, cosine schedule
-# every arm: 6 layers x 128 wide, 4 heads, context 128, 160 steps of 8 x 128 tokens (164k tokens), from scratch;
+# every arm: 6 layers x 128 wide, 4 heads, context 128, 120 steps of 8 x 128 tokens (123k tokens), from scratch;
 # the loss on every hidden state it can act on (HF indexing: blocks 1..6, the last after ln_f)
 base_overrides = {
     "n_layer": 6, "n_head": 4, "n_embd": 128, "block_size": 128, "batch_size": 8,
-    "max_iters": 160, "warmup_iters": 16, "learning_rate": 2e-3, "min_lr": 2e-4,
-    "eval_interval": 160, "eval_iters": 10, "log_interval": 20,
+    "max_iters": 120, "warmup_iters": 12, "learning_rate": 2e-3, "min_lr": 2e-4,
+    "eval_interval": 120, "eval_iters": 10, "log_interval": 20,
     "dispersion_layers": "all",
 }
 _widths = [8, 32, 128, 512]  # names with a leading _ are helpers, not settings

@@ -346,7 +346,7 @@ def _checkpoint_section(meta, summary, title, which):
 
     # language modelling: what moves in a model too small for the benchmarks
     lines += ["### Language modelling", "",
-              f"Held-out val CE (train.py's `val_loss`, nats/token, at this checkpoint), WikiText-103 word perplexity "
+              "Held-out val CE (train.py's `val_loss`, nats/token, at this checkpoint), WikiText-103 word perplexity "
               "(task `wikitext`), LAMBADA (OpenAI) perplexity of the last word and its accuracy (greedy). "
               "Mean ± std over seeds; Δ as above.", ""]
     lm = [("val_loss", 1.0, 3), ("wikitext_word_perplexity", 1.0, 1), ("lambada_perplexity", 1.0, 1),

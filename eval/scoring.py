@@ -29,7 +29,6 @@ are gathered on every rank.
 import math
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 

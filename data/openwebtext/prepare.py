@@ -52,7 +52,7 @@ def main(argv=None):
     dtype = token_dtype(enc.vocab_size)
     try:
         from datasets import Dataset, load_dataset
-    except ImportError as e:
+    except ImportError:
         raise InputError("OpenWebText preparation uses `pip install datasets`") from None
     if args.input:
         if not os.path.isdir(args.input):

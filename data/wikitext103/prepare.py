@@ -70,7 +70,7 @@ def main(argv=None):
     else:
         try:
             from datasets import load_dataset
-        except ImportError as e:
+        except ImportError:
             raise InputError("downloading WikiText-103 needs `pip install datasets`; offline, pass --input") from None
         ds = load_dataset("Salesforce/wikitext", "wikitext-103-raw-v1")
         train_lines, val_lines = ds["train"]["text"], ds["validation"]["text"]
