@@ -9,7 +9,7 @@ export DISPERSE_BENCHMARKS := $(abspath $(SHARED)/benchmarks)
 export DISPERSE_WIKITEXT := $(abspath $(SHARED)/corpus/wikitext103/valid.raw)
 export DISPERSE_WIKITEXT_TEST := $(abspath $(SHARED)/corpus/wikitext103/test.raw)
 
-.PHONY: install demo train-demo test prepare-local clean
+.PHONY: install demo size-sweep train-demo test prepare-local clean
 
 # torch is pinned and installed first, so pip never swaps in a multi-GB CUDA build on CPU machines
 install:
@@ -35,6 +35,13 @@ demo: install data/local/train.bin
 	$(PYTHON) sample.py --out_dir=$(OUT)/angular_1/seed0 --start="The meaning of" --num_samples=1 --max_new_tokens=40
 	@echo "done: the report is $(OUT)/report.md (with report.json and PNGs beside it)"
 
+# the paper's Fig. 3 in miniature: from-scratch GPTs that differ only in MLP width, CE vs angular, 3 seeds
+# (about 25 minutes on 2 cores); its table is in docs/dispersion.md
+size-sweep: export GLIBC_TUNABLES ?= glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=4294967296
+size-sweep: install data/local/train.bin
+	$(PYTHON) experiment.py config/experiment_size_cpu.py
+	@echo "done: the report is out-experiment-size-cpu/report.md"
+
 # one small model, no grid: train, sample, probe, plot (a couple of minutes)
 train-demo: install data/local/train.bin
 	$(PYTHON) train.py config/train_local_cpu.py --out_dir=out-train-demo
@@ -46,4 +53,4 @@ test: install
 	$(PYTHON) -m pytest tests -q
 
 clean:
-	rm -rf out-experiment-cpu out-train-demo data/local/*.bin data/local/meta.json
+	rm -rf out-experiment-cpu out-experiment-size-cpu out-train-demo data/local/*.bin data/local/meta.json
