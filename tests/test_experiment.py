@@ -3,6 +3,7 @@
 import json
 import os
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -151,3 +152,12 @@ def test_checkpoint_selected_by_val_loss_is_evaluated_too(shared, tiny_dataset, 
     assert "it is the final checkpoint in 0 of 1 runs" in report and "## Checkpoint selected by validation loss" in report
     best = json.loads((tmp_path / "exp" / "report.json").read_text())["summaries"]["best"]["arms"]["ce"]
     assert best["val_loss"][0] == 5.0 and best["per_seed"]["0"]["iter"] == 2
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (Path(experiment.REPO) / "config").glob("experiment_*.py")))
+def test_every_shipped_experiment_config_loads(name):
+    """The configs the README and docs tell people to run: every key known, every arm a valid set
+    of train.py settings, every baseline an arm (load_experiment runs nothing)."""
+    cfg, plan = load_experiment([str(Path(experiment.REPO) / "config" / name)])
+    assert cfg["baseline"] in plan and set(cfg["baselines"]) <= set(plan)
+    assert all(spec["effective"] for spec in plan.values())
