@@ -215,6 +215,34 @@ def summarize(meta, runs, which):
             delta.update(acc=seeds_ci["tasks"], avg_acc=seeds_ci["average"], n_items=n_items,
                          acc_items=items_ci["tasks"], avg_acc_items=items_ci["average"])
         out["deltas"][arm] = delta
+    out["effect_differences"] = effect_differences(cfg, runs, which)
+    return out
+
+
+def effect_differences(cfg, runs, which):
+    """With `baselines`: does an arm's effect depend on where it is applied? Each arm with its own
+    baseline has a per-seed effect e(s) = arm(s) − its baseline(s); the reference effect is that
+    of the arm whose own baseline is the experiment's `baseline` (e.g. angular vs CE at the widest
+    MLP). For every other such arm: e(s) − e_ref(s), over the seeds all four runs have, with the
+    t-interval over seeds. {} without baselines or without exactly one reference arm."""
+    own = cfg.get("baselines") or {}
+    refs = [a for a, b in own.items() if b == cfg["baseline"]]
+    if len(refs) != 1:
+        return {}
+    ref = refs[0]
+    out = {"reference": ref, "arms": {}}
+    for arm, base in own.items():
+        if arm == ref:
+            continue
+        four = (arm, base, ref, cfg["baseline"])
+        seeds = sorted(set.intersection(*[set(runs.get(a, {})) for a in four]))
+        row = {"vs": base, "seeds": seeds}
+        for key in SCALARS:
+            vals = [[runs[a][s][which][key] for a in four] for s in seeds]
+            vals = [v for v in vals if all(_finite(x) for x in v)]
+            if vals:
+                row[key] = tuple(float(x) for x in t_interval([(v[0] - v[1]) - (v[2] - v[3]) for v in vals]))
+        out["arms"][arm] = row
     return out
 
 
@@ -390,6 +418,23 @@ def _checkpoint_section(meta, summary, title, which):
                                                           for i in range(depth)]
                         + [_pm((base_run["spearman"], None), digits=2), ""])
         lines.append(_markdown_table(["arm"] + [str(i) for i in range(depth)] + ["Spearman ρ", "Δ ρ [95% CI]"], rows))
+        lines.append("")
+
+    effects = summary.get("effect_differences") or {}
+    if effects.get("arms"):
+        ref = effects["reference"]
+        lines += [f"### Does the effect depend on the arm's setting? (vs {ref}'s effect)", "",
+                  f"Each arm's effect (arm − its own baseline), minus {ref}'s effect ({ref} − {base}), per seed, "
+                  "over the seeds all four runs have; 95% t-interval over seeds (* excludes 0). A negative "
+                  "Δ val CE here means the arm's term helps more (or hurts less) than it does in "
+                  f"{ref}.", ""]
+        keys = [("val_loss", 1.0, 3), ("mean_cos_last", 1.0, 3), ("spearman", 1.0, 2), ("wikitext_word_perplexity", 1.0, 1)]
+        rows = []
+        for arm, row in effects["arms"].items():
+            rows.append([f"({arm} − {row['vs']}) − ({ref} − {base})"]
+                        + [_ci(row.get(k), scale, digits) for k, scale, digits in keys] + [_seeds_text(row["seeds"])])
+        lines.append(_markdown_table(["difference of effects"] + [f"Δ {SCALARS[k][0]}" for k, _, _ in keys] + ["seeds"],
+                                     rows))
         lines.append("")
 
     units = summary["units"]

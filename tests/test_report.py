@@ -134,6 +134,26 @@ def test_an_arm_with_its_own_baseline_is_paired_with_that_arm(tmp_path):
     assert "| vs ce_narrow; 0, 1 |" in text and "`a_narrow` vs `ce_narrow`" in text
 
 
+def test_difference_of_effects_pairs_four_runs_per_seed(tmp_path):
+    """Arms a (vs ce, the experiment's baseline) and a_n (vs ce_n): the report gives, per seed,
+    (a_n − ce_n) − (a − ce) and its t-interval: does the term help more in the narrow model?"""
+    exp = tmp_path / "exp"
+    write_experiment(exp, ["ce", "a", "ce_n", "a_n"], [0, 1])
+    meta = json.loads((exp / "experiment.json").read_text())
+    meta["config"]["baselines"] = {"a": "ce", "a_n": "ce_n"}
+    (exp / "experiment.json").write_text(json.dumps(meta))
+    for seed in (0, 1):
+        write_run(exp, "ce", seed, {"piqa": [1, 0]}, ce=5.0 + seed)
+        write_run(exp, "a", seed, {"piqa": [1, 0]}, ce=4.9 + seed)
+        write_run(exp, "ce_n", seed, {"piqa": [1, 0]}, ce=6.0 + seed)
+        write_run(exp, "a_n", seed, {"piqa": [1, 0]}, ce=5.7 + seed - 0.1 * seed)
+    text, data = build(exp)
+    eff = data["summaries"]["final"]["effect_differences"]
+    assert eff["reference"] == "a" and list(eff["arms"]) == ["a_n"]
+    assert eff["arms"]["a_n"]["val_loss"] == pytest.approx([float(x) for x in t_interval([-0.2, -0.3])])
+    assert "| (a_n − ce_n) − (a − ce) |" in text
+
+
 def test_one_seed_gives_no_interval_no_star_and_says_why(tmp_path):
     exp = tmp_path / "exp"
     write_experiment(exp, ["ce", "a"], [0])
