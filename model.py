@@ -159,7 +159,8 @@ def rope_tables(config):
 
 
 def apply_rope(x, cos, sin):
-    """Rotate x (B, nh, T, hs) by the position angles cos, sin (T, hs)."""
+    """Rotate x (B, nh, T, hs) by the position angles cos, sin: (T, hs), or (B, 1, T, hs) when
+    the rows sit at different positions."""
     x1, x2 = x.chunk(2, dim=-1)
     rotated = torch.cat((-x2, x1), dim=-1)  # (B, nh, T, hs): each pair (a, b) -> (-b, a)
     return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
@@ -183,7 +184,7 @@ class CausalSelfAttention(nn.Module):
             self.k_norm = RMSNorm(self.head_size, config.norm_eps)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, kv_cache=None, rope=None):
+    def forward(self, x, kv_cache=None, rope=None, attn_mask=None):
         B, T, C = x.size()
         hs, nh, nkv = self.head_size, self.n_head, self.n_kv_head
         q, k, v = self.c_attn(x).split([nh * hs, nkv * hs, nkv * hs], dim=2)
@@ -205,7 +206,9 @@ class CausalSelfAttention(nn.Module):
         T_past = k.size(2) - T
         dropout_p = self.dropout if self.training else 0.0
         gqa = nkv != nh  # each group of nh / nkv query heads reads one key/value head
-        if T_past == 0:
+        if attn_mask is not None:  # (B, 1, T, T_past + T): rows whose cached pasts are padded (see GPT.body)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, enable_gqa=gqa)
+        elif T_past == 0:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, enable_gqa=gqa)
         else:
             # new queries sit at positions T_past..T_past+T-1: each sees every cached key and
@@ -244,8 +247,8 @@ class Block(nn.Module):
         self.ln_2 = make_norm(config, config.n_embd)
         self.mlp = MLP(config)
 
-    def forward(self, x, kv_cache=None, rope=None):
-        x = x + self.attn(self.ln_1(x), kv_cache, rope)
+    def forward(self, x, kv_cache=None, rope=None, attn_mask=None):
+        x = x + self.attn(self.ln_1(x), kv_cache, rope, attn_mask)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -351,16 +354,20 @@ class GPT(nn.Module):
                 n_params -= self.transformer.wte.weight.numel()
         return n_params
 
-    def embed(self, idx, pos_offset=0):
+    def embed(self, idx, pos_offset=0, positions=None):
         """Token embeddings (B, T, C) and learned position embeddings (T, C), before they are
-        summed; the position embeddings are None with RoPE (positions act inside attention)."""
+        summed; the position embeddings are None with RoPE (positions act inside attention).
+        positions: optional (B, T) position of every token, when the rows start at different
+        positions (then the position embeddings are (B, T, C))."""
         T = idx.size(1)
-        if pos_offset + T > self.config.block_size:
-            raise ValueError(f"sequence of length {pos_offset + T} is longer than block_size={self.config.block_size}")
+        last = pos_offset + T if positions is None else int(positions[:, 0].max()) + 1
+        if last > self.config.block_size:
+            raise ValueError(f"sequence of length {last} is longer than block_size={self.config.block_size}")
         if "wpe" not in self.transformer:
             return self.transformer.wte(idx), None
-        pos = torch.arange(pos_offset, pos_offset + T, dtype=torch.long, device=idx.device)
-        return self.transformer.wte(idx), self.transformer.wpe(pos)
+        if positions is None:
+            positions = torch.arange(pos_offset, pos_offset + T, dtype=torch.long, device=idx.device)
+        return self.transformer.wte(idx), self.transformer.wpe(positions)
 
     def forward(self, idx, targets=None, return_hidden=False, tok_emb_noise=None, kv_caches=None,
                 last_hidden_before_ln=False):
@@ -382,20 +389,39 @@ class GPT(nn.Module):
             return logits, loss, hidden
         return logits, loss
 
-    def body(self, idx, return_hidden=False, tok_emb_noise=None, kv_caches=None, last_hidden_before_ln=False):
+    def body(self, idx, return_hidden=False, tok_emb_noise=None, kv_caches=None, last_hidden_before_ln=False,
+             past_lengths=None):
         """Everything but the output head: the final states after ln_f (B, T, C), and the hidden
-        states list (or None). Scorers and probes call it to skip the (B, T, vocab) logits."""
+        states list (or None). Scorers and probes call it to skip the (B, T, vocab) logits.
+        past_lengths: optional (B,) number of real positions at the start of each row's cached
+        past; the rest of the cache (up to its length) is padding that no token attends to, and
+        row b's tokens sit at positions past_lengths[b], past_lengths[b] + 1, ... (the scorer
+        runs the continuations of different questions in one pass this way). A row's positions
+        past block_size - 1 are clamped to it: only a short row's right padding sits there, and
+        no real token reads padding."""
+        B, T = idx.size()
         pos_offset = 0
         if kv_caches is not None and kv_caches[0].get("k") is not None:
             pos_offset = kv_caches[0]["k"].size(2)
-        tok_emb, pos_emb = self.embed(idx, pos_offset)  # (B, T, C), (T, C) or None
+        positions = attn_mask = None
+        if past_lengths is not None:
+            steps = torch.arange(T, device=idx.device)
+            positions = (past_lengths.to(idx.device)[:, None] + steps).clamp(max=self.config.block_size - 1)  # (B, T)
+            # a query sees its row's real cached keys and the new keys up to itself
+            cached = torch.arange(pos_offset, device=idx.device) < past_lengths.to(idx.device)[:, None]  # (B, T_past)
+            causal = torch.ones(T, T, dtype=torch.bool, device=idx.device).tril()  # (T, T)
+            attn_mask = torch.cat([cached[:, None, :].expand(B, T, pos_offset), causal.expand(B, T, T)], dim=2)
+            attn_mask = attn_mask[:, None]  # (B, 1, T, T_past + T): one mask for every head
+        tok_emb, pos_emb = self.embed(idx, pos_offset, positions)  # (B, T, C), (T, C) or (B, T, C) or None
         if tok_emb_noise is not None:
             tok_emb = tok_emb + tok_emb_noise
         x = self.transformer.drop(tok_emb if pos_emb is None else tok_emb + pos_emb)
         rope = None
         if self.config.pos_emb == "rope":
-            T = idx.size(1)
-            rope = (self.rope_cos[pos_offset:pos_offset + T], self.rope_sin[pos_offset:pos_offset + T])  # (T, hs) each
+            if positions is None:
+                rope = (self.rope_cos[pos_offset:pos_offset + T], self.rope_sin[pos_offset:pos_offset + T])  # (T, hs) each
+            else:
+                rope = (self.rope_cos[positions][:, None], self.rope_sin[positions][:, None])  # (B, 1, T, hs) each
         recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         hidden = [x] if return_hidden else None
         for i, block in enumerate(self.transformer.h):
@@ -403,9 +429,9 @@ class GPT(nn.Module):
             if recompute:
                 # keep only the block's input; its inner activations are recomputed in backward
                 # (with the same dropout masks: checkpoint restores the RNG state)
-                x = torch.utils.checkpoint.checkpoint(block, x, kv_cache, rope, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(block, x, kv_cache, rope, attn_mask, use_reentrant=False)
             else:
-                x = block(x, kv_cache, rope)
+                x = block(x, kv_cache, rope, attn_mask)
             if return_hidden and (i < self.config.n_layer - 1 or last_hidden_before_ln):
                 hidden.append(x)
         x = self.transformer.ln_f(x)

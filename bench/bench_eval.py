@@ -9,7 +9,9 @@ tasks, items and batch size, on CPU (or --device cuda). Measures, per task:
     position through the blocks and the output head; we run shared prefixes once and the head
     only where a token is scored), i.e. the speedup to expect at equal hardware efficiency.
 The two sides alternate task by task, --repeat times (the order flips every repeat), and the
-medians are printed, so that a shared machine's drift hits both. It asserts nothing; it prints
+medians are printed, so that a shared machine's drift hits both. --plain-tails adds a third side,
+our engine with the tails of one past length per pass (as before padded pasts), and the median
+ratio of its time to ours. It asserts nothing; it prints
 a table (and writes JSON with --out).
 
     python bench/bench_eval.py --data-dir ../shared/benchmarks --tiktoken-dir ../shared/tiktoken \\
@@ -20,7 +22,6 @@ its shape is set with --n-layer/--n-head/--n-embd/--block-size (GPT-2 small: 12/
 """
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -29,6 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.provenance import write_result  # noqa: E402
 
 DEFAULT_TASKS = "arc_easy,hellaswag,piqa,truthfulqa_mc2,lambada_openai,mmlu_high_school_psychology"
 
@@ -53,6 +55,9 @@ def main():
     p.add_argument("--n-embd", type=int, default=384)
     p.add_argument("--block-size", type=int, default=1024)
     p.add_argument("--repeat", type=int, default=1, help="measurements per task and side (medians reported)")
+    p.add_argument("--plain-tails", action="store_true",
+                   help="also time our engine with one past length per tail pass (the plan before padded "
+                        "pasts), interleaved with the other two sides")
     p.add_argument("--work", default=None)
     p.add_argument("--out", default=None)
     args = p.parse_args()
@@ -70,6 +75,7 @@ def main():
     from eval import benchmarks as B
     from bench.crosscheck_lmeval import build_lmeval_tasks, export_hf
     from data.common import get_tokenizer
+    from eval import scoring as S
     from eval.scoring import continuation_windows, encode_pair
 
     if args.ckpt:
@@ -116,19 +122,31 @@ def main():
           f"batch ours {args.batch_size}, lm-eval {args.lmeval_batch_size}; medians of {args.repeat}")
     few = set(T.expand(T.PAPER_FEW_SHOT))
     print(f"{'task':<30} {'items':>6} {'ours it/s':>10} {'lm-eval it/s':>12} {'speedup':>8} {'work':>6} "
-          f"{'ours total s':>12} {'lm-eval total s':>15}")
+          f"{'ours total s':>12} {'lm-eval total s':>15}"
+          + (f" {'plain it/s':>9} {'plain sp':>9} {'padded/plain':>8}" if args.plain_tails else ""))
     enc = get_tokenizer()
     L = model.config.block_size
     for name in names:
         shots = (1 if all(n in few for n in T.expand(name)) else 0) if args.paper_protocol else args.num_fewshot
         leaf = ["off_mmlu"] if name == "mmlu" else [f"off_{n}" for n in T.expand(name)]
-        runs = {"ours": [], "lmeval": [], "ours_total": [], "lmeval_total": []}
+        sides = ("ours", "plain", "lmeval") if args.plain_tails else ("ours", "lmeval")
+        runs = {key: [] for side in sides for key in (side, f"{side}_total")}
         for rep in range(args.repeat):
-            for side in (("ours", "lmeval") if rep % 2 == 0 else ("lmeval", "ours")):
+            for side in (sides if rep % 2 == 0 else sides[::-1]):
                 timers.update(ours=0.0, lmeval=0.0)
                 engine.clear()
                 t0 = time.perf_counter()
-                if side == "ours":
+                if side == "plain":
+                    padded = S._takes_padded_pasts
+                    S._takes_padded_pasts = lambda m: False
+                    try:
+                        B.evaluate(model, name, args.data_dir, limit=args.limit, num_fewshot=shots,
+                                   batch_size=args.batch_size, device=args.device, wikitext=args.wikitext,
+                                   download=False, progress=False)
+                    finally:
+                        S._takes_padded_pasts = padded
+                    plain_stats = dict(engine)
+                elif side == "ours":
                     results, items = B.evaluate(model, name, args.data_dir, limit=args.limit, num_fewshot=shots,
                                                 batch_size=args.batch_size, device=args.device,
                                                 wikitext=args.wikitext, download=False, progress=False,
@@ -138,7 +156,7 @@ def main():
                     lm_eval.simple_evaluate(model=lm, tasks=leaf, task_manager=manager, limit=args.limit,
                                             num_fewshot=shots, bootstrap_iters=0, verbosity="ERROR")
                 runs[f"{side}_total"].append(time.perf_counter() - t0)
-                runs[side].append(timers[side])
+                runs[side].append(timers["ours" if side == "plain" else side])
         # the work ratio, from the requests both sides scored
         lm_rows = {}  # lm-eval's distinct inputs (it groups one-token continuations of a context)
         for rec in (items if name != "wikitext" else []):
@@ -156,10 +174,16 @@ def main():
                "lmeval_items_per_s": n / t_lm, "speedup": t_lm / t_ours, "work_ratio": work,
                "ours_total_s": statistics.median(runs["ours_total"]),
                "lmeval_total_s": statistics.median(runs["lmeval_total"]), "runs": runs, "ours_engine": ours_stats}
+        plain = ""
+        if args.plain_tails:
+            t_plain = statistics.median(runs["plain"])
+            row.update(plain_items_per_s=n / t_plain, plain_speedup=t_lm / t_plain, plain_engine=plain_stats,
+                       padded_vs_plain=statistics.median(p / o for p, o in zip(runs["plain"], runs["ours"])))
+            plain = f" {row['plain_items_per_s']:>9.2f} {row['plain_speedup']:>8.2f}x {row['padded_vs_plain']:>7.2f}x"
         rows.append(row)
         print(f"{name:<30} {n:>6} {row['ours_items_per_s']:>10.2f} {row['lmeval_items_per_s']:>12.2f} "
               f"{row['speedup']:>7.2f}x {'' if work is None else f'{work:.2f}x':>6} "
-              f"{row['ours_total_s']:>12.1f} {row['lmeval_total_s']:>15.1f}", flush=True)
+              f"{row['ours_total_s']:>12.1f} {row['lmeval_total_s']:>15.1f}{plain}", flush=True)
     n_all = sum(r["items"] for r in rows)
     t_ours = sum(r["items"] / r["ours_items_per_s"] for r in rows)
     t_lm = sum(r["items"] / r["lmeval_items_per_s"] for r in rows)
@@ -167,9 +191,9 @@ def main():
           f"{sum(r['ours_total_s'] for r in rows):>12.1f} {sum(r['lmeval_total_s'] for r in rows):>15.1f}")
     if args.out:
         os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "bench_eval.json"), "w") as f:
-            json.dump({"model": model_desc, "device": args.device, "limit": args.limit, "repeat": args.repeat,
-                       "rows": rows, "threads": torch.get_num_threads()}, f, indent=2)
+        write_result(os.path.join(args.out, "bench_eval.json"),
+                     {"model": model_desc, "device": args.device, "limit": args.limit, "repeat": args.repeat,
+                      "rows": rows, "threads": torch.get_num_threads()})
 
 
 if __name__ == "__main__":

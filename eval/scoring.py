@@ -16,19 +16,23 @@ turned into tokens the way lm-evaluation-harness 0.4.13's HFLM does it, for any 
   - a sequence longer than the model's block_size keeps its last block_size + 1 tokens.
 
 Speed: the requests of one item (the choices of a question) share their context, so the
-shared token prefix of an item is run once, and only the differing tails of its rows are run,
-batched, on top of the prefix's key/value cache (when the shared prefix is short, the rows are
-scored apart instead, batched with others). The output head runs only at positions that
-predict a continuation token. Prefixes are sorted by length so that batches carry little
-padding. Results equal one-request-at-a-time scoring to float tolerance.
+shared token prefix of an item is run once, and only the differing tails of its rows are run on
+top of the prefix's key/value cache. For our GPT the tails of different items share passes, each
+row on its own item's cache (padded to the longest past of the pass and masked: GPT.body's
+past_lengths); for other models a pass holds rows of one past length. The output head runs only
+at positions that predict a continuation token. Rows are sorted by length so that passes carry
+little padding (_score_batch has the details). Results equal one-request-at-a-time scoring to
+float tolerance.
 
 Under torchrun (torch.distributed initialised) items are split across ranks and the results
 are gathered on every rank.
 """
 
+import inspect
 import math
 
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 
@@ -106,13 +110,17 @@ def _common_prefix_len(rows):
     return n
 
 
-def _forward(model, idx, kv_caches=None):
+def _forward(model, idx, kv_caches=None, past_lengths=None):
     """Run the model on idx (B, T) and return (states (B, T, D), head): head maps gathered rows
     of states (N, D) to next-token logits (N, V). For our GPT the states are the final hidden
     states and the output head runs only where a score is needed: the full (B, T, vocab) logits
     would dominate time and memory (50257 x 768 per position for GPT-2). Any other model that
     returns (logits, loss) gives its logits as states. Same numbers as model(idx) either way
-    (checked in tests/test_benchmarks.py)."""
+    (checked in tests/test_benchmarks.py). past_lengths: rows whose cached pasts are padded
+    (GPT.body's argument; only for models that take it, see _takes_padded_pasts)."""
+    if past_lengths is not None:
+        states, _ = model.body(idx, kv_caches=kv_caches, past_lengths=past_lengths)
+        return states, model.head
     if hasattr(model, "body") and hasattr(model, "head"):
         states, _ = model.body(idx, kv_caches=kv_caches)  # (B, T, C), after ln_f
         return states, model.head
@@ -120,12 +128,18 @@ def _forward(model, idx, kv_caches=None):
     return logits, lambda h: h
 
 
+def _takes_padded_pasts(model):
+    """Whether the model can run rows whose cached pasts differ in length (GPT.body's past_lengths)."""
+    body = getattr(model, "body", None)
+    return body is not None and hasattr(model, "head") and "past_lengths" in inspect.signature(body).parameters
+
+
 class _RowCache(dict):
     """One layer's key/value cache for a pass of rows whose pasts live in other passes' caches:
-    row r reads row rows[r] of the concatenation of `keys` (and `values`), each (n, nh, >= past, hs),
-    cut to the first `past` positions. The rows are gathered when the layer asks for them and the
-    layer's write-back is dropped, so only one layer's gathered cache is alive at a time (the
-    pass's own keys and values are never needed again)."""
+    row r reads row rows[r] of the concatenation of `keys` (and `values`), each (n, nh, T_n, hs),
+    cut (or zero-padded) to the first `past` positions. The rows are gathered when the layer asks
+    for them and the layer's write-back is dropped, so only one layer's gathered cache is alive at
+    a time (the pass's own keys and values are never needed again)."""
 
     def __init__(self, keys, values, rows, past):
         super().__init__()
@@ -133,7 +147,8 @@ class _RowCache(dict):
 
     def __getitem__(self, key):
         if key not in self.memo:
-            parts = [t[:, :, :self.past] for t in self.src[key]]
+            parts = [t[:, :, :self.past] if t.size(2) >= self.past else
+                     F.pad(t, (0, 0, 0, self.past - t.size(2))) for t in self.src[key]]  # (n, nh, past, hs)
             whole = parts[0] if len(parts) == 1 else torch.cat(parts)
             self.memo[key] = whole.index_select(0, self.rows)  # (R, nh, past, hs)
         return self.memo[key]
@@ -194,14 +209,16 @@ def _item_rows(reqs, max_len):
     return rows, scored
 
 
-def _score_batch(model, batch, n_layer, max_batch_tokens, device, stats):
+def _score_batch(model, batch, n_layer, max_batch_tokens, device, stats, padded_pasts=False):
     """Score a batch of items, each (rows, scored) from _item_rows, in three levels of forward
     passes, each on the key/value caches of the level before (rows of one pass share a past length,
     so the model's plain kv_caches protocol chains them exactly):
       0) the prefix H common to every row of the batch (a task's fixed preamble, MMLU's description
          and shots), run once;
       1) each item's own shared prefix, from H to P_b (the common prefix of item b's rows);
-      2) each row's tail after its item's prefix;
+      2) each row's tail after its item's prefix: with padded_pasts (models that take GPT.body's
+         past_lengths) tails of any items share a pass, planned on the tails' lengths; else a
+         pass holds tails on one past length (a row recomputes its prefix tokens past it);
     levels 1 and 2 in passes of similar spans (_passes). Then the output head and log-softmax at the
     distinct states that predict a continuation token. Returns, per item, [(log-likelihood,
     is_greedy)] per request."""
@@ -209,9 +226,9 @@ def _score_batch(model, batch, n_layer, max_batch_tokens, device, stats):
     prefix = [_common_prefix_len(rows) for rows, _ in batch]  # P_b >= H
     levels, head = [], None  # (states (n, T, D), flat offset of its positions, start position) per pass
 
-    def run(x, caches, start):
+    def run(x, caches, start, past_lengths=None):
         nonlocal head
-        states, head = _forward(model, x.to(device), caches)  # (n, T, D)
+        states, head = _forward(model, x.to(device), caches, past_lengths)  # (n, T, D)
         offset = levels[-1][1] + levels[-1][0].size(0) * levels[-1][0].size(1) if levels else 0
         levels.append((states, offset, start))
         stats["passes"] = stats.get("passes", 0) + 1
@@ -262,14 +279,14 @@ def _score_batch(model, batch, n_layer, max_batch_tokens, device, stats):
             home[b] = (q, i)
 
     # level 2: row tails [P_b, end), on their items' prefixes
-    tails = sorted(((b, k) for b, (rows, _) in enumerate(batch) for k, r in enumerate(rows) if len(r) > prefix[b]),
-                   key=lambda bk: (-prefix[bk[0]], -len(batch[bk[0]][0][bk[1]])))
+    tails = [(b, k) for b, (rows, _) in enumerate(batch) for k, r in enumerate(rows) if len(r) > prefix[b]]
 
-    def on_prefixes(rows, past):
-        if past == 0:
-            return None
-        members = [tails[r][0] for r in rows]
-        sources = sorted({home[b][0] for b in members})
+    def gather(members, past):
+        """Every layer's cache for rows of the items `members`: each item's past read from the
+        pass (or header) that holds it, cut or zero-padded to `past` positions."""
+        real = [b for b in members if prefix[b] > 0]  # an item with no past attends to no cached key
+        homes = [home[b] if prefix[b] > 0 else home[real[0]] for b in members]
+        sources = sorted({q for q, _ in homes})
         keys, values = [], []
         for q in sources:
             caches = header if q == -1 else caches1[q][0]
@@ -279,12 +296,39 @@ def _score_batch(model, batch, n_layer, max_batch_tokens, device, stats):
         for q, ks in zip(sources, keys):
             starts[q] = n
             n += ks[0].size(0)
-        idx = torch.tensor([starts[home[b][0]] + home[b][1] for b in members], device=device)
+        idx = torch.tensor([starts[q] + i for q, i in homes], device=device)
         return [_RowCache([ks[layer] for ks in keys], [vs[layer] for vs in values], idx, past)
                 for layer in range(n_layer)]
 
-    at2 = dict(zip(tails, passes([(batch[b][0][k], prefix[b], len(batch[b][0][k])) for b, k in tails],
-                                 on_prefixes)))
+    if padded_pasts:
+        # tails of different items in one pass, each on its own item's past (padded to the longest
+        # past in the pass, masked by GPT.body's past_lengths): passes are planned on the tails'
+        # lengths alone, so a batch's tails run in a few wide passes instead of one per prefix length
+        tails.sort(key=lambda bk: (-(len(batch[bk[0]][0][bk[1]]) - prefix[bk[0]]), -prefix[bk[0]]))
+        at2 = {}
+        for a, e in _passes([(0, len(batch[b][0][k]) - prefix[b]) for b, k in tails], max_batch_tokens):
+            group = tails[a:e]
+            past = max(prefix[b] for b, _ in group)
+            width = max(len(batch[b][0][k]) - prefix[b] for b, k in group)
+            x = torch.zeros(e - a, width, dtype=torch.long)  # (n, S), right-padded
+            for i, (b, k) in enumerate(group):
+                x[i, :len(batch[b][0][k]) - prefix[b]] = torch.tensor(batch[b][0][k][prefix[b]:])
+            lengths = torch.tensor([prefix[b] for b, _ in group])
+            same = bool((lengths == past).all())  # one past length: the plain causal cache protocol
+            caches = gather([b for b, _ in group], past) if past > 0 else None
+            off = run(x, caches, past, None if same else lengths)
+            real = sum(len(batch[b][0][k]) - prefix[b] for b, k in group)
+            stats["padding"] = stats.get("padding", 0) + x.numel() - real
+            for i, (b, k) in enumerate(group):
+                at2[(b, k)] = (off + i * width, width, prefix[b])
+    else:
+        tails.sort(key=lambda bk: (-prefix[bk[0]], -len(batch[bk[0]][0][bk[1]])))
+
+        def on_prefixes(rows, past):
+            return None if past == 0 else gather([tails[r][0] for r in rows], past)
+
+        at2 = dict(zip(tails, passes([(batch[b][0][k], prefix[b], len(batch[b][0][k])) for b, k in tails],
+                                     on_prefixes)))
 
     # the flat index of the state at position pos of row k of item b
     def state(b, k, pos):
@@ -332,6 +376,7 @@ def _score_batch(model, batch, n_layer, max_batch_tokens, device, stats):
 
 def _score_local(model, token_items, batch_size, max_batch_tokens, device, progress, desc, groups, stats):
     max_len = model.config.block_size
+    padded_pasts = _takes_padded_pasts(model)
     items = [_item_rows(reqs, max_len) for reqs in token_items]
     # batches within one group (task), items with similar shared prefixes together (little is lost
     # to the batch's shortest one), longest first so the memory peak comes first
@@ -356,7 +401,7 @@ def _score_local(model, token_items, batch_size, max_batch_tokens, device, progr
             tokens += n
         start += len(batch)
         for i, res in zip(batch, _score_batch(model, [items[i] for i in batch], model.config.n_layer,
-                                              max_batch_tokens, device, stats)):
+                                              max_batch_tokens, device, stats, padded_pasts)):
             results[i] = res
         bar.update(len(batch))
     bar.close()

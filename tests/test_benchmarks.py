@@ -331,6 +331,29 @@ def test_batched_scoring_equals_one_at_a_time():
     assert one["tokens"] <= len(preamble) + rest  # the preamble ran once
 
 
+@pytest.mark.parametrize("shape", [{}, {"norm": "rmsnorm", "pos_emb": "rope", "mlp": "swiglu", "n_kv_head": 1,
+                                     "qk_norm": True, "bias": False}])
+def test_tails_of_different_items_in_one_pass_equal_the_per_prefix_passes(shape, monkeypatch):
+    """Our GPT takes padded pasts (body's past_lengths), so the tails of items with different
+    prefix lengths share passes; the scores equal the path that runs tails per prefix length."""
+    torch.manual_seed(4)
+    model = GPT(GPTConfig(block_size=40, vocab_size=61, n_layer=2, n_head=2, n_embd=32, **shape)).eval()
+    rng = random.Random(4)
+    items = [[(ctx, [rng.randrange(61) for _ in range(rng.randrange(2, 9))]) for _ in range(4)]
+             for ctx in ([rng.randrange(61) for _ in range(n)] for n in (3, 5, 8, 13, 21, 34, 1, 2))]
+    items.append([([1, 2, 3], [4] * 12), ([1, 2, 3], [5] * 38)])  # a padded row runs past block_size
+    items.append([([7, 8], [9, 1]), ([10, 11, 12], [9])])  # rows with no shared past beside rows with one
+    padded_stats, plain_stats = {}, {}
+    assert S._takes_padded_pasts(model)
+    padded = S.score_items(model, items, batch_size=16, progress=False, stats=padded_stats)
+    monkeypatch.setattr(S, "_takes_padded_pasts", lambda m: False)
+    plain = S.score_items(model, items, batch_size=16, progress=False, stats=plain_stats)
+    for a, b in zip(padded, plain, strict=True):
+        for (ll_a, greedy_a), (ll_b, greedy_b) in zip(a, b, strict=True):
+            assert abs(ll_a - ll_b) < 1e-4 and greedy_a == greedy_b
+    assert padded_stats["passes"] < plain_stats["passes"]
+
+
 def test_scores_equal_a_float64_reference():
     torch.manual_seed(3)
     model = GPT(GPTConfig(block_size=24, vocab_size=53, n_layer=2, n_head=2, n_embd=16))

@@ -233,3 +233,37 @@ def test_gpt2_base_model_files_without_the_transformer_prefix(tmp_path):
     sd["h.0.attn.bias"] = torch.ones(1, 1, 64, 64).tril()  # what transformers < 4.3x wrote
     save_file(sd, tmp_path / "model.safetensors", metadata={"format": "pt"})
     assert_same_outputs(hf, GPT.from_hf(str(tmp_path)).eval(), ids())
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "qwen3"])
+def test_padded_pasts_equal_each_row_on_its_own(family):
+    """body(past_lengths=...): rows whose cached pasts have different lengths, padded to the
+    longest, in one pass give each row's states as if it ran alone on its real past."""
+    torch.manual_seed(0)
+    ours = GPT.from_hf_model(hf_tiny(family)).eval()
+    n_layer = ours.config.n_layer
+    pasts, tails = [ids(1, P, seed=P)[0] for P in (3, 11, 7)], [ids(1, L, seed=50 + L)[0] for L in (5, 2, 6)]
+    with torch.no_grad():
+        alone, caches = [], []
+        for past, tail in zip(pasts, tails):
+            full, _ = ours.body(torch.cat([past, tail])[None])  # (1, P + L, C)
+            alone.append(full[0, len(past):])
+            c = [dict() for _ in range(n_layer)]
+            ours.body(past[None], kv_caches=c)
+            caches.append(c)
+        P_max, L_max = max(map(len, pasts)), max(map(len, tails))
+        padded = []  # each layer's keys/values of the three rows, garbage after each row's real past
+        for layer in range(n_layer):
+            entry = {}
+            for name in ("k", "v"):
+                parts = [torch.nn.functional.pad(c[layer][name], (0, 0, 0, P_max - c[layer][name].size(2)), value=7.0)
+                         for c in caches]
+                entry[name] = torch.cat(parts)  # (3, nkv, P_max, hs)
+            padded.append(entry)
+        x = torch.zeros(3, L_max, dtype=torch.long)
+        for r, tail in enumerate(tails):
+            x[r, :len(tail)] = tail
+        lengths = torch.tensor([len(p) for p in pasts])
+        together, _ = ours.body(x, kv_caches=padded, past_lengths=lengths)  # (3, L_max, C)
+    for r, tail in enumerate(tails):
+        assert (together[r, :len(tail)] - alone[r]).abs().max() < 1e-5
