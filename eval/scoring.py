@@ -211,8 +211,8 @@ def _item_rows(reqs, max_len):
 
 def _score_batch(model, batch, n_layer, max_batch_tokens, device, stats, padded_pasts=False):
     """Score a batch of items, each (rows, scored) from _item_rows, in three levels of forward
-    passes, each on the key/value caches of the level before (rows of one pass share a past length,
-    so the model's plain kv_caches protocol chains them exactly):
+    passes, each on the key/value caches of the level before (the model's kv_caches protocol;
+    the rows of a level-0 or level-1 pass share a past length, so no mask is needed there):
       0) the prefix H common to every row of the batch (a task's fixed preamble, MMLU's description
          and shots), run once;
       1) each item's own shared prefix, from H to P_b (the common prefix of item b's rows);
