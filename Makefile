@@ -36,7 +36,7 @@ demo: install data/local/train.bin
 	@echo "done: the report is $(OUT)/report.md (with report.json and PNGs beside it)"
 
 # the paper's Fig. 3 in miniature: from-scratch GPTs that differ only in MLP width, CE vs angular, 3 seeds
-# (about 25 minutes on 2 cores); its table is in docs/dispersion.md
+# (23-37 minutes on 2 cores, by machine); its table is in docs/dispersion.md
 size-sweep: export GLIBC_TUNABLES ?= glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=4294967296
 size-sweep: install data/local/train.bin
 	$(PYTHON) experiment.py config/experiment_size_cpu.py

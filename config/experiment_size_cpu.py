@@ -6,8 +6,8 @@
 #   python -m data.local.prepare --input ../shared/corpus --out_dir data/local   (once)
 #   python experiment.py config/experiment_size_cpu.py
 # Each angular arm is compared with the CE arm of its own width (baselines below), each CE arm with the
-# widest CE arm (baseline), paired by seed: every run of a seed reads the same batches. Sized for about
-# 25 minutes on 2 idle CPU cores; the result table is in docs/dispersion.md.
+# widest CE arm (baseline), paired by seed: every run of a seed reads the same batches. Measured: 23 and
+# 37 minutes on 2 idle CPU cores of two machines; the result table is in docs/dispersion.md.
 base_config = "config/train_local_cpu.py"  # local corpus, CPU, float32, no compile, AdamW, cosine schedule
 # every arm: 6 layers x 128 wide, 4 heads, context 128, 120 steps of 8 x 128 tokens (123k tokens), from scratch;
 # the loss on every hidden state it can act on (HF indexing: blocks 1..6, the last after ln_f)
