@@ -1,5 +1,5 @@
-"""train.tune_malloc: after it, a big block that is freed and allocated again is reused, not
-mapped and page-faulted in afresh (the sys time of CPU training, docs/performance.md). Each arm
+"""train.tune_malloc: after it, big blocks that are freed and allocated again, step after step, are
+reused once the heap has grown to hold them, not mapped and page-faulted in afresh (the sys time of CPU training, docs/performance.md). Each arm
 runs in its own process, so this test process's malloc keeps its defaults."""
 
 import json
@@ -18,13 +18,15 @@ import train
 applied = train.tune_malloc() if sys.argv[1] == "tuned" else False
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-a = torch.empty(64 * 2**20 // 4)  # 64 MB: above glibc's largest default mmap threshold (32 MB)
-a.fill_(1.0)
-del a
-before = faults()
-b = torch.empty(64 * 2**20 // 4)
-b.fill_(2.0)
-print(json.dumps({{"applied": applied, "faults": faults() - before}}))
+per_step = []
+for step in range(10):  # like training steps: a few big buffers alive together, all freed at the step's end
+    before = faults()
+    bufs = [torch.empty(64 * 2**20 // 4) for _ in range(3)]  # 64 MB each: above glibc's largest default mmap threshold
+    for t in bufs:
+        t.fill_(1.0)
+    del bufs, t
+    per_step.append(faults() - before)
+print(json.dumps({{"applied": applied, "faults": per_step}}))
 """
 
 
@@ -37,9 +39,12 @@ def test_freed_big_blocks_are_reused_after_tune_malloc():
         got[arm] = json.loads(out.stdout.strip().splitlines()[-1])
     if not got["tuned"]["applied"]:
         pytest.skip("not glibc: tune_malloc is a no-op here")
-    pages = 64 * 2**20 // 4096
-    assert got["default"]["faults"] > 0.9 * pages  # mapped afresh: every page faulted in again
-    assert got["tuned"]["faults"] < 0.1 * pages  # the freed block was reused
+    pages = 3 * 64 * 2**20 // 4096  # one step's buffers
+    # default: every step maps its buffers afresh, every page faulted in again
+    assert all(f > 0.9 * pages for f in got["default"]["faults"])
+    # tuned: the heap grows for a few steps (glibc's aligned allocations do not always fit the holes
+    # the last step left), then the freed blocks are reused and the steady state faults nothing
+    assert sum(got["tuned"]["faults"][-2:]) < 0.1 * pages
 
 
 def test_malloc_tuning_is_a_setting():
