@@ -405,10 +405,10 @@ class GPT(nn.Module):
             pos_offset = kv_caches[0]["k"].size(2)
         positions = attn_mask = None
         if past_lengths is not None:
-            steps = torch.arange(T, device=idx.device)
-            positions = (past_lengths.to(idx.device)[:, None] + steps).clamp(max=self.config.block_size - 1)  # (B, T)
+            past_lengths = past_lengths.to(idx.device)[:, None]  # (B, 1)
+            positions = (past_lengths + torch.arange(T, device=idx.device)).clamp(max=self.config.block_size - 1)  # (B, T)
             # a query sees its row's real cached keys and the new keys up to itself
-            cached = torch.arange(pos_offset, device=idx.device) < past_lengths.to(idx.device)[:, None]  # (B, T_past)
+            cached = torch.arange(pos_offset, device=idx.device) < past_lengths  # (B, T_past)
             causal = torch.ones(T, T, dtype=torch.bool, device=idx.device).tril()  # (T, T)
             attn_mask = torch.cat([cached[:, None, :].expand(B, T, pos_offset), causal.expand(B, T, T)], dim=2)
             attn_mask = attn_mask[:, None]  # (B, 1, T, T_past + T): one mask for every head

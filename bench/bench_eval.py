@@ -77,6 +77,7 @@ def main():
     from data.common import get_tokenizer
     from eval import scoring as S
     from eval.scoring import continuation_windows, encode_pair
+    padded = S._takes_padded_pasts
 
     if args.ckpt:
         model, _ = load_model(args.ckpt, args.device)
@@ -130,28 +131,24 @@ def main():
         shots = (1 if all(n in few for n in T.expand(name)) else 0) if args.paper_protocol else args.num_fewshot
         leaf = ["off_mmlu"] if name == "mmlu" else [f"off_{n}" for n in T.expand(name)]
         sides = ("ours", "plain", "lmeval") if args.plain_tails else ("ours", "lmeval")
+        engine_stats = {}
         runs = {key: [] for side in sides for key in (side, f"{side}_total")}
         for rep in range(args.repeat):
             for side in (sides if rep % 2 == 0 else sides[::-1]):
                 timers.update(ours=0.0, lmeval=0.0)
                 engine.clear()
                 t0 = time.perf_counter()
-                if side == "plain":
-                    padded = S._takes_padded_pasts
-                    S._takes_padded_pasts = lambda m: False
+                if side in ("ours", "plain"):
+                    # plain: the engine's older plan, tails of one past length per pass
+                    S._takes_padded_pasts = padded if side == "ours" else (lambda m: False)
                     try:
-                        B.evaluate(model, name, args.data_dir, limit=args.limit, num_fewshot=shots,
-                                   batch_size=args.batch_size, device=args.device, wikitext=args.wikitext,
-                                   download=False, progress=False)
+                        results, items = B.evaluate(model, name, args.data_dir, limit=args.limit, num_fewshot=shots,
+                                                    batch_size=args.batch_size, device=args.device,
+                                                    wikitext=args.wikitext, download=False, progress=False,
+                                                    keep_requests=True)
                     finally:
                         S._takes_padded_pasts = padded
-                    plain_stats = dict(engine)
-                elif side == "ours":
-                    results, items = B.evaluate(model, name, args.data_dir, limit=args.limit, num_fewshot=shots,
-                                                batch_size=args.batch_size, device=args.device,
-                                                wikitext=args.wikitext, download=False, progress=False,
-                                                keep_requests=True)
-                    ours_stats = dict(engine)
+                    engine_stats[side] = dict(engine)
                 else:
                     lm_eval.simple_evaluate(model=lm, tasks=leaf, task_manager=manager, limit=args.limit,
                                             num_fewshot=shots, bootstrap_iters=0, verbosity="ERROR")
@@ -167,17 +164,17 @@ def main():
         lm_padded = sum(max(lengths[i:i + args.lmeval_batch_size]) * len(lengths[i:i + args.lmeval_batch_size])
                         for i in range(0, len(lengths), args.lmeval_batch_size))
         work = (lm_padded * (body_flops + head_flops)
-                / (ours_stats["tokens"] * body_flops + ours_stats["head_rows"] * head_flops)) if lm_rows else None
+                / (engine_stats["ours"]["tokens"] * body_flops + engine_stats["ours"]["head_rows"] * head_flops)) if lm_rows else None
         n = len(items)
         t_ours, t_lm = statistics.median(runs["ours"]), statistics.median(runs["lmeval"])
         row = {"task": name, "items": n, "num_fewshot": shots, "ours_items_per_s": n / t_ours,
                "lmeval_items_per_s": n / t_lm, "speedup": t_lm / t_ours, "work_ratio": work,
                "ours_total_s": statistics.median(runs["ours_total"]),
-               "lmeval_total_s": statistics.median(runs["lmeval_total"]), "runs": runs, "ours_engine": ours_stats}
+               "lmeval_total_s": statistics.median(runs["lmeval_total"]), "runs": runs, "ours_engine": engine_stats["ours"]}
         plain = ""
         if args.plain_tails:
             t_plain = statistics.median(runs["plain"])
-            row.update(plain_items_per_s=n / t_plain, plain_speedup=t_lm / t_plain, plain_engine=plain_stats,
+            row.update(plain_items_per_s=n / t_plain, plain_speedup=t_lm / t_plain, plain_engine=engine_stats["plain"],
                        padded_vs_plain=statistics.median(p / o for p, o in zip(runs["plain"], runs["ours"])))
             plain = f" {row['plain_items_per_s']:>9.2f} {row['plain_speedup']:>8.2f}x {row['padded_vs_plain']:>7.2f}x"
         rows.append(row)

@@ -235,19 +235,28 @@ def _score_batch(model, batch, n_layer, max_batch_tokens, device, stats, padded_
         stats["tokens"] = stats.get("tokens", 0) + x.numel()
         return offset
 
-    def passes(rows, caches_of):
+    def passes(rows, caches_of, own_pasts=False):
         """rows: (tokens, start, end) sorted for _passes; caches_of(range, past) -> kv caches.
-        Runs tokens[past:end] of each row, right-padded; returns per row (flat offset, pass width, past)."""
+        Runs each row's tokens from the pass's past to its end, right-padded: the pass's past is its
+        rows' smallest start (a row may recompute a few of its own tokens). With own_pasts every row
+        runs from its own start on its own cached past, padded to the pass's largest start and masked
+        (GPT.body's past_lengths), and passes are planned on the rows' lengths alone. Returns per row
+        (flat offset, pass width, the row's first position in the pass)."""
         where = [None] * len(rows)
-        for a, e in _passes([(s, t) for _, s, t in rows], max_batch_tokens):
-            past, end = min(s for _, s, _ in rows[a:e]), max(t for _, _, t in rows[a:e])
-            x = torch.zeros(e - a, end - past, dtype=torch.long)  # (n, S); padding is never read by real tokens
-            for i, (tokens, _, t) in enumerate(rows[a:e]):
-                x[i, :t - past] = torch.tensor(tokens[past:t])
-            off = run(x, caches_of(range(a, e), past), past)
-            stats["padding"] = stats.get("padding", 0) + sum(end - t for _, _, t in rows[a:e])
-            for i in range(e - a):
-                where[a + i] = (off + i * (end - past), end - past, past)
+        for a, e in _passes([(0, t - s) if own_pasts else (s, t) for _, s, t in rows], max_batch_tokens):
+            group = rows[a:e]
+            past = (max if own_pasts else min)(s for _, s, _ in group)
+            firsts = [s if own_pasts else past for _, s, _ in group]  # where each row's run begins
+            width = max(t - first for (_, _, t), first in zip(group, firsts))
+            x = torch.zeros(e - a, width, dtype=torch.long)  # (n, S); padding is never read by real tokens
+            for i, ((tokens, _, t), first) in enumerate(zip(group, firsts)):
+                x[i, :t - first] = torch.tensor(tokens[first:t])
+            # one past length in the pass: the plain causal cache protocol, no mask
+            lengths = torch.tensor(firsts) if len(set(firsts)) > 1 else None
+            off = run(x, caches_of(range(a, e), past), past, lengths)
+            stats["padding"] = stats.get("padding", 0) + sum(width - (t - f) for (_, _, t), f in zip(group, firsts))
+            for i, first in enumerate(firsts):
+                where[a + i] = (off + i * width, width, first)
         return where
 
     # level 0: (1, H)
@@ -301,34 +310,17 @@ def _score_batch(model, batch, n_layer, max_batch_tokens, device, stats, padded_
                 for layer in range(n_layer)]
 
     if padded_pasts:
-        # tails of different items in one pass, each on its own item's past (padded to the longest
-        # past in the pass, masked by GPT.body's past_lengths): passes are planned on the tails'
-        # lengths alone, so a batch's tails run in a few wide passes instead of one per prefix length
+        # tails of different items in one pass, each on its own item's past: planned on the tails'
+        # lengths alone, a batch's tails run in a few wide passes instead of one per prefix length
         tails.sort(key=lambda bk: (-(len(batch[bk[0]][0][bk[1]]) - prefix[bk[0]]), -prefix[bk[0]]))
-        at2 = {}
-        for a, e in _passes([(0, len(batch[b][0][k]) - prefix[b]) for b, k in tails], max_batch_tokens):
-            group = tails[a:e]
-            past = max(prefix[b] for b, _ in group)
-            width = max(len(batch[b][0][k]) - prefix[b] for b, k in group)
-            x = torch.zeros(e - a, width, dtype=torch.long)  # (n, S), right-padded
-            for i, (b, k) in enumerate(group):
-                x[i, :len(batch[b][0][k]) - prefix[b]] = torch.tensor(batch[b][0][k][prefix[b]:])
-            lengths = torch.tensor([prefix[b] for b, _ in group])
-            same = bool((lengths == past).all())  # one past length: the plain causal cache protocol
-            caches = gather([b for b, _ in group], past) if past > 0 else None
-            off = run(x, caches, past, None if same else lengths)
-            real = sum(len(batch[b][0][k]) - prefix[b] for b, k in group)
-            stats["padding"] = stats.get("padding", 0) + x.numel() - real
-            for i, (b, k) in enumerate(group):
-                at2[(b, k)] = (off + i * width, width, prefix[b])
     else:
         tails.sort(key=lambda bk: (-prefix[bk[0]], -len(batch[bk[0]][0][bk[1]])))
 
-        def on_prefixes(rows, past):
-            return None if past == 0 else gather([tails[r][0] for r in rows], past)
+    def on_prefixes(rows, past):
+        return None if past == 0 else gather([tails[r][0] for r in rows], past)
 
-        at2 = dict(zip(tails, passes([(batch[b][0][k], prefix[b], len(batch[b][0][k])) for b, k in tails],
-                                     on_prefixes)))
+    at2 = dict(zip(tails, passes([(batch[b][0][k], prefix[b], len(batch[b][0][k])) for b, k in tails],
+                                 on_prefixes, own_pasts=padded_pasts)))
 
     # the flat index of the state at position pos of row k of item b
     def state(b, k, pos):
