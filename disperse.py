@@ -190,13 +190,15 @@ class _AngularLowMemory(torch.autograd.Function):
         return _through_unit_rows(grad_z_hat, z, eps), None, None, None
 
 
-def _through_unit_rows(grad_z_hat, z, eps):
-    """Chain rule through z_hat = z / (|z| + eps): the gradient on z from the one on z_hat, which
-    it overwrites (in place: on CPU every fresh (B, T, C) buffer costs page faults)."""
+def _through_unit_rows(grad_z_hat, z, eps, scale=1.0):
+    """Chain rule through z_hat = z / (|z| + eps): the gradient on z from the one on z_hat, times
+    `scale` (a number or a (B, 1, 1) tensor, folded in here to save a pass over (B, T, C)). Out of
+    place: grad_z_hat may be a tensor saved for backward."""
     norm = torch.linalg.vector_norm(z, dim=-1, keepdim=True)  # (B, T, 1)
     radial = torch.linalg.vecdot(grad_z_hat, z, dim=-1).unsqueeze(-1)  # (B, T, 1)
-    along_z = radial / (norm.clamp_min(1e-30) * (norm + eps) ** 2)  # (B, T, 1)
-    return grad_z_hat.div_(norm + eps).addcmul_(z, along_z, value=-1.0)
+    inverse = scale / (norm + eps)  # (B, T, 1)
+    along_z = radial * inverse / (norm.clamp_min(1e-30) * (norm + eps))  # (B, T, 1)
+    return torch.mul(grad_z_hat, inverse).addcmul_(z, along_z, value=-1.0)
 
 
 # ----------------------------------------------------------------------------
@@ -207,13 +209,16 @@ def _through_unit_rows(grad_z_hat, z, eps):
 # walks over blocks of it and keeps one partial result per sequence (a running log-sum-exp, or a
 # running sum for orthogonalization); the backward pass walks over the same blocks again,
 # recomputes each one and adds its share of the gradient, like FlashAttention's backward.
-# Within a sequence cos_ij = cos_ji, so only the blocks on and above the diagonal are visited:
-# each diagonal tile once (its diagonal excluded), each block above it counted twice.
+# Within a sequence cos_ij = cos_ji, so only the pairs on and above the diagonal are visited:
+# each row-block of `tile` rows against the columns from its own first row on. The first block of
+# a row-block starts with its diagonal tile (counted once, its diagonal excluded); every pair to
+# the right of that tile stands for itself and its mirror image.
 #
-# A block is one row-block of `tile` rows against up to _STRIP_PAIRS // tile columns: a strip of
-# several tiles in one matmul, because on CPU a few large matmuls run much faster than many small
-# ones (bench/bench_dispersion.py --tiles), and the pairs alive per sequence stay bounded by
-# _STRIP_PAIRS whatever T is.
+# A block is one row-block against up to _STRIP_PAIRS // tile columns: a strip of several tiles
+# in one matmul, because on CPU a few large matmuls run much faster than many small ones
+# (bench/bench_dispersion.py --tiles), and the pairs alive per sequence stay bounded by
+# _STRIP_PAIRS whatever T is. Each block costs a handful of passes over its pairs besides the
+# matmuls (clamp, arccos, exp, ...): constants are folded into as few of them as possible.
 
 _STRIP_PAIRS = 2 ** 18  # pairs per sequence in one block: 1 MB in float32
 # Largest spread (in nats) of the logits allowed for summing exp(logit - fixed shift) in one sweep:
@@ -222,23 +227,23 @@ _EXP_RANGE = 60.0
 
 
 def _tile_size(T):
-    """Rows per block: small enough that the diagonal tiles (computed in full) are a small part of
-    the work, large enough for efficient matmuls."""
-    return 128
+    """Rows per block: small enough that the diagonal tiles (whose lower halves are computed but
+    not needed) are a small part of the work, large enough for efficient matmuls. On 2 CPU cores
+    256 rows beat 128 by 3-5 % at T = 512 and 1024 and tie at 2048 (paired A/B of the loss
+    alone), though their diagonal tiles waste twice the work."""
+    return 256
 
 
 def _pair_blocks(T, tile, symmetric, strip_pairs):
-    """(r0, r1, c0, c1, on_diagonal) for the blocks rows r0:r1 x columns c0:c1 that cover the
-    pairs: with symmetric only the blocks on and above the diagonal, every row-block first against
-    itself (on_diagonal) and then against the columns to its right, in strips of at most
-    max(tile, strip_pairs // tile) columns."""
+    """(r0, r1, c0, c1) for the blocks rows r0:r1 x columns c0:c1 that cover the pairs, in strips
+    of at most max(tile, strip_pairs // tile) columns. With symmetric only the pairs on and above
+    the diagonal: each row-block against the columns from r0 on, so that its first block
+    (c0 == r0) starts with the diagonal tile, columns r0:r1."""
     width = max(tile, strip_pairs // tile)
     for r0 in range(0, T, tile):
         r1 = min(r0 + tile, T)
-        if symmetric:
-            yield r0, r1, r0, r1, True
-        for c0 in range(r1 if symmetric else 0, T, width):
-            yield r0, r1, c0, min(c0 + width, T), False
+        for c0 in range(r0 if symmetric else 0, T, width):
+            yield r0, r1, c0, min(c0 + width, T)
 
 
 class _PairLoss(torch.autograd.Function):
@@ -271,8 +276,8 @@ class _PairLoss(torch.autograd.Function):
         with torch.autocast(device_type=z.device.type, enabled=False):
             if grad_z_hat is None:
                 grad_z_hat = engine.pair_grad(_unit_rows(z, eps), kind, total, tau, clamp, margin)
-            grad_z_hat = grad_z_hat * (grad_out / (z.size(0) * math.pi))
-            return _through_unit_rows(grad_z_hat, z, eps), None, None, None, None, None, None
+            grad_z = _through_unit_rows(grad_z_hat, z, eps, grad_out / (z.size(0) * math.pi))
+            return grad_z, None, None, None, None, None, None
 
 
 class _TorchTiles:
@@ -285,23 +290,28 @@ class _TorchTiles:
     def pair_totals(self, z_hat, kind, tau, clamp, margin):
         B, T, C = z_hat.shape
         rows, cols, symmetric = _pair_operands(z_hat, kind)
+        hinge = kind == 'orthogonalization'
         # per-sequence log-sum-exp (or sum, for the hinge) of the pair terms seen so far
-        total = z_hat.new_full((B,), 0.0 if kind == 'orthogonalization' else float('-inf'))
-        for r0, r1, c0, c1, on_diagonal in _pair_blocks(T, self.tile, symmetric, self.strip_pairs):
+        total = z_hat.new_full((B,), 0.0 if hinge else float('-inf'))
+        # logit = -angle / tau = -arccos(c) / (pi tau); + log 2 for a pair that stands for two
+        to_logit, twice = -1.0 / (math.pi * tau), z_hat.new_tensor(math.log(2.0) if symmetric else 0.0)
+        for r0, r1, c0, c1 in _pair_blocks(T, self.tile, symmetric, self.strip_pairs):
+            r, diagonal = r1 - r0, symmetric and c0 == r0
             cos = torch.bmm(rows[:, r0:r1], cols[:, c0:c1].transpose(1, 2))  # (B, r, c)
-            angle = cos.clamp_(-1.0 + clamp, 1.0 - clamp).arccos_().div_(math.pi)
-            twice = symmetric and not on_diagonal  # the block stands for itself and its mirror image
-            if kind == 'orthogonalization':
-                hinge = angle.neg_().add_(margin).relu_().square_()
-                if on_diagonal:
-                    hinge.diagonal(dim1=1, dim2=2).zero_()
-                total += (2.0 if twice else 1.0) * hinge.sum(dim=(1, 2))
+            arccos = cos.clamp_(-1.0 + clamp, 1.0 - clamp).arccos_()  # pi * angle
+            if hinge:
+                terms = _hinge(arccos, margin).square_()
+                if diagonal:
+                    terms.diagonal(dim1=1, dim2=2).zero_()
+                block = terms.sum(dim=(1, 2))
+                if symmetric:  # the pairs right of the diagonal tile stand for two
+                    block = 2.0 * block - (terms[:, :, :r].sum(dim=(1, 2)) if diagonal else 0.0)
+                total += block
             else:
-                logits = angle.div_(-tau)
-                if on_diagonal:
-                    logits.diagonal(dim1=1, dim2=2).fill_(float('-inf'))
-                block = torch.logsumexp(logits, dim=(1, 2)) + (math.log(2.0) if twice else 0.0)  # (B,)
-                total = torch.logaddexp(total, block)
+                logits = torch.add(twice, arccos, alpha=to_logit, out=arccos)
+                if diagonal:  # the diagonal tile's pairs are all there, each once
+                    logits[:, :, :r].sub_(twice).diagonal(dim1=1, dim2=2).fill_(float('-inf'))
+                total = torch.logaddexp(total, torch.logsumexp(logits, dim=(1, 2)))
         return total
 
     def pair_grad(self, z_hat, kind, total, tau, clamp, margin):
@@ -327,40 +337,55 @@ class _TorchTiles:
     def _grad_sweep(self, z_hat, kind, offset, tau, clamp, margin, normalise=False):
         """(pi * d(sum_b loss_b)/d z_hat with the pair weights exp(logit - offset_b), divided by
         their sum over the sequence if normalise; and the per-sequence sums of those weights, or of
-        the hinge terms for orthogonalization)."""
+        the squared hinge terms for orthogonalization)."""
         B, T, C = z_hat.shape
         rows, cols, symmetric = _pair_operands(z_hat, kind)
+        hinge = kind == 'orthogonalization'
         grad_rows = torch.zeros_like(z_hat)  # (B, T, C)
         grad_cols = grad_rows if symmetric else torch.zeros_like(z_hat)
         sums = z_hat.new_zeros(B)
-        for r0, r1, c0, c1, on_diagonal in _pair_blocks(T, self.tile, symmetric, self.strip_pairs):
+        one, to_logit = z_hat.new_ones(()), -1.0 / (math.pi * tau)
+        neg_offset = None if hinge else -offset.view(B, 1, 1)
+        for r0, r1, c0, c1 in _pair_blocks(T, self.tile, symmetric, self.strip_pairs):
+            r, diagonal = r1 - r0, symmetric and c0 == r0
             cos = torch.bmm(rows[:, r0:r1], cols[:, c0:c1].transpose(1, 2))  # (B, r, c)
             cos.clamp_(-1.0 + clamp, 1.0 - clamp)
-            angle = torch.arccos(cos).div_(math.pi)
-            # slope: -d(pair term)/d(angle) (divided by the per-sequence normaliser); the angle's
-            # derivative -1/(pi sqrt(1 - c^2)) is taken at the clamped c (straight-through)
-            term = angle.neg_().add_(margin).relu_() if kind == 'orthogonalization' else \
-                angle.div_(-tau).sub_(offset[:, None, None]).exp_()  # (margin - angle)+ or exp(logit - offset)
-            if on_diagonal:
-                term.diagonal(dim1=1, dim2=2).zero_()
-            twice = symmetric and not on_diagonal  # the block stands for itself and its mirror image
-            if kind == 'orthogonalization':
-                sums += (2.0 if twice else 1.0) * torch.linalg.vecdot(term, term, dim=-1).sum(dim=1)
-                slope = term.mul_(2.0 / (T * (T - 1)))
-            else:  # the pair's softmax weight over the sequence's pairs, over tau
-                sums += (2.0 if twice else 1.0) * term.sum(dim=(1, 2))
-                slope = term.div_(tau)
-            grad_cos = cos.square_().neg_().add_(1.0).rsqrt_().mul_(slope)  # pi * d loss_b / d cos_ij
+            arccos = torch.arccos(cos)  # pi * angle
+            # the slope -d(pair term)/d(angle), up to a constant factor applied at the end:
+            # (margin - angle)+ for the hinge, exp(logit - offset) for the log-sum-exp
+            terms = _hinge(arccos, margin) if hinge else \
+                torch.add(neg_offset, arccos, alpha=to_logit, out=arccos).exp_()
+            if diagonal:
+                terms.diagonal(dim1=1, dim2=2).zero_()
+            block = torch.linalg.vecdot(terms, terms, dim=-1).sum(dim=1) if hinge else terms.sum(dim=(1, 2))
+            if symmetric:  # the pairs right of the diagonal tile stand for two
+                inner = terms[:, :, :r] if diagonal else None
+                block = 2.0 * block - ((inner.square().sum(dim=(1, 2)) if hinge else inner.sum(dim=(1, 2)))
+                                       if diagonal else 0.0)
+            sums += block
+            # the angle's derivative -1/(pi sqrt(1 - c^2)), taken at the clamped c (straight-through)
+            grad_cos = torch.addcmul(one, cos, cos, value=-1.0, out=cos).rsqrt_().mul_(terms)
             grad_rows[:, r0:r1].baddbmm_(grad_cos, cols[:, c0:c1])
-            if not on_diagonal:
-                grad_cols[:, c0:c1].baddbmm_(grad_cos.transpose(1, 2), rows[:, r0:r1])
-        if normalise:  # softmax weights: divide by their sum, per sequence b (before cols move to b + 1)
-            grad_rows.div_(sums[:, None, None])
-            if not symmetric:
-                grad_cols.div_(sums[:, None, None])
+            # the same pairs seen from their columns; the diagonal tile already holds both sides
+            mirror = r if diagonal else 0
+            if c0 + mirror < c1:
+                grad_cols[:, c0 + mirror:c1].baddbmm_(grad_cos[:, :, mirror:].transpose(1, 2), rows[:, r0:r1])
+        # the constant factors: the hinge's 2 / (T(T-1)) from the mean of squares, or 1 / tau and
+        # the softmax's normaliser; 2 for a symmetric matrix (d cos_ij / d z_hat_k counts k as the row
+        # and as the column)
+        factor = z_hat.new_full((B,), 2.0 / (T * (T - 1)) if hinge else 1.0 / tau)
+        if normalise:
+            factor = factor / sums
         if symmetric:
-            return grad_rows.mul_(2.0), sums  # d cos_ij / d z_hat_k counts k as the row and as the column
-        return grad_rows.add_(grad_cols.roll(shifts=1, dims=0)), sums  # cols[b] is z_hat[b + 1]
+            return grad_rows.mul_((2.0 * factor).view(B, 1, 1)), sums
+        # cols[b] is z_hat[b + 1]: scale by sequence b's factor before moving its column gradient
+        grad_rows.mul_(factor.view(B, 1, 1))
+        return grad_rows.add_(grad_cols.mul_(factor.view(B, 1, 1)).roll(shifts=1, dims=0)), sums
+
+
+def _hinge(arccos, margin):
+    """(margin - angle)+ from arccos(c) = pi * angle, in place."""
+    return torch.add(arccos.new_tensor(margin), arccos, alpha=-1.0 / math.pi, out=arccos).relu_()
 
 
 def _pair_operands(z_hat, kind):

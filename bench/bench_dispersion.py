@@ -6,12 +6,17 @@ process (A, B, C, A, B, C, ...), so the slow drifts of a shared machine hit them
     python bench/bench_dispersion.py                       # step time: GPT-2 124M, T = 1024, CPU float32
     python bench/bench_dispersion.py --memory              # peak memory of the loss, T = 1k .. 32k
     python bench/bench_dispersion.py --tiles               # loss alone, several tile sizes
+    python bench/bench_dispersion.py --tiles --old 0bcf85d # ... and against disperse.py at a git revision
     python bench/bench_dispersion.py --device cuda --batch 8 --dtype bfloat16 --impl reference,tiled,triton
 
 Step mode times what train.py does per micro-step: forward with hidden states, the angular loss on
 the 12 selected layers (HF hidden_states[1:]) with weight 0.1, backward, AdamW step; "ce only" is
 the same step without the loss. Each implementation named by --impl is one variant on all
 positions; one more variant samples --max-tokens positions (with the automatic implementation).
+Two more variants split the overhead: "loss alone" is the same dispersion term (automatic
+implementation, all positions), forward + backward, on detached copies of the 12 hidden states, with
+no model around it; "ce, hidden states returned" is the CE step asking for the hidden states it
+then ignores. Like train.py (malloc_tuning=True), glibc's malloc is told to keep freed blocks.
 
 Memory mode runs each (implementation, T) in a fresh subprocess and reports the peak memory of one
 forward + backward of the angular loss on (1, T, 768) hidden states beyond what the process held
@@ -26,6 +31,7 @@ Implementations (--impl, comma-separated; they set disperse.IMPLEMENTATION):
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -33,6 +39,7 @@ import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import torch
@@ -73,6 +80,8 @@ def use(implementation, tile=None):
 
 def step_times(args):
     from model import GPT, GPTConfig
+    from train import tune_malloc
+    print(f"malloc tuned as in train.py: {tune_malloc()}")
     torch.manual_seed(0)
     config = GPTConfig(block_size=args.seq, n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd)
     model = GPT(config).to(args.device)
@@ -94,7 +103,23 @@ def step_times(args):
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    variants = {"ce only": lambda: step(None, None)}
+    with torch.no_grad():
+        hidden = [h.detach().float().requires_grad_() for h in model(x, x, return_hidden=True)[2]]
+
+    def loss_alone():
+        use("auto")
+        disperse.dispersion_term(hidden, "angular", "all", 0.1)[0].backward()
+
+    def ce_with_hidden():
+        use("auto")
+        with autocast:
+            _, loss, _ = model(x, x, return_hidden=True)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    variants = {"ce only": lambda: step(None, None), "ce, hidden states returned": ce_with_hidden,
+                f"loss alone, all {args.seq} positions, auto": loss_alone}
     for implementation in args.impl:
         variants[f"angular, all {args.seq} positions, {implementation}"] = \
             lambda implementation=implementation: step(implementation, None)
@@ -103,15 +128,21 @@ def step_times(args):
     times = interleaved(variants, args.reps, args.device)
     base = statistics.median(times["ce only"])
     rows = []
-    print(f"{'step':44s} {'median s':>9s} {'overhead':>9s}")
+    print(f"{'step':44s} {'median s':>9s} {'vs ce only':>11s}")
     for name, ts in times.items():
         median = statistics.median(ts)
-        rows.append({"variant": name, "median_s": median, "times_s": ts, "overhead": median / base - 1})
-        print(f"{name:44s} {median:9.3f} {(median / base - 1) * 100:+8.1f}%")
+        if name.startswith("loss alone"):  # not a step: its time as a share of the CE step
+            rows.append({"variant": name, "median_s": median, "times_s": ts, "share_of_ce_step": median / base})
+            print(f"{name:44s} {median:9.3f} {median / base * 100:9.1f} % of it")
+        else:
+            rows.append({"variant": name, "median_s": median, "times_s": ts, "overhead": median / base - 1})
+            print(f"{name:44s} {median:9.3f} {(median / base - 1) * 100:+10.1f}%")
     return rows
 
 
 def tile_times(args):
+    from train import tune_malloc
+    print(f"malloc tuned as in train.py: {tune_malloc()}")
     torch.manual_seed(0)
     h = torch.randn(args.batch, args.seq, args.n_embd, device=args.device, requires_grad=True)
 
@@ -123,6 +154,13 @@ def tile_times(args):
     for tile in args.tile_sizes:
         variants[f"tiled, tile {tile}"] = lambda tile=tile: loss("tiled", tile)
     variants[f"tiled, automatic tile {disperse._tile_size(args.seq)}"] = lambda: loss("tiled", None)
+    if args.old:
+        old = disperse_py_at(args.old)
+        old.IMPLEMENTATION, old.TILE = "tiled", None
+
+        def old_loss():
+            old.dispersion_loss(h, "angular").backward()
+        variants[f"disperse.py@{args.old}, tiled, its automatic tile"] = old_loss
     times = interleaved(variants, args.reps, args.device)
     rows = []
     print(f"angular loss alone, forward + backward, (B, T, C) = ({args.batch}, {args.seq}, {args.n_embd}), "
@@ -131,6 +169,26 @@ def tile_times(args):
         rows.append({"variant": name, "median_s": statistics.median(ts), "times_s": ts})
         print(f"{name:32s} {statistics.median(ts) * 1000:9.1f} ms")
     return rows
+
+
+def disperse_py_at(rev):
+    """disperse.py as it is at git revision rev, imported under another name (it imports only the
+    standard library and torch at the top)."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        source = subprocess.run(["git", "show", f"{rev}:disperse.py"], cwd=repo, capture_output=True, text=True,
+                                check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as e:
+        raise SystemExit(f"--old {rev}: cannot read disperse.py at that revision "
+                         f"({(getattr(e, 'stderr', '') or str(e)).strip()}); give a commit of this repository")
+    folder = tempfile.mkdtemp(prefix="disperse_at_rev_")
+    path = os.path.join(folder, "disperse_at_rev.py")
+    with open(path, "w") as f:
+        f.write(source)
+    spec = importlib.util.spec_from_file_location("disperse_at_rev", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def peak_memory_of_one_loss(implementation, T, C, device):
@@ -223,6 +281,8 @@ def main():
                    help="memory mode: skip the reference where its matrices need more than this (default 6)")
     p.add_argument("--tile-sizes", type=comma_list(int), default=[32, 64, 128, 256, 512],
                    help="tiles mode: the tile edges to time (default 32,64,128,256,512)")
+    p.add_argument("--old", help="tiles mode: also time disperse.py as it is at this git revision (its own "
+                                 "automatic tile), interleaved with the others")
     p.add_argument("--json", help="write the results and the settings to this file")
     p.add_argument("--one-memory", nargs=2, metavar=("IMPL", "T"), help=argparse.SUPPRESS)  # memory mode's child
     args = p.parse_args()
@@ -244,6 +304,8 @@ def main():
             raise SystemExit("--impl triton: the Triton kernel needs `pip install triton` and a CUDA device "
                              "(or TRITON_INTERPRET=1 on CPU, slow)")
 
+    if args.old and not args.tiles:
+        raise SystemExit("--old compares the loss alone: use it with --tiles")
     if args.memory:
         mode, rows = "memory", memory_table(args)
     elif args.tiles:

@@ -117,11 +117,13 @@ if t:
     print(f"training: {r['tokens_per_s']:,.0f} tokens/s, {r['ms_per_iter']:.1f} ms/iter, MFU {mfu} on {summary['train']['device']}")
 d = read("dispersion.json")
 if d:
-    summary["dispersion"] = [{k: row.get(k) for k in ("variant", "median_s", "overhead")} for row in d["results"]]
+    summary["dispersion"] = [{k: row.get(k) for k in ("variant", "median_s", "overhead", "share_of_ce_step")}
+                             for row in d["results"]]
     for row in d["results"]:
-        over = row.get("overhead")
-        print(f"dispersion: {row.get('variant')}: {row.get('median_s', float('nan')):.4f} s/step"
-              + (f", {over * 100:+.1f}% over CE" if isinstance(over, (int, float)) else ""))
+        over, share = row.get("overhead"), row.get("share_of_ce_step")
+        print(f"dispersion: {row.get('variant')}: {row.get('median_s', float('nan')):.4f} s"
+              + (f"/step, {over * 100:+.1f}% over CE" if isinstance(over, (int, float)) else "")
+              + (f", {share * 100:.1f}% of the CE step" if isinstance(share, (int, float)) else ""))
 m = read("modes.json")
 if m:
     summary["modes"] = {k: {"max_rel_diff_vs_eager": v["max_rel_diff_vs_eager"], "agrees": v["agrees"],

@@ -47,17 +47,18 @@ def reference_value_and_grad(z, variant, options=OPTIONS):
 
 
 def test_blocks_cover_every_pair_once():
-    # symmetric: each diagonal block once, each block above it for itself and its mirror image
+    # symmetric: each row-block's diagonal tile once, every pair right of it for itself and its mirror
     for T, tile, strip in itertools.product((1, 2, 5, 12, 13), (1, 3, 4, 16), (1, 16, 40)):
         for symmetric in (True, False):
             count = torch.zeros(T, T, dtype=torch.int64)
-            for r0, r1, c0, c1, on_diagonal in disperse._pair_blocks(T, tile, symmetric, strip):
+            for r0, r1, c0, c1 in disperse._pair_blocks(T, tile, symmetric, strip):
                 assert (r1 - r0) * (c1 - c0) <= max(tile * tile, strip, tile)  # pairs alive per sequence
-                assert not on_diagonal or (symmetric and (r0, r1) == (c0, c1))
                 count[r0:r1, c0:c1] += 1
-                if symmetric and not on_diagonal:
-                    assert c0 >= r1  # strictly above the diagonal
-                    count[c0:c1, r0:r1] += 1
+                if symmetric:
+                    assert c0 >= r0  # on or above the diagonal
+                    mirror = c0 + (r1 - r0) if c0 == r0 else c0  # right of the diagonal tile
+                    assert c0 == r0 or c0 >= r1
+                    count[mirror:c1, r0:r1] += 1
             assert torch.equal(count, torch.ones(T, T, dtype=torch.int64)), (T, tile, strip, symmetric)
 
 

@@ -20,6 +20,8 @@ def test_dry_run_writes_every_step(tmp_path):
     variants = [row["variant"] for row in summary["dispersion"]]
     assert any("reference" in v for v in variants) and any("tiled" in v for v in variants)
     assert any("sampled" in v for v in variants)
+    alone = [row for row in summary["dispersion"] if row["variant"].startswith("loss alone")]
+    assert len(alone) == 1 and 0 < alone[0]["share_of_ce_step"] and alone[0]["overhead"] is None
     assert set(summary["modes"]) == {"eager", "ddp"} and all(m["agrees"] for m in summary["modes"].values())
     assert "training:" in result.stdout and "modes: ddp" in result.stdout
     if summary["skipped_steps"]:
