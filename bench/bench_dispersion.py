@@ -15,8 +15,9 @@ the same step without the loss. Each implementation named by --impl is one varia
 positions; one more variant samples --max-tokens positions (with the automatic implementation).
 Two more variants split the overhead: "loss alone" is the same dispersion term (automatic
 implementation, all positions), forward + backward, on detached copies of the 12 hidden states, with
-no model around it; "ce, hidden states returned" is the CE step asking for the hidden states it
-then ignores. Like train.py (malloc_tuning=True), glibc's malloc is told to keep freed blocks.
+no model around it; "besides the loss" is what else a dispersion step computes (the 12 logged pair
+cosines, the 12 gradients added into the residual stream's); "ce, hidden states returned" is the CE
+step asking for the hidden states it then ignores. Like train.py (malloc_tuning=True), glibc's malloc is told to keep freed blocks.
 
 Memory mode runs each (implementation, T) in a fresh subprocess and reports the peak memory of one
 forward + backward of the angular loss on (1, T, 768) hidden states beyond what the process held
@@ -110,6 +111,13 @@ def step_times(args):
         use("auto")
         disperse.dispersion_term(hidden, "angular", "all", 0.1)[0].backward()
 
+    grads = [torch.randn_like(h) for h in hidden]
+
+    def besides_the_loss():  # what a dispersion step adds to the CE step apart from the loss itself
+        for i in range(1, len(hidden)):
+            disperse.mean_pairwise_cos(hidden[i])  # the logged disp/layer{i}/pair_cos
+            grads[i].add_(hidden[i])  # the loss's gradient joining the residual stream's in backward
+
     def ce_with_hidden():
         use("auto")
         with autocast:
@@ -119,7 +127,8 @@ def step_times(args):
         opt.zero_grad(set_to_none=True)
 
     variants = {"ce only": lambda: step(None, None), "ce, hidden states returned": ce_with_hidden,
-                f"loss alone, all {args.seq} positions, auto": loss_alone}
+                f"loss alone, all {args.seq} positions, auto": loss_alone,
+                "besides the loss (cosines logged, grad adds)": besides_the_loss}
     for implementation in args.impl:
         variants[f"angular, all {args.seq} positions, {implementation}"] = \
             lambda implementation=implementation: step(implementation, None)
@@ -131,7 +140,7 @@ def step_times(args):
     print(f"{'step':44s} {'median s':>9s} {'vs ce only':>11s}")
     for name, ts in times.items():
         median = statistics.median(ts)
-        if name.startswith("loss alone"):  # not a step: its time as a share of the CE step
+        if name.startswith(("loss alone", "besides the loss")):  # not a step: its time as a share of the CE step
             rows.append({"variant": name, "median_s": median, "times_s": ts, "share_of_ce_step": median / base})
             print(f"{name:44s} {median:9.3f} {median / base * 100:9.1f} % of it")
         else:
