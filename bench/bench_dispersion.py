@@ -163,6 +163,17 @@ def tile_times(args):
     for tile in args.tile_sizes:
         variants[f"tiled, tile {tile}"] = lambda tile=tile: loss("tiled", tile)
     variants[f"tiled, automatic tile {disperse._tile_size(args.seq)}"] = lambda: loss("tiled", None)
+    z_hat = disperse._unit_rows(h.detach(), 1e-2)
+    tile = disperse._tile_size(args.seq)
+
+    def matmuls_only():  # the automatic tiling's matmuls, none of its elementwise work: the floor
+        grad = torch.zeros_like(z_hat)
+        for r0, r1, c0, c1 in disperse._pair_blocks(args.seq, tile, True, disperse._STRIP_PAIRS):
+            cos = torch.bmm(z_hat[:, r0:r1], z_hat[:, c0:c1].transpose(1, 2))  # (B, r, c)
+            grad[:, r0:r1].baddbmm_(cos, z_hat[:, c0:c1])
+            mirror = r1 - r0 if c0 == r0 else 0
+            grad[:, c0 + mirror:c1].baddbmm_(cos[:, :, mirror:].transpose(1, 2), z_hat[:, r0:r1])
+    variants[f"its matmuls only, tile {tile}"] = matmuls_only
     if args.old:
         old = disperse_py_at(args.old)
         old.IMPLEMENTATION, old.TILE = "tiled", None
