@@ -346,6 +346,9 @@ class _TorchTiles:
         sums = z_hat.new_zeros(B)
         one, to_logit = z_hat.new_ones(()), -1.0 / (math.pi * tau)
         neg_offset = None if hinge else -offset.view(B, 1, 1)
+
+        def summed(terms):  # (B,): the squared hinge terms' sum, or the weights' sum
+            return torch.linalg.vecdot(terms, terms, dim=-1).sum(dim=1) if hinge else terms.sum(dim=(1, 2))
         for r0, r1, c0, c1 in _pair_blocks(T, self.tile, symmetric, self.strip_pairs):
             r, diagonal = r1 - r0, symmetric and c0 == r0
             cos = torch.bmm(rows[:, r0:r1], cols[:, c0:c1].transpose(1, 2))  # (B, r, c)
@@ -357,11 +360,9 @@ class _TorchTiles:
                 torch.add(neg_offset, arccos, alpha=to_logit, out=arccos).exp_()
             if diagonal:
                 terms.diagonal(dim1=1, dim2=2).zero_()
-            block = torch.linalg.vecdot(terms, terms, dim=-1).sum(dim=1) if hinge else terms.sum(dim=(1, 2))
+            block = summed(terms)
             if symmetric:  # the pairs right of the diagonal tile stand for two
-                inner = terms[:, :, :r] if diagonal else None
-                block = 2.0 * block - ((inner.square().sum(dim=(1, 2)) if hinge else inner.sum(dim=(1, 2)))
-                                       if diagonal else 0.0)
+                block = 2.0 * block - (summed(terms[:, :, :r]) if diagonal else 0.0)
             sums += block
             # the angle's derivative -1/(pi sqrt(1 - c^2)), taken at the clamped c (straight-through)
             grad_cos = torch.addcmul(one, cos, cos, value=-1.0, out=cos).rsqrt_().mul_(terms)

@@ -32,7 +32,6 @@ Implementations (--impl, comma-separated; they set disperse.IMPLEMENTATION):
 """
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -48,6 +47,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import disperse  # noqa: E402
+from bench.bench_model_versions import load_module  # noqa: E402
 from bench.provenance import write_result  # noqa: E402
 
 
@@ -126,9 +126,10 @@ def step_times(args):
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    variants = {"ce only": lambda: step(None, None), "ce, hidden states returned": ce_with_hidden,
-                f"loss alone, all {args.seq} positions, auto": loss_alone,
-                "besides the loss (cosines logged, grad adds)": besides_the_loss}
+    # not steps: their times are reported as shares of the CE step's
+    parts = {f"loss alone, all {args.seq} positions, auto": loss_alone,
+             "besides the loss (cosines logged, grad adds)": besides_the_loss}
+    variants = {"ce only": lambda: step(None, None), "ce, hidden states returned": ce_with_hidden, **parts}
     for implementation in args.impl:
         variants[f"angular, all {args.seq} positions, {implementation}"] = \
             lambda implementation=implementation: step(implementation, None)
@@ -140,7 +141,7 @@ def step_times(args):
     print(f"{'step':44s} {'median s':>9s} {'vs ce only':>11s}")
     for name, ts in times.items():
         median = statistics.median(ts)
-        if name.startswith(("loss alone", "besides the loss")):  # not a step: its time as a share of the CE step
+        if name in parts:
             rows.append({"variant": name, "median_s": median, "times_s": ts, "share_of_ce_step": median / base})
             print(f"{name:44s} {median:9.3f} {median / base * 100:9.1f} % of it")
         else:
@@ -162,9 +163,9 @@ def tile_times(args):
     variants = {"reference": lambda: loss("reference", None)}
     for tile in args.tile_sizes:
         variants[f"tiled, tile {tile}"] = lambda tile=tile: loss("tiled", tile)
-    variants[f"tiled, automatic tile {disperse._tile_size(args.seq)}"] = lambda: loss("tiled", None)
-    z_hat = disperse._unit_rows(h.detach(), 1e-2)
     tile = disperse._tile_size(args.seq)
+    variants[f"tiled, automatic tile {tile}"] = lambda: loss("tiled", None)
+    z_hat = disperse._unit_rows(h.detach(), 1e-2)
 
     def matmuls_only():  # the automatic tiling's matmuls, none of its elementwise work: the floor
         grad = torch.zeros_like(z_hat)
@@ -201,14 +202,10 @@ def disperse_py_at(rev):
     except (OSError, subprocess.CalledProcessError) as e:
         raise SystemExit(f"--old {rev}: cannot read disperse.py at that revision "
                          f"({(getattr(e, 'stderr', '') or str(e)).strip()}); give a commit of this repository")
-    folder = tempfile.mkdtemp(prefix="disperse_at_rev_")
-    path = os.path.join(folder, "disperse_at_rev.py")
+    path = os.path.join(tempfile.mkdtemp(prefix="disperse_at_rev_"), "disperse_at_rev.py")
     with open(path, "w") as f:
         f.write(source)
-    spec = importlib.util.spec_from_file_location("disperse_at_rev", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module(path, "disperse_at_rev")
 
 
 def peak_memory_of_one_loss(implementation, T, C, device):
