@@ -229,8 +229,8 @@ _EXP_RANGE = 60.0
 def _tile_size(T):
     """Rows per block: small enough that the diagonal tiles (whose lower halves are computed but
     not needed) are a small part of the work, large enough for efficient matmuls. On 2 CPU cores
-    256 rows beat 128 by 3-5 % at T = 512 and 1024 and tie at 2048 (paired A/B of the loss
-    alone), though their diagonal tiles waste twice the work."""
+    256 rows beat 128 at T = 1024 (bench/bench_dispersion.py --tiles --tile-sizes 128,256), though
+    their diagonal tiles waste twice the work."""
     return 256
 
 
