@@ -551,10 +551,13 @@ def mean_pairwise_cos(z, eps=1e-2):
         B, T, C = z.shape
         if T < 2:
             return z.new_zeros(())
-        z_hat = _unit_rows(z, eps)
-        # sum over all pairs of u_i . u_j = |sum_i u_i|^2, so no T x T matrix is needed
-        all_pairs = z_hat.sum(dim=1).pow(2).sum(dim=-1)  # (B,)
-        self_pairs = z_hat.pow(2).sum(dim=(1, 2))  # (B,)
+        # with u_i = z_i / (|z_i| + eps), the sum over all pairs of u_i . u_j is |sum_i u_i|^2, so no
+        # T x T matrix is needed; nor the (B, T, C) u itself: sum_i u_i is a (1, T) x (T, C) product
+        norm = torch.linalg.vector_norm(z, dim=-1, keepdim=True)  # (B, T, 1)
+        inverse = 1.0 / (norm + eps)  # (B, T, 1)
+        sum_u = torch.bmm(inverse.transpose(1, 2), z)  # (B, 1, C)
+        all_pairs = sum_u.square().sum(dim=(1, 2))  # (B,)
+        self_pairs = (norm * inverse).square().sum(dim=(1, 2))  # (B,): |u_i|^2 summed
         return ((all_pairs - self_pairs) / (T * (T - 1))).mean()
 
 

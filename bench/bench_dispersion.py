@@ -5,7 +5,7 @@ process (A, B, C, A, B, C, ...), so the slow drifts of a shared machine hit them
 
     python bench/bench_dispersion.py                       # step time: GPT-2 124M, T = 1024, CPU float32
     python bench/bench_dispersion.py --memory              # peak memory of the loss, T = 1k .. 32k
-    python bench/bench_dispersion.py --tiles               # loss alone, several tile sizes
+    python bench/bench_dispersion.py --tiles               # loss alone, several tile sizes (and the logged cosine)
     python bench/bench_dispersion.py --tiles --old 0bcf85d # ... and against disperse.py at a git revision
     python bench/bench_dispersion.py --device cuda --batch 8 --dtype bfloat16 --impl reference,tiled,triton
 
@@ -15,8 +15,9 @@ the same step without the loss. Each implementation named by --impl is one varia
 positions; one more variant samples --max-tokens positions (with the automatic implementation).
 Two more variants split the overhead: "loss alone" is the same dispersion term (automatic
 implementation, all positions), forward + backward, on detached copies of the 12 hidden states, with
-no model around it; "besides the loss" is what else a dispersion step computes (the 12 logged pair
-cosines, the 12 gradients added into the residual stream's); "ce, hidden states returned" is the CE
+no model around it (the logged pair cosines included: dispersion_term computes them); "besides the
+loss" is what else a dispersion step computes (the 12 gradients added into the residual stream's);
+"ce, hidden states returned" is the CE
 step asking for the hidden states it then ignores. Like train.py (malloc_tuning=True), glibc's malloc is told to keep freed blocks.
 
 Memory mode runs each (implementation, T) in a fresh subprocess and reports the peak memory of one
@@ -115,7 +116,6 @@ def step_times(args):
 
     def besides_the_loss():  # what a dispersion step adds to the CE step apart from the loss itself
         for i in range(1, len(hidden)):
-            disperse.mean_pairwise_cos(hidden[i])  # the logged disp/layer{i}/pair_cos
             grads[i].add_(hidden[i])  # the loss's gradient joining the residual stream's in backward
 
     def ce_with_hidden():
@@ -128,7 +128,7 @@ def step_times(args):
 
     # not steps: their times are reported as shares of the CE step's
     parts = {f"loss alone, all {args.seq} positions, auto": loss_alone,
-             "besides the loss (cosines logged, grad adds)": besides_the_loss}
+             "besides the loss (gradient adds)": besides_the_loss}
     variants = {"ce only": lambda: step(None, None), "ce, hidden states returned": ce_with_hidden, **parts}
     for implementation in args.impl:
         variants[f"angular, all {args.seq} positions, {implementation}"] = \
@@ -175,6 +175,8 @@ def tile_times(args):
             mirror = r1 - r0 if c0 == r0 else 0
             grad[:, c0 + mirror:c1].baddbmm_(cos[:, :, mirror:].transpose(1, 2), z_hat[:, r0:r1])
     variants[f"its matmuls only, tile {tile}"] = matmuls_only
+    # what dispersion_term logs beside each layer's loss (no gradient)
+    variants["logged pair cosine"] = lambda: disperse.mean_pairwise_cos(h.detach())
     if args.old:
         old = disperse_py_at(args.old)
         old.IMPLEMENTATION, old.TILE = "tiled", None
@@ -182,13 +184,14 @@ def tile_times(args):
         def old_loss():
             old.dispersion_loss(h, "angular").backward()
         variants[f"disperse.py@{args.old}, tiled, its automatic tile"] = old_loss
+        variants[f"disperse.py@{args.old}, logged pair cosine"] = lambda: old.mean_pairwise_cos(h.detach())
     times = interleaved(variants, args.reps, args.device)
     rows = []
     print(f"angular loss alone, forward + backward, (B, T, C) = ({args.batch}, {args.seq}, {args.n_embd}), "
           f"{disperse._STRIP_PAIRS} pairs per block")
     for name, ts in times.items():
         rows.append({"variant": name, "median_s": statistics.median(ts), "times_s": ts})
-        print(f"{name:32s} {statistics.median(ts) * 1000:9.1f} ms")
+        print(f"{name:48s} {statistics.median(ts) * 1000:9.2f} ms")
     return rows
 
 
