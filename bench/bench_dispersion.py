@@ -57,11 +57,17 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def interleaved(variants, reps, device):
-    """{name: [seconds]}: every variant once as warm-up, then reps rounds of one call each."""
+def interleaved(variants, reps, device, failed):
+    """{name: [seconds]}: every variant once as warm-up, then reps rounds of one call each. A variant
+    whose warm-up raises (a kernel that does not compile on this GPU, say) is left out and its error
+    put in `failed`, so that the others are still measured."""
     bar = tqdm(total=(reps + 1) * len(variants), desc="interleaved runs", leave=False)
-    for run in variants.values():
-        run()
+    for name, run in list(variants.items()):
+        try:
+            run()
+        except Exception as e:  # noqa: BLE001  (reported in the results, and the exit status)
+            failed[name] = f"{type(e).__name__}: {str(e).strip()[:500]}"
+            del variants[name]
         bar.update()
     times = {name: [] for name in variants}
     for _ in range(reps):
@@ -126,6 +132,7 @@ def step_times(args):
         opt.step()
         opt.zero_grad(set_to_none=True)
 
+    failed = {}
     # not steps: their times are reported as shares of the CE step's
     parts = {f"loss alone, all {args.seq} positions, auto": loss_alone,
              "besides the loss (gradient adds)": besides_the_loss}
@@ -135,7 +142,9 @@ def step_times(args):
             lambda implementation=implementation: step(implementation, None)
     if args.max_tokens and args.max_tokens < args.seq:
         variants[f"angular, {args.max_tokens} sampled positions, auto"] = lambda: step("auto", args.max_tokens)
-    times = interleaved(variants, args.reps, args.device)
+    times = interleaved(variants, args.reps, args.device, failed)
+    if "ce only" in failed:
+        raise SystemExit(f"the CE step itself failed, so nothing can be compared: {failed['ce only']}")
     base = statistics.median(times["ce only"])
     rows = []
     print(f"{'step':44s} {'median s':>9s} {'vs ce only':>11s}")
@@ -147,7 +156,14 @@ def step_times(args):
         else:
             rows.append({"variant": name, "median_s": median, "times_s": ts, "overhead": median / base - 1})
             print(f"{name:44s} {median:9.3f} {(median / base - 1) * 100:+10.1f}%")
-    return rows
+    return rows + failed_rows(failed)
+
+
+def failed_rows(failed):
+    """Result rows (and printed lines) for the variants that raised."""
+    for name, error in failed.items():
+        print(f"{name}: FAILED, {error}")
+    return [{"variant": name, "error": error} for name, error in failed.items()]
 
 
 def tile_times(args):
@@ -160,6 +176,7 @@ def tile_times(args):
         use(implementation, tile)
         disperse.dispersion_loss(h, "angular").backward()
 
+    failed = {}
     variants = {"reference": lambda: loss("reference", None)}
     for tile in args.tile_sizes:
         variants[f"tiled, tile {tile}"] = lambda tile=tile: loss("tiled", tile)
@@ -185,14 +202,14 @@ def tile_times(args):
             old.dispersion_loss(h, "angular").backward()
         variants[f"disperse.py@{args.old}, tiled, its automatic tile"] = old_loss
         variants[f"disperse.py@{args.old}, logged pair cosine"] = lambda: old.mean_pairwise_cos(h.detach())
-    times = interleaved(variants, args.reps, args.device)
+    times = interleaved(variants, args.reps, args.device, failed)
     rows = []
     print(f"angular loss alone, forward + backward, (B, T, C) = ({args.batch}, {args.seq}, {args.n_embd}), "
           f"{disperse._STRIP_PAIRS} pairs per block")
     for name, ts in times.items():
         rows.append({"variant": name, "median_s": statistics.median(ts), "times_s": ts})
         print(f"{name:48s} {statistics.median(ts) * 1000:9.2f} ms")
-    return rows
+    return rows + failed_rows(failed)
 
 
 def disperse_py_at(rev):
@@ -336,6 +353,9 @@ def main():
         device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor()
         write_result(args.json, {"mode": mode, "device": device_name, "torch_threads": torch.get_num_threads(),
                                  "settings": vars(args), "results": rows})
+    failed = [row["variant"] for row in rows if "error" in row]
+    if failed:
+        raise SystemExit(f"{len(failed)} variant(s) failed (the others were measured): {', '.join(failed)}")
 
 
 if __name__ == "__main__":

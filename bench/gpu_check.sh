@@ -7,6 +7,9 @@
 #
 # Steps (each one's JSON in the output folder; a step that fails or runs out of its time is reported
 # and the others still run; the exit status is 1 if any step failed):
+#   0. triton.json       the Triton dispersion kernels against the float64 reference, every pair variant,
+#                        small shapes and the training shape (bench/check_triton.py); the dry run checks
+#                        the small shapes under Triton's interpreter; skipped without triton
 #   1. train_gpt2.json   GPT-2 124M training throughput and MFU: bf16, torch.compile, nanoGPT's
 #                        config (batch 12 x 1024 tokens, no accumulation), bench/bench_train.py
 #   2. dispersion.json   angular dispersion's step overhead, all 1024 positions and 256 sampled,
@@ -49,7 +52,8 @@ if [ $DRY = 1 ]; then
            --device=cpu --dtype=float32)
     EVAL=(--device cpu --limit 3 --tasks arc_easy --n-layer 1 --n-head 2 --n-embd 32 --block-size 64 --batch-size 4
           --lmeval-batch-size 4)
-    LIMITS=(120 120 240 240)
+    LIMITS=(120 120 240 240 120)
+    TRITON=(env TRITON_INTERPRET=1 "$PY" bench/check_triton.py --device cpu)
 else
     NGPU=$("$PY" -c "import torch; print(torch.cuda.device_count())")
     if [ "$NGPU" = 0 ]; then
@@ -62,7 +66,8 @@ else
     MODES=(--iters 8 --skip 3 --accum 2 -- "${GPT2[@]}" --batch_size=8)
     EVAL=(--device cuda --limit 200 --tasks arc_easy,hellaswag,piqa --n-layer 12 --n-head 12 --n-embd 768
           --block-size 1024 --batch-size 32 --lmeval-batch-size 32)
-    LIMITS=(150 100 150 100)
+    LIMITS=(150 100 150 100 90)
+    TRITON=("$PY" bench/check_triton.py --device cuda)
 fi
 if [ $DRY = 0 ] && [ "$NGPU" -ge 2 ]; then
     MODE_LIST=eager,compiled,ddp
@@ -85,6 +90,12 @@ step() {  # step NAME SECONDS COMMAND...: run it under a time limit; a failure i
     [ "$rc" = 0 ] || FAILED+=("$name (exit $rc)")
 }
 
+if "$PY" -c "import triton" 2>/dev/null; then
+    step triton "${LIMITS[4]}" "${TRITON[@]}" --json "$OUT/triton.json"
+else
+    echo "== triton: skipped (triton is not installed: pip install triton)"
+    SKIPPED+=("triton (not installed)")
+fi
 step train_gpt2 "${LIMITS[0]}" "$PY" bench/bench_train.py --json "$OUT/train_gpt2.json" "${TRAIN[@]}" "${PEAK[@]}"
 step dispersion "${LIMITS[1]}" "$PY" bench/bench_dispersion.py "${DISP[@]}" --json "$OUT/dispersion.json"
 step modes "${LIMITS[2]}" "$PY" bench/check_train_modes.py --modes "$MODE_LIST" --nproc 2 --json "$OUT/modes.json" "${MODES[@]}"
@@ -108,6 +119,11 @@ def read(name):
     path = os.path.join(out, name)
     return json.load(open(path)) if os.path.exists(path) else None
 summary = {"dry_run": dry, "failed_steps": failed, "skipped_steps": skipped}
+k = read("triton.json")
+if k:
+    summary["triton"] = {"device": k["device"], "cases": len(k["results"]), "failed": k["failed"]}
+    print(f"triton kernels vs the float64 reference on {k['device']}: {len(k['results']) - len(k['failed'])} of "
+          f"{len(k['results'])} cases agree" + (f"; OFF: {', '.join(k['failed'])}" if k["failed"] else ""))
 t = read("train_gpt2.json")
 if t:
     r = t["results"][0]
@@ -117,9 +133,12 @@ if t:
     print(f"training: {r['tokens_per_s']:,.0f} tokens/s, {r['ms_per_iter']:.1f} ms/iter, MFU {mfu} on {summary['train']['device']}")
 d = read("dispersion.json")
 if d:
-    summary["dispersion"] = [{k: row.get(k) for k in ("variant", "median_s", "overhead", "share_of_ce_step")}
+    summary["dispersion"] = [{k: row.get(k) for k in ("variant", "median_s", "overhead", "share_of_ce_step", "error")}
                              for row in d["results"]]
     for row in d["results"]:
+        if "error" in row:
+            print(f"dispersion: {row['variant']}: FAILED, {row['error']}")
+            continue
         over, share = row.get("overhead"), row.get("share_of_ce_step")
         print(f"dispersion: {row.get('variant')}: {row.get('median_s', float('nan')):.4f} s"
               + (f"/step, {over * 100:+.1f}% over CE" if isinstance(over, (int, float)) else "")

@@ -24,10 +24,13 @@ def test_dry_run_writes_every_step(tmp_path):
     assert len(alone) == 1 and 0 < alone[0]["share_of_ce_step"] and alone[0]["overhead"] is None
     assert set(summary["modes"]) == {"eager", "ddp"} and all(m["agrees"] for m in summary["modes"].values())
     assert "training:" in result.stdout and "modes: ddp" in result.stdout
-    if summary["skipped_steps"]:
-        assert all(s.startswith("scorer") for s in summary["skipped_steps"])
-    else:
+    skipped = summary["skipped_steps"]
+    assert all(s.startswith(("scorer", "triton")) for s in skipped)
+    if not any(s.startswith("scorer") for s in skipped):
         assert summary["scorer"] and summary["scorer"][0]["ours_items_per_s"] > 0
+    if not any(s.startswith("triton") for s in skipped):  # the kernels checked under the interpreter
+        assert summary["triton"]["device"] == "cpu" and summary["triton"]["cases"] > 0
+        assert summary["triton"]["failed"] == [] and "triton kernels vs the float64 reference" in result.stdout
 
 
 def test_unknown_argument_is_refused(tmp_path):

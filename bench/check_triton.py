@@ -1,0 +1,109 @@
+"""
+Do the Triton kernels (disperse_triton.py) give the float64 reference's values and gradients?
+Every pair variant (angular, condense, orthogonalization, cross_sequence), float32 and bf16 inputs:
+small shapes at the kernel's smallest tile (T = 2, T below the tile, a multiple of it and not, C not
+a multiple of the kernel's chunk) and, on CUDA, the training shape (4, 1024, 768) at the kernel's own
+tile. The reference is disperse's full-matrix implementation in float64, which tests/test_disperse.py
+checks against brute-force sums.
+
+    python bench/check_triton.py --device cuda --json bench/results/triton_check_cuda.json   # on a GPU
+    TRITON_INTERPRET=1 python bench/check_triton.py --device cpu   # on the CPU, under Triton's interpreter
+
+tests/test_disperse_triton.py runs the second line; bench/gpu_check.sh runs the first. Every case is
+checked and printed; the exit status is 1 if any is off (all of them listed), 2 if the kernels cannot
+run on the device at all.
+"""
+
+import argparse
+import os
+import sys
+
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+import disperse  # noqa: E402
+from bench.provenance import write_result  # noqa: E402
+
+VARIANTS = ('angular', 'condense', 'orthogonalization', 'cross_sequence')
+# a margin that makes the hinge act on many pairs; the rest as in tests/test_disperse.py
+OPTIONS = dict(tau=0.7, eps=1e-2, clamp=0.1, margin=0.8)
+SMALL_TILE = 16  # the smallest tile tl.dot takes: several row-blocks at small T
+# (B, T, C, dtype); the gradient's absolute tolerance is 1e-5 for these
+SMALL = [(2, 2, 5, torch.float32), (2, 11, 7, torch.float32), (2, 32, 40, torch.float32),
+         (3, 37, 33, torch.float32), (2, 21, 9, torch.bfloat16)]
+# the training shape; its gradients are of order 1/T^2, so their tolerance is relative to the largest
+TRAINING = [(4, 1024, 768, torch.float32), (4, 1024, 768, torch.bfloat16)]
+
+
+def check(variant, B, T, C, dtype, device, relative_atol, generator):
+    """One case: {case, value_diff, grad_diff, grad_scale, ok}."""
+    z = (torch.randn(B, T, C, generator=generator, dtype=torch.float64) * 0.5 + 0.2).to(device)
+    leaf = z.to(dtype).requires_grad_()
+    disperse.IMPLEMENTATION = 'triton'
+    ours = disperse.dispersion_loss(leaf, variant, **OPTIONS)
+    (ours * 1.7).backward()  # a gradient from above that is not 1
+    ref_leaf = leaf.detach().double().requires_grad_()  # the same (rounded) input, in float64
+    disperse.IMPLEMENTATION = 'reference'
+    ref = disperse.dispersion_loss(ref_leaf, variant, **OPTIONS)
+    (ref * 1.7).backward()
+    grad_scale = ref_leaf.grad.abs().max().item()
+    # autograd rounds the float32 gradient back to the input's dtype: bf16 keeps 8 bits
+    rtol = 0.0 if dtype == torch.float32 else 2 ** -8
+    atol = 1e-4 * grad_scale if relative_atol else 1e-5
+    excess = (leaf.grad.double() - ref_leaf.grad).abs() - (atol + rtol * ref_leaf.grad.abs())
+    value_diff = abs(ours.item() - ref.item())
+    ok = (ours.dtype == torch.float32 and value_diff < 1e-5 and excess.max().item() <= 0
+          and grad_scale > (1e-4 if not relative_atol else 0.0))
+    return {"case": f"{variant} {str(dtype).removeprefix('torch.')} {(B, T, C)}", "value_diff": value_diff,
+            "grad_diff": (leaf.grad.double() - ref_leaf.grad).abs().max().item(), "grad_scale": grad_scale,
+            "ok": bool(ok)}
+
+
+def refuse(message):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda", help="cuda (default), or cpu under TRITON_INTERPRET=1")
+    p.add_argument("--training-shape", choices=("auto", "yes", "no"), default="auto",
+                   help="also check (4, 1024, 768) at the kernel's own tile (auto: on CUDA only, since the "
+                        "interpreter would take many minutes)")
+    p.add_argument("--json", default=None)
+    args = p.parse_args()
+    if not disperse._triton_usable(args.device):
+        refuse(f"the Triton kernels cannot run on --device {args.device}: they need `pip install triton` and a "
+               "CUDA device, or TRITON_INTERPRET=1 in the environment for the CPU")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        refuse(f"--device {args.device} but torch sees no CUDA device; use --device cpu with TRITON_INTERPRET=1")
+    import disperse_triton
+    training = args.training_shape == "yes" or (args.training_shape == "auto" and args.device.startswith("cuda"))
+    generator = torch.Generator().manual_seed(0)
+    default_tile, rows = disperse_triton.TILE, []
+    try:
+        disperse_triton.TILE = SMALL_TILE
+        for variant in VARIANTS:
+            rows += [check(variant, *case, args.device, False, generator) for case in SMALL]
+        disperse_triton.TILE = default_tile
+        if training:
+            for variant in VARIANTS:
+                rows += [check(variant, *case, args.device, True, generator) for case in TRAINING]
+    finally:
+        disperse_triton.TILE, disperse.IMPLEMENTATION = default_tile, 'auto'
+    for row in rows:
+        print(f"{'ok ' if row['ok'] else 'OFF'} {row['case']:42s} value {row['value_diff']:.1e}  "
+              f"gradient {row['grad_diff']:.1e} (largest {row['grad_scale']:.1e})")
+    failed = [row["case"] for row in rows if not row["ok"]]
+    if args.json:
+        write_result(args.json, {"device": args.device, "tile": default_tile, "small_tile": SMALL_TILE,
+                                 "options": OPTIONS, "results": rows, "failed": failed})
+        print(f"wrote {args.json}")
+    if failed:
+        sys.exit(f"{len(failed)} of {len(rows)} cases off the float64 reference: {', '.join(failed)}")
+    print(f"all {len(rows)} triton checks passed")
+
+
+if __name__ == "__main__":
+    main()
