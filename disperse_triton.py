@@ -26,7 +26,26 @@ import triton
 import triton.language as tl
 
 TILE = 64  # rows and columns of a tile
-CHUNK = 32  # features per step of the loop over C
+# Launch settings chosen so that ptxas spills no registers (bench/check_triton.py --compile-for
+# 80,86,89,90,100,120 compiles the kernels for those GPUs without one). At Triton's default of 4
+# warps both kernels spill at TILE 64 (the backward over 1 KB per thread on sm_90); 8 warps spread a
+# tile's registers over twice the threads. Before compute capability 9.0 (A100, RTX 30/40, L4) the
+# backward still spills at 32 features per step of the loop over C, so those GPUs take 16.
+NUM_WARPS = 8
+CHUNK = 32  # features per step of the loop over C: compute capability 9.0 and up, and the interpreter
+CHUNK_BEFORE_SM90 = 16
+
+
+def chunk_for(capability):
+    """CHUNK for a GPU of this compute capability (major * 10 + minor, e.g. 80, 90), None: the interpreter."""
+    return CHUNK if capability is None or capability >= 90 else CHUNK_BEFORE_SM90
+
+
+def _capability(device):
+    if device.type != 'cuda':
+        return None
+    major, minor = torch.cuda.get_device_capability(device)
+    return 10 * major + minor
 _HALF_PI = math.pi / 2
 
 KINDS = {'angular': 0, 'orthogonalization': 1, 'cross_sequence': 2}
@@ -167,7 +186,7 @@ def pair_totals(z_hat, kind, tau, clamp, margin):
     partial = torch.empty(B, n_blocks, device=z_hat.device, dtype=torch.float32)  # one per (sequence, row-block)
     _forward_kernel[(B, n_blocks)](rows, cols, partial, T, C, n_blocks, **scalars,
                                    KIND=KINDS[kind], SYMMETRIC=kind != 'cross_sequence', TILE=TILE,
-                                   CHUNK=CHUNK)
+                                   CHUNK=chunk_for(_capability(z_hat.device)), num_warps=NUM_WARPS)
     return partial.sum(dim=1) if kind == 'orthogonalization' else torch.logsumexp(partial, dim=1)
 
 
@@ -180,7 +199,8 @@ def pair_grad(z_hat, kind, total, tau, clamp, margin):
     pair_scale = 2.0 / (T * (T - 1)) if T > 1 else 0.0  # the hinge's slope factor
     _backward_kernel[(B, n_blocks)](rows, cols, total.contiguous(), grad_rows, grad_cols, T, C, n_blocks,
                                     **scalars, pair_scale=pair_scale, KIND=KINDS[kind],
-                                    SYMMETRIC=kind != 'cross_sequence', TILE=TILE, CHUNK=CHUNK)
+                                    SYMMETRIC=kind != 'cross_sequence', TILE=TILE,
+                                    CHUNK=chunk_for(_capability(z_hat.device)), num_warps=NUM_WARPS)
     if kind == 'cross_sequence':
         return grad_rows.add_(grad_cols.roll(shifts=1, dims=0))  # cols[b] is z_hat[b + 1]
     return grad_rows.add_(grad_cols).mul_(2.0)  # d cos_ij / d z_hat_k counts k as the row and as the column

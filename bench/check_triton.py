@@ -8,15 +8,25 @@ checks against brute-force sums.
 
     python bench/check_triton.py --device cuda --json bench/results/triton_check_cuda.json   # on a GPU
     TRITON_INTERPRET=1 python bench/check_triton.py --device cpu   # on the CPU, under Triton's interpreter
+    python bench/check_triton.py --compile-for 80,86,89,90,100,120 # compile for CUDA GPUs, none needed
 
-tests/test_disperse_triton.py runs the second line; bench/gpu_check.sh runs the first. Every case is
+tests/test_disperse_triton.py runs the last two; bench/gpu_check.sh runs the first. Every case is
 checked and printed; the exit status is 1 if any is off (all of them listed), 2 if the kernels cannot
 run on the device at all.
+
+--compile-for takes CUDA compute capabilities (80 A100, 86/89 RTX 30/40 and L4, 90 H100/H200,
+100/120 Blackwell) and compiles both kernels, for every kind, with the launch settings
+disperse_triton.py uses, through Triton's own CUDA backend (its bundled ptxas; no GPU or driver is
+needed): what the interpreter cannot tell, whether the kernels compile, and ptxas' register, spill
+and shared-memory figures. A kernel that fails to compile or spills registers fails the check.
 """
 
 import argparse
 import os
+import re
+import subprocess
 import sys
+import tempfile
 
 import torch
 
@@ -60,6 +70,69 @@ def check(variant, B, T, C, dtype, device, relative_atol, generator):
             "ok": bool(ok)}
 
 
+def compile_for(archs):
+    """Rows {kernel, kind, arch, registers, spill_bytes, shared_bytes, ok} for both kernels and every
+    kind, compiled ahead of time for each CUDA compute capability in archs."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.backends.nvidia.compiler import get_ptxas
+    from triton.compiler import ASTSource
+
+    import disperse_triton
+    constexprs = ('KIND', 'SYMMETRIC', 'TILE', 'CHUNK')
+
+    def arg_type(name):  # the kernels' naming: *_ptr are float32 pointers, T, C, n_blocks ints, the rest floats
+        return ('constexpr' if name in constexprs else '*fp32' if name.endswith('_ptr')
+                else 'i32' if name in ('T', 'C', 'n_blocks') else 'fp32')
+    rows = []
+    for kernel in (disperse_triton._forward_kernel, disperse_triton._backward_kernel):
+        names = kernel.arg_names
+        for kind, code in disperse_triton.KINDS.items():
+            for arch in archs:
+                values = dict(KIND=code, SYMMETRIC=kind != 'cross_sequence', TILE=disperse_triton.TILE,
+                              CHUNK=disperse_triton.chunk_for(arch))
+                source = ASTSource(fn=kernel, signature={name: arg_type(name) for name in names},
+                                   constexprs={(names.index(name),): value for name, value in values.items()})
+                row = {"kernel": kernel.__name__, "kind": kind, "arch": arch, "num_warps": disperse_triton.NUM_WARPS,
+                       "chunk": values["CHUNK"]}
+                try:
+                    compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32),
+                                              options=dict(num_warps=disperse_triton.NUM_WARPS))
+                    row.update(ptxas_usage(get_ptxas(arch).path, compiled.asm["ptx"], arch),
+                               shared_bytes=compiled.metadata.shared)
+                    row["ok"] = row["spill_bytes"] == 0
+                except Exception as e:  # noqa: BLE001  (a kernel that does not compile is the finding)
+                    row.update(error=f"{type(e).__name__}: {str(e).strip()[:500]}", ok=False)
+                rows.append(row)
+    return rows
+
+
+def ptxas_usage(ptxas, ptx, arch):
+    """{registers, spill_bytes} of the PTX, from `ptxas -v`."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "kernel.ptx")
+        with open(path, "w") as f:
+            f.write(ptx)
+        log = subprocess.run([ptxas, f"-arch=sm_{arch}{'a' if arch >= 90 else ''}", "-v", path, "-o", os.devnull],
+                             capture_output=True, text=True, check=True).stderr
+    return {"registers": int(re.search(r"Used (\d+) registers", log).group(1)),
+            "spill_bytes": int(re.search(r"(\d+) bytes spill stores", log).group(1))}
+
+
+def report_compiled(rows, json_path):
+    for row in rows:
+        figures = (f"{row['registers']} registers, {row['spill_bytes']} bytes spilled, "
+                   f"{row['shared_bytes']} bytes shared" if "error" not in row else row["error"])
+        print(f"{'ok ' if row['ok'] else 'OFF'} {row['kernel']:17s} {row['kind']:18s} sm_{row['arch']}, "
+              f"{row['num_warps']} warps, chunk {row['chunk']}: {figures}")
+    failed = [f"{row['kernel']} {row['kind']} sm_{row['arch']}" for row in rows if not row["ok"]]
+    if json_path:
+        write_result(json_path, {"mode": "compile", "results": rows, "failed": failed})
+    if failed:
+        sys.exit(f"{len(failed)} of {len(rows)} kernels failed to compile or spill registers: {', '.join(failed)}")
+    print(f"all {len(rows)} kernels compile without spills")
+
+
 def refuse(message):
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
@@ -71,8 +144,23 @@ def main():
     p.add_argument("--training-shape", choices=("auto", "yes", "no"), default="auto",
                    help="also check (4, 1024, 768) at the kernel's own tile (auto: on CUDA only, since the "
                         "interpreter would take many minutes)")
+    p.add_argument("--compile-for", default=None, metavar="ARCHS",
+                   help="comma-separated CUDA compute capabilities (e.g. 80,90): compile the kernels for them "
+                        "instead of running them (no GPU needed)")
     p.add_argument("--json", default=None)
     args = p.parse_args()
+    if args.compile_for:
+        try:
+            archs = [int(a) for a in args.compile_for.split(",")]
+        except ValueError:
+            refuse(f"--compile-for {args.compile_for!r}: give compute capabilities as integers, e.g. 80,90")
+        if any(a < 75 for a in archs):
+            refuse(f"--compile-for {args.compile_for}: Triton's CUDA backend needs compute capability 75 or more")
+        try:
+            import triton.backends.nvidia.compiler  # noqa: F401
+        except ImportError as e:
+            refuse(f"--compile-for needs triton with its CUDA backend (pip install triton): {e}")
+        return report_compiled(compile_for(archs), args.json)
     if not disperse._triton_usable(args.device):
         refuse(f"the Triton kernels cannot run on --device {args.device}: they need `pip install triton` and a "
                "CUDA device, or TRITON_INTERPRET=1 in the environment for the CPU")
@@ -99,7 +187,6 @@ def main():
     if args.json:
         write_result(args.json, {"device": args.device, "tile": default_tile, "small_tile": SMALL_TILE,
                                  "options": OPTIONS, "results": rows, "failed": failed})
-        print(f"wrote {args.json}")
     if failed:
         sys.exit(f"{len(failed)} of {len(rows)} cases off the float64 reference: {', '.join(failed)}")
     print(f"all {len(rows)} triton checks passed")

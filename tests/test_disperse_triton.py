@@ -1,7 +1,9 @@
 """The Triton kernels of disperse_triton.py against the float64 reference, on CPU under Triton's
 interpreter (TRITON_INTERPRET=1), with small shapes; skipped when triton is not installed.
 
-The check itself is bench/check_triton.py (bench/gpu_check.sh runs it on a GPU). The interpreter is
+The check itself is bench/check_triton.py (bench/gpu_check.sh runs it on a GPU); it also compiles the
+kernels for CUDA GPUs ahead of time, which needs no GPU, to catch what the interpreter cannot: a kernel
+the CUDA backend refuses, or launch settings that make ptxas spill registers. The interpreter is
 chosen when a kernel is decorated, so it runs in a fresh subprocess with TRITON_INTERPRET=1 set,
 leaving this pytest process (and the other tests) as they were."""
 
@@ -39,6 +41,30 @@ def test_triton_kernels_match_the_reference_under_the_interpreter(tmp_path):
     assert cases == {'angular', 'condense', 'orthogonalization', 'cross_sequence'}
     assert len(result['results']) == 4 * 5 and all(row['ok'] for row in result['results'])
     assert all(row['grad_scale'] > 1e-4 for row in result['results'])  # gradients that can be wrong
+
+
+def cuda_backend_available():
+    try:
+        import triton.backends.nvidia.compiler  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not cuda_backend_available(), reason="triton's CUDA backend is not installed")
+def test_kernels_compile_for_cuda_without_spills(tmp_path):
+    # A100 and H100/H200: the two launch settings (16 and 32 features per step); no GPU is needed
+    out = run_check(tmp_path, '--compile-for', '80,90', '--json', str(tmp_path / 'compile.json'), interpret=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    rows = json.loads((tmp_path / 'compile.json').read_text())['results']
+    assert len(rows) == 2 * 3 * 2 and all(row['ok'] for row in rows)
+    assert {(row['arch'], row['chunk']) for row in rows} == {(80, 16), (90, 32)}
+    assert all(row['spill_bytes'] == 0 and 0 < row['registers'] <= 255 for row in rows)
+
+
+def test_bad_compile_target_is_refused(tmp_path):
+    out = run_check(tmp_path, '--compile-for', 'sm90', interpret=False)
+    assert out.returncode == 2 and 'e.g. 80,90' in out.stderr and 'Traceback' not in out.stderr
 
 
 def test_check_refuses_a_device_the_kernels_cannot_run_on(tmp_path):
