@@ -34,6 +34,9 @@ TILE = 64  # rows and columns of a tile
 NUM_WARPS = 8
 CHUNK = 32  # features per step of the loop over C: compute capability 9.0 and up, and the interpreter
 CHUNK_BEFORE_SM90 = 16
+_HALF_PI = math.pi / 2
+
+KINDS = {'angular': 0, 'orthogonalization': 1, 'cross_sequence': 2}
 
 
 def chunk_for(capability):
@@ -46,9 +49,6 @@ def _capability(device):
         return None
     major, minor = torch.cuda.get_device_capability(device)
     return 10 * major + minor
-_HALF_PI = math.pi / 2
-
-KINDS = {'angular': 0, 'orthogonalization': 1, 'cross_sequence': 2}
 
 
 @triton.jit

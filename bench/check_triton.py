@@ -169,19 +169,26 @@ def main():
     import disperse_triton
     training = args.training_shape == "yes" or (args.training_shape == "auto" and args.device.startswith("cuda"))
     generator = torch.Generator().manual_seed(0)
-    default_tile, rows = disperse_triton.TILE, []
+    default_tile, default_chunk, rows = disperse_triton.TILE, disperse_triton.CHUNK, []
+    # a GPU runs the chunk of its generation; the interpreter runs the small cases with each chunk
+    chunks = [None] if args.device.startswith("cuda") else [default_chunk, disperse_triton.CHUNK_BEFORE_SM90]
     try:
         disperse_triton.TILE = SMALL_TILE
-        for variant in VARIANTS:
-            rows += [check(variant, *case, args.device, False, generator) for case in SMALL]
-        disperse_triton.TILE = default_tile
+        for chunk in chunks:
+            disperse_triton.CHUNK = chunk or default_chunk
+            for variant in VARIANTS:
+                rows += [dict(check(variant, *case, args.device, False, generator), chunk=chunk)
+                         for case in SMALL]
+        disperse_triton.TILE, disperse_triton.CHUNK = default_tile, default_chunk
         if training:
             for variant in VARIANTS:
-                rows += [check(variant, *case, args.device, True, generator) for case in TRAINING]
+                rows += [dict(check(variant, *case, args.device, True, generator), chunk=None)
+                         for case in TRAINING]
     finally:
-        disperse_triton.TILE, disperse.IMPLEMENTATION = default_tile, 'auto'
+        disperse_triton.TILE, disperse_triton.CHUNK, disperse.IMPLEMENTATION = default_tile, default_chunk, 'auto'
     for row in rows:
-        print(f"{'ok ' if row['ok'] else 'OFF'} {row['case']:42s} value {row['value_diff']:.1e}  "
+        row["case"] += f", chunk {row['chunk']}" if row["chunk"] else ""
+        print(f"{'ok ' if row['ok'] else 'OFF'} {row['case']:52s} value {row['value_diff']:.1e}  "
               f"gradient {row['grad_diff']:.1e} (largest {row['grad_scale']:.1e})")
     failed = [row["case"] for row in rows if not row["ok"]]
     if args.json:
