@@ -14,7 +14,8 @@
 #                        config (batch 12 x 1024 tokens, no accumulation), bench/bench_train.py
 #   2. dispersion.json   angular dispersion's step overhead, all 1024 positions and 256 sampled,
 #                        reference / tiled / Triton (bench/bench_dispersion.py)
-#   3. modes.json        compiled vs eager losses of the same run, and with 2+ GPUs a 2-process
+#   3. modes.json        compiled vs eager losses of the same run (CE + angular dispersion on every
+#                        layer, lambda 0.1), and with 2+ GPUs a 2-process
 #                        torchrun (DDP) on the same batches (bench/check_train_modes.py); the dry run
 #                        compares eager with a 2-process CPU torchrun instead (no compile: too slow on a CPU)
 #   4. eval/bench_eval.json  benchmark scorer items/s, ours vs lm-eval's hf model (bench/bench_eval.py);
@@ -49,7 +50,7 @@ if [ $DRY = 1 ]; then
     # tests/test_train_compile.py covers compiled training on the CPU
     MODE_LIST=eager,ddp
     MODES=(--iters 3 --skip 1 --accum 2 -- --n_layer=1 --n_head=2 --n_embd=32 --block_size=32 --batch_size=2
-           --device=cpu --dtype=float32)
+           --device=cpu --dtype=float32 --dispersion=angular --dispersion_weight=0.1)
     EVAL=(--device cpu --limit 3 --tasks arc_easy --n-layer 1 --n-head 2 --n-embd 32 --block-size 64 --batch-size 4
           --lmeval-batch-size 4)
     LIMITS=(120 120 240 240 120)
@@ -63,7 +64,8 @@ else
     GPT2=(--n_layer=12 --n_head=12 --n_embd=768 --block_size=1024 --device=cuda --dtype=bfloat16)
     TRAIN=(--preset gpt2-gpu --iters 30 --warmup 10 --)  # train.py settings may follow the --
     DISP=(--device cuda --batch 8 --dtype bfloat16 --impl reference,tiled,triton --reps 4)
-    MODES=(--iters 8 --skip 3 --accum 2 -- "${GPT2[@]}" --batch_size=8)
+    # with the angular loss on every layer, so that its Triton kernels run inside compiled and DDP steps
+    MODES=(--iters 8 --skip 3 --accum 2 -- "${GPT2[@]}" --batch_size=8 --dispersion=angular --dispersion_weight=0.1)
     EVAL=(--device cuda --limit 200 --tasks arc_easy,hellaswag,piqa --n-layer 12 --n-head 12 --n-embd 768
           --block-size 1024 --batch-size 32 --lmeval-batch-size 32)
     LIMITS=(150 100 150 100 90)
