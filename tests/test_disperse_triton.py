@@ -77,3 +77,14 @@ def test_check_refuses_a_device_the_kernels_cannot_run_on(tmp_path):
 def test_auto_never_picks_the_kernel_on_cpu():
     assert disperse.IMPLEMENTATION == 'auto'
     assert disperse._choose_implementation(torch.zeros(1, 2, 3)) == 'tiled'
+
+
+def test_a_case_that_raises_is_reported_not_fatal(monkeypatch):
+    # without the interpreter the kernels refuse a CPU tensor: the check records it and goes on
+    monkeypatch.delenv('TRITON_INTERPRET', raising=False)
+    monkeypatch.setattr(disperse, 'IMPLEMENTATION', 'auto')  # check() sets it; restored after the test
+    monkeypatch.syspath_prepend(os.path.join(ROOT, 'bench'))
+    import check_triton
+    row = check_triton.check('angular', 2, 5, 3, torch.float32, 'cpu', False, torch.Generator().manual_seed(0))
+    assert row['ok'] is False and row['case'] == 'angular float32 (2, 5, 3)'
+    assert row['error'].startswith('RuntimeError') and 'TRITON_INTERPRET=1' in row['error']
