@@ -25,23 +25,38 @@ import torch
 import triton
 import triton.language as tl
 
-TILE = 64  # rows and columns of a tile
-# Launch settings chosen so that ptxas spills no registers (bench/check_triton.py --compile-for
-# 80,86,89,90,100,120 compiles the kernels for those GPUs without one). At Triton's default of 4
-# warps both kernels spill at TILE 64 (the backward over 1 KB per thread on sm_90); 8 warps spread a
-# tile's registers over twice the threads. Before compute capability 9.0 (A100, RTX 30/40, L4) the
-# backward still spills at 32 features per step of the loop over C, so those GPUs take 16.
-NUM_WARPS = 8
-CHUNK = 32  # features per step of the loop over C: compute capability 9.0 and up, and the interpreter
-CHUNK_BEFORE_SM90 = 16
+# Precision of the kernels' matmuls (tl.dot's input_precision): 'ieee' multiplies in float32 on the
+# CUDA cores, as exactly as the PyTorch tiles; 'tf32x3' splits each float32 into two TF32 parts and
+# adds three tensor-core products (the smallest cross term dropped), close to float32 at several times
+# the matmul throughput on sm_80 and newer. The interpreter ignores the precision, so only a GPU run
+# checks 'tf32x3' (bench/gpu_check.sh checks and times both); until one has, 'ieee' is the default.
+DOT_PRECISION = 'ieee'
+DOT_PRECISIONS = ('ieee', 'tf32x3')
+# (tile edge, features per step of the loop over C, warps) by dot precision and by whether the GPU's
+# compute capability is 9.0 or more (H100/H200, Blackwell) or less (A100, RTX 30/40, L4), chosen so
+# that ptxas spills no registers: bench/check_triton.py --compile-for 80,86,89,90,100,120 compiles the
+# kernels for those GPUs without one. At Triton's default of 4 warps the 'ieee' kernels spilled at
+# tile 64 (the backward over 1 KB per thread on sm_90); 'tf32x3' spilled at tile 64 in every setting
+# tried, so it takes tiles of 32.
+LAUNCH = {('ieee', True): (64, 32, 8), ('ieee', False): (64, 16, 8),
+          ('tf32x3', True): (32, 32, 8), ('tf32x3', False): (32, 16, 8)}
+# Overrides of LAUNCH's tile and chunk, for the tests (None: LAUNCH's)
+TILE = None
+CHUNK = None
 _HALF_PI = math.pi / 2
 
 KINDS = {'angular': 0, 'orthogonalization': 1, 'cross_sequence': 2}
 
 
-def chunk_for(capability):
-    """CHUNK for a GPU of this compute capability (major * 10 + minor, e.g. 80, 90), None: the interpreter."""
-    return CHUNK if capability is None or capability >= 90 else CHUNK_BEFORE_SM90
+def launch_settings(capability, precision=None):
+    """(tile, chunk, num_warps) for a GPU of this compute capability (major * 10 + minor, e.g. 80, 90;
+    None: the interpreter, which takes the newest GPUs' settings) and dot precision (None:
+    DOT_PRECISION); TILE and CHUNK override the first two."""
+    precision = precision or DOT_PRECISION
+    if precision not in DOT_PRECISIONS:
+        raise ValueError(f"disperse_triton.DOT_PRECISION={precision!r}; valid: {', '.join(DOT_PRECISIONS)}")
+    tile, chunk, warps = LAUNCH[(precision, capability is None or capability >= 90)]
+    return TILE or tile, CHUNK or chunk, warps
 
 
 def _capability(device):
@@ -65,7 +80,8 @@ def _arccos(x):
 
 
 @triton.jit
-def _cos_tile(rows_ptr, cols_ptr, seq_offset, r_idx, c_idx, T, C, TILE: tl.constexpr, CHUNK: tl.constexpr):
+def _cos_tile(rows_ptr, cols_ptr, seq_offset, r_idx, c_idx, T, C, TILE: tl.constexpr, CHUNK: tl.constexpr,
+              DOT: tl.constexpr):
     """(TILE, TILE) cosines rows[r_idx] . cols[c_idx] of one sequence; 0 outside 0..T-1."""
     cos = tl.zeros((TILE, TILE), dtype=tl.float32)
     for k0 in range(0, C, CHUNK):
@@ -74,13 +90,14 @@ def _cos_tile(rows_ptr, cols_ptr, seq_offset, r_idx, c_idx, T, C, TILE: tl.const
                     mask=(r_idx[:, None] < T) & (k[None, :] < C), other=0.0)  # (TILE, CHUNK)
         b = tl.load(cols_ptr + seq_offset + c_idx[:, None] * C + k[None, :],
                     mask=(c_idx[:, None] < T) & (k[None, :] < C), other=0.0)  # (TILE, CHUNK)
-        cos += tl.dot(a, tl.trans(b), input_precision="ieee")
+        cos += tl.dot(a, tl.trans(b), input_precision=DOT)
     return cos
 
 
 @triton.jit
 def _forward_kernel(rows_ptr, cols_ptr, partial_ptr, T, C, n_blocks, lo, hi, inv_tau, margin,
-                    KIND: tl.constexpr, SYMMETRIC: tl.constexpr, TILE: tl.constexpr, CHUNK: tl.constexpr):
+                    KIND: tl.constexpr, SYMMETRIC: tl.constexpr, TILE: tl.constexpr, CHUNK: tl.constexpr,
+                    DOT: tl.constexpr):
     seq = tl.program_id(0)
     block = tl.program_id(1)
     seq_offset = seq.to(tl.int64) * T * C
@@ -95,7 +112,7 @@ def _forward_kernel(rows_ptr, cols_ptr, partial_ptr, T, C, n_blocks, lo, hi, inv
         first = 0
     for cb in range(first, n_blocks):
         c_idx = cb * TILE + tl.arange(0, TILE)
-        cos = _cos_tile(rows_ptr, cols_ptr, seq_offset, r_idx, c_idx, T, C, TILE, CHUNK)
+        cos = _cos_tile(rows_ptr, cols_ptr, seq_offset, r_idx, c_idx, T, C, TILE, CHUNK, DOT)
         angle = _arccos(tl.minimum(tl.maximum(cos, lo), hi)) * (1.0 / 3.141592653589793)
         valid = (r_idx[:, None] < T) & (c_idx[None, :] < T)
         if SYMMETRIC:
@@ -123,7 +140,8 @@ def _forward_kernel(rows_ptr, cols_ptr, partial_ptr, T, C, n_blocks, lo, hi, inv
 @triton.jit
 def _backward_kernel(rows_ptr, cols_ptr, total_ptr, grad_rows_ptr, grad_cols_ptr, T, C, n_blocks,
                      lo, hi, inv_tau, margin, pair_scale,
-                     KIND: tl.constexpr, SYMMETRIC: tl.constexpr, TILE: tl.constexpr, CHUNK: tl.constexpr):
+                     KIND: tl.constexpr, SYMMETRIC: tl.constexpr, TILE: tl.constexpr, CHUNK: tl.constexpr,
+                     DOT: tl.constexpr):
     seq = tl.program_id(0)
     block = tl.program_id(1)
     seq_offset = seq.to(tl.int64) * T * C
@@ -135,8 +153,8 @@ def _backward_kernel(rows_ptr, cols_ptr, total_ptr, grad_rows_ptr, grad_cols_ptr
         first = 0
     for cb in range(first, n_blocks):
         c_idx = cb * TILE + tl.arange(0, TILE)
-        cos = tl.minimum(tl.maximum(_cos_tile(rows_ptr, cols_ptr, seq_offset, r_idx, c_idx, T, C, TILE, CHUNK),
-                                    lo), hi)
+        cos = _cos_tile(rows_ptr, cols_ptr, seq_offset, r_idx, c_idx, T, C, TILE, CHUNK, DOT)
+        cos = tl.minimum(tl.maximum(cos, lo), hi)
         angle = _arccos(cos) * (1.0 / 3.141592653589793)
         valid = (r_idx[:, None] < T) & (c_idx[None, :] < T)
         if SYMMETRIC:
@@ -157,7 +175,7 @@ def _backward_kernel(rows_ptr, cols_ptr, total_ptr, grad_rows_ptr, grad_cols_ptr
             cols = tl.load(cols_ptr + col_off, mask=col_ok, other=0.0)  # (TILE, CHUNK)
             # only this program writes these rows of grad_rows: a plain read-modify-write
             acc = tl.load(grad_rows_ptr + row_off, mask=row_ok, other=0.0)
-            tl.store(grad_rows_ptr + row_off, acc + tl.dot(w, cols, input_precision="ieee"), mask=row_ok)
+            tl.store(grad_rows_ptr + row_off, acc + tl.dot(w, cols, input_precision=DOT), mask=row_ok)
             # the mirror image: W^T @ rows for the column tile, except on the diagonal tile (W is
             # symmetric there, and grad_rows already has it)
             if SYMMETRIC:
@@ -165,42 +183,40 @@ def _backward_kernel(rows_ptr, cols_ptr, total_ptr, grad_rows_ptr, grad_cols_ptr
             else:
                 mirror_ok = col_ok
             rows = tl.load(rows_ptr + row_off, mask=row_ok, other=0.0)
-            tl.atomic_add(grad_cols_ptr + col_off, tl.dot(tl.trans(w), rows, input_precision="ieee"),
+            tl.atomic_add(grad_cols_ptr + col_off, tl.dot(tl.trans(w), rows, input_precision=DOT),
                           mask=mirror_ok)
 
 
 def _launch_options(z_hat, kind, clamp, tau, margin):
+    """(rows, cols, n_blocks, keyword arguments of both kernels' launches) for z_hat (B, T, C)."""
     B, T, C = z_hat.shape
     rows = z_hat.contiguous()
     cols = rows.roll(shifts=-1, dims=0).contiguous() if kind == 'cross_sequence' else rows
-    n_blocks = triton.cdiv(T, TILE)
-    scalars = dict(lo=-1.0 + clamp, hi=1.0 - clamp, inv_tau=1.0 / tau, margin=margin)
-    return rows, cols, n_blocks, scalars
+    tile, chunk, warps = launch_settings(_capability(z_hat.device))
+    options = dict(lo=-1.0 + clamp, hi=1.0 - clamp, inv_tau=1.0 / tau, margin=margin, KIND=KINDS[kind],
+                   SYMMETRIC=kind != 'cross_sequence', TILE=tile, CHUNK=chunk, DOT=DOT_PRECISION, num_warps=warps)
+    return rows, cols, triton.cdiv(T, tile), options
 
 
 def pair_totals(z_hat, kind, tau, clamp, margin):
     """Per-sequence log-sum-exp (angular, cross_sequence) or hinge sum (orthogonalization) over the
     pairs of float32 unit rows z_hat (B, T, C); the same as disperse._TorchTiles.pair_totals."""
     B, T, C = z_hat.shape
-    rows, cols, n_blocks, scalars = _launch_options(z_hat, kind, clamp, tau, margin)
+    rows, cols, n_blocks, options = _launch_options(z_hat, kind, clamp, tau, margin)
     partial = torch.empty(B, n_blocks, device=z_hat.device, dtype=torch.float32)  # one per (sequence, row-block)
-    _forward_kernel[(B, n_blocks)](rows, cols, partial, T, C, n_blocks, **scalars,
-                                   KIND=KINDS[kind], SYMMETRIC=kind != 'cross_sequence', TILE=TILE,
-                                   CHUNK=chunk_for(_capability(z_hat.device)), num_warps=NUM_WARPS)
+    _forward_kernel[(B, n_blocks)](rows, cols, partial, T, C, n_blocks, **options)
     return partial.sum(dim=1) if kind == 'orthogonalization' else torch.logsumexp(partial, dim=1)
 
 
 def pair_grad(z_hat, kind, total, tau, clamp, margin):
     """pi * d(sum over sequences of the per-sequence loss)/d z_hat, from `total` of pair_totals."""
     B, T, C = z_hat.shape
-    rows, cols, n_blocks, scalars = _launch_options(z_hat, kind, clamp, tau, margin)
+    rows, cols, n_blocks, options = _launch_options(z_hat, kind, clamp, tau, margin)
     grad_rows = torch.zeros_like(rows)
     grad_cols = torch.zeros_like(rows)
     pair_scale = 2.0 / (T * (T - 1)) if T > 1 else 0.0  # the hinge's slope factor
     _backward_kernel[(B, n_blocks)](rows, cols, total.contiguous(), grad_rows, grad_cols, T, C, n_blocks,
-                                    **scalars, pair_scale=pair_scale, KIND=KINDS[kind],
-                                    SYMMETRIC=kind != 'cross_sequence', TILE=TILE,
-                                    CHUNK=chunk_for(_capability(z_hat.device)), num_warps=NUM_WARPS)
+                                    pair_scale=pair_scale, **options)
     if kind == 'cross_sequence':
         return grad_rows.add_(grad_cols.roll(shifts=1, dims=0))  # cols[b] is z_hat[b + 1]
     return grad_rows.add_(grad_cols).mul_(2.0)  # d cos_ij / d z_hat_k counts k as the row and as the column

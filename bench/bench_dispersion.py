@@ -28,7 +28,10 @@ on CUDA. The reference implementation is skipped where its (T, T) matrices would
 Implementations (--impl, comma-separated; they set disperse.IMPLEMENTATION):
   reference  the previous one: whole (B, T, T) matrices, memory quadratic in T
   tiled      PyTorch over blocks of the pair matrix, memory linear in T
-  triton     the fused kernel of disperse_triton.py (CUDA, or CPU under TRITON_INTERPRET=1)
+  triton     the fused kernel of disperse_triton.py (CUDA, or CPU under TRITON_INTERPRET=1), its
+             matmuls in float32 on the CUDA cores (disperse_triton.DOT_PRECISION = 'ieee', the default)
+  triton-tf32x3  the same kernel with DOT_PRECISION = 'tf32x3': three TF32 tensor-core products per
+             matmul (on CUDA by default, beside triton, to decide which should be the default)
   auto       what training uses: triton on CUDA when it imports, else tiled
 """
 
@@ -82,8 +85,17 @@ def interleaved(variants, reps, device, failed):
     return times
 
 
+# --impl names beyond disperse.IMPLEMENTATIONS: the Triton kernel with another dot precision
+TRITON_PRECISIONS = {"triton-tf32x3": "tf32x3"}
+
+
 def use(implementation, tile=None):
-    disperse.IMPLEMENTATION, disperse.TILE = implementation, tile
+    """Set disperse.IMPLEMENTATION and TILE (and, for the triton names, the kernel's dot precision)."""
+    precision = TRITON_PRECISIONS.get(implementation)
+    disperse.IMPLEMENTATION, disperse.TILE = ("triton" if precision else implementation), tile
+    if precision or "disperse_triton" in sys.modules:  # back to the default after a triton-* variant
+        import disperse_triton
+        disperse_triton.DOT_PRECISION = precision or "ieee"
 
 
 def step_times(args):
@@ -333,13 +345,14 @@ def main():
     if args.impl is None:
         args.impl = ["reference", "tiled"]
         if args.device.startswith("cuda") and disperse._triton_usable():
-            args.impl.append("triton")
+            args.impl += ["triton", "triton-tf32x3"]
+    names = (*disperse.IMPLEMENTATIONS, *TRITON_PRECISIONS)
     for implementation in args.impl:
-        if implementation not in disperse.IMPLEMENTATIONS:
-            raise SystemExit(f"--impl {implementation!r}: choose from {', '.join(disperse.IMPLEMENTATIONS)}")
-        if implementation == "triton" and not disperse._triton_usable(args.device):
-            raise SystemExit("--impl triton: the Triton kernel needs `pip install triton` and a CUDA device "
-                             "(or TRITON_INTERPRET=1 on CPU, slow)")
+        if implementation not in names:
+            raise SystemExit(f"--impl {implementation!r}: choose from {', '.join(names)}")
+        if implementation.startswith("triton") and not disperse._triton_usable(args.device):
+            raise SystemExit(f"--impl {implementation}: the Triton kernel needs `pip install triton` and a CUDA "
+                             "device (or TRITON_INTERPRET=1 on CPU, slow)")
 
     if args.old and not args.tiles:
         raise SystemExit("--old compares the loss alone: use it with --tiles")

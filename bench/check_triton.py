@@ -3,8 +3,10 @@ Do the Triton kernels (disperse_triton.py) give the float64 reference's values a
 Every pair variant (angular, condense, orthogonalization, cross_sequence), float32 and bf16 inputs:
 small shapes at the kernel's smallest tile (T = 2, T below the tile, a multiple of it and not, C not
 a multiple of the kernel's chunk) and, on CUDA, the training shape (4, 1024, 768) at the kernel's own
-tile. The reference is disperse's full-matrix implementation in float64, which tests/test_disperse.py
-checks against brute-force sums.
+tile, for both dot precisions (disperse_triton.DOT_PRECISIONS: 'ieee', and 'tf32x3', which only a GPU
+can check, since the interpreter multiplies in float32 whatever the precision). The reference is
+disperse's full-matrix implementation in float64, which tests/test_disperse.py checks against
+brute-force sums.
 
     python bench/check_triton.py --device cuda --json bench/results/triton_check_cuda.json   # on a GPU
     TRITON_INTERPRET=1 python bench/check_triton.py --device cpu   # on the CPU, under Triton's interpreter
@@ -15,8 +17,8 @@ checked and printed; the exit status is 1 if any is off (all of them listed), 2 
 run on the device at all.
 
 --compile-for takes CUDA compute capabilities (80 A100, 86/89 RTX 30/40 and L4, 90 H100/H200,
-100/120 Blackwell) and compiles both kernels, for every kind, with the launch settings
-disperse_triton.py uses, through Triton's own CUDA backend (its bundled ptxas; no GPU or driver is
+100/120 Blackwell) and compiles both kernels, for every kind and both dot precisions, with the
+launch settings disperse_triton.LAUNCH gives them, through Triton's own CUDA backend (its bundled ptxas; no GPU or driver is
 needed): what the interpreter cannot tell, whether the kernels compile, and ptxas' register, spill
 and shared-memory figures. A kernel that fails to compile or spills registers fails the check.
 """
@@ -83,15 +85,16 @@ def compare(variant, B, T, C, dtype, device, relative_atol, generator):
 
 
 def compile_for(archs):
-    """Rows {kernel, kind, arch, registers, spill_bytes, shared_bytes, ok} for both kernels and every
-    kind, compiled ahead of time for each CUDA compute capability in archs."""
+    """Rows {kernel, precision, kind, arch, tile, chunk, num_warps, registers, spill_bytes, shared_bytes,
+    ok} for both kernels, both dot precisions and every kind, compiled ahead of time with their launch
+    settings (disperse_triton.LAUNCH) for each CUDA compute capability in archs."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.backends.nvidia.compiler import get_ptxas
     from triton.compiler import ASTSource
 
     import disperse_triton
-    constexprs = ('KIND', 'SYMMETRIC', 'TILE', 'CHUNK')
+    constexprs = ('KIND', 'SYMMETRIC', 'TILE', 'CHUNK', 'DOT')
 
     def arg_type(name):  # the kernels' naming: *_ptr are float32 pointers, T, C, n_blocks ints, the rest floats
         return ('constexpr' if name in constexprs else '*fp32' if name.endswith('_ptr')
@@ -99,23 +102,24 @@ def compile_for(archs):
     rows = []
     for kernel in (disperse_triton._forward_kernel, disperse_triton._backward_kernel):
         names = kernel.arg_names
-        for kind, code in disperse_triton.KINDS.items():
-            for arch in archs:
-                values = dict(KIND=code, SYMMETRIC=kind != 'cross_sequence', TILE=disperse_triton.TILE,
-                              CHUNK=disperse_triton.chunk_for(arch))
-                source = ASTSource(fn=kernel, signature={name: arg_type(name) for name in names},
-                                   constexprs={(names.index(name),): value for name, value in values.items()})
-                row = {"kernel": kernel.__name__, "kind": kind, "arch": arch, "num_warps": disperse_triton.NUM_WARPS,
-                       "chunk": values["CHUNK"]}
-                try:
-                    compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32),
-                                              options=dict(num_warps=disperse_triton.NUM_WARPS))
-                    row.update(ptxas_usage(get_ptxas(arch).path, compiled.asm["ptx"], arch),
-                               shared_bytes=compiled.metadata.shared)
-                    row["ok"] = row["spill_bytes"] == 0
-                except Exception as e:  # noqa: BLE001  (a kernel that does not compile is the finding)
-                    row.update(error=f"{type(e).__name__}: {str(e).strip()[:500]}", ok=False)
-                rows.append(row)
+        for precision in disperse_triton.DOT_PRECISIONS:
+            for kind, code in disperse_triton.KINDS.items():
+                for arch in archs:
+                    tile, chunk, warps = disperse_triton.launch_settings(arch, precision)
+                    values = dict(KIND=code, SYMMETRIC=kind != 'cross_sequence', TILE=tile, CHUNK=chunk, DOT=precision)
+                    source = ASTSource(fn=kernel, signature={name: arg_type(name) for name in names},
+                                       constexprs={(names.index(name),): value for name, value in values.items()})
+                    row = {"kernel": kernel.__name__, "precision": precision, "kind": kind, "arch": arch,
+                           "tile": tile, "chunk": chunk, "num_warps": warps}
+                    try:
+                        compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32),
+                                                  options=dict(num_warps=warps))
+                        row.update(ptxas_usage(get_ptxas(arch).path, compiled.asm["ptx"], arch),
+                                   shared_bytes=compiled.metadata.shared)
+                        row["ok"] = row["spill_bytes"] == 0
+                    except Exception as e:  # noqa: BLE001  (a kernel that does not compile is the finding)
+                        row.update(error=f"{type(e).__name__}: {str(e).strip()[:500]}", ok=False)
+                    rows.append(row)
     return rows
 
 
@@ -135,9 +139,9 @@ def report_compiled(rows, json_path):
     for row in rows:
         figures = (f"{row['registers']} registers, {row['spill_bytes']} bytes spilled, "
                    f"{row['shared_bytes']} bytes shared" if "error" not in row else row["error"])
-        print(f"{'ok ' if row['ok'] else 'OFF'} {row['kernel']:17s} {row['kind']:18s} sm_{row['arch']}, "
-              f"{row['num_warps']} warps, chunk {row['chunk']}: {figures}")
-    failed = [f"{row['kernel']} {row['kind']} sm_{row['arch']}" for row in rows if not row["ok"]]
+        print(f"{'ok ' if row['ok'] else 'OFF'} {row['kernel']:17s} {row['precision']:6s} {row['kind']:18s} "
+              f"sm_{row['arch']}, tile {row['tile']}, chunk {row['chunk']}, {row['num_warps']} warps: {figures}")
+    failed = [f"{row['kernel']} {row['precision']} {row['kind']} sm_{row['arch']}" for row in rows if not row["ok"]]
     if json_path:
         write_result(json_path, {"mode": "compile", "results": rows, "failed": failed})
     if failed:
@@ -181,32 +185,40 @@ def main():
     import disperse_triton
     training = args.training_shape == "yes" or (args.training_shape == "auto" and args.device.startswith("cuda"))
     generator = torch.Generator().manual_seed(0)
-    default_tile, default_chunk, rows = disperse_triton.TILE, disperse_triton.CHUNK, []
-    # a GPU runs the chunk of its generation; the interpreter runs the small cases with each chunk
-    chunks = [None] if args.device.startswith("cuda") else [default_chunk, disperse_triton.CHUNK_BEFORE_SM90]
+    rows = []
+    # a GPU runs every dot precision (the interpreter ignores it) with its generation's chunk; the
+    # interpreter runs the small cases with each chunk of disperse_triton.LAUNCH
+    cuda = args.device.startswith("cuda")
+    precisions = disperse_triton.DOT_PRECISIONS if cuda else (disperse_triton.DOT_PRECISION,)
+    chunks = [None] if cuda else sorted({chunk for _, chunk, _ in disperse_triton.LAUNCH.values()}, reverse=True)
+    default_precision = disperse_triton.DOT_PRECISION
     try:
-        disperse_triton.TILE = SMALL_TILE
-        for chunk in chunks:
-            disperse_triton.CHUNK = chunk or default_chunk
-            for variant in VARIANTS:
-                rows += [dict(check(variant, *case, args.device, False, generator), chunk=chunk)
-                         for case in SMALL]
-        disperse_triton.TILE, disperse_triton.CHUNK = default_tile, default_chunk
-        if training:
-            for variant in VARIANTS:
-                rows += [dict(check(variant, *case, args.device, True, generator), chunk=None)
-                         for case in TRAINING]
+        for precision in precisions:
+            disperse_triton.DOT_PRECISION = precision
+            disperse_triton.TILE = SMALL_TILE
+            for chunk in chunks:
+                disperse_triton.CHUNK = chunk
+                for variant in VARIANTS:
+                    rows += [dict(check(variant, *case, args.device, False, generator), precision=precision,
+                                  chunk=chunk) for case in SMALL]
+            disperse_triton.TILE = disperse_triton.CHUNK = None
+            if training:
+                for variant in VARIANTS:
+                    rows += [dict(check(variant, *case, args.device, True, generator), precision=precision,
+                                  chunk=None) for case in TRAINING]
     finally:
-        disperse_triton.TILE, disperse_triton.CHUNK, disperse.IMPLEMENTATION = default_tile, default_chunk, 'auto'
+        disperse_triton.TILE = disperse_triton.CHUNK = None
+        disperse_triton.DOT_PRECISION, disperse.IMPLEMENTATION = default_precision, 'auto'
     for row in rows:
-        row["case"] += f", chunk {row['chunk']}" if row["chunk"] else ""
+        row["case"] += (f", {row['precision']}" if cuda else "") + (f", chunk {row['chunk']}" if row["chunk"] else "")
         figures = row["error"] if "error" in row else (f"value {row['value_diff']:.1e}  gradient "
                                                         f"{row['grad_diff']:.1e} (largest {row['grad_scale']:.1e})")
         print(f"{'ok ' if row['ok'] else 'OFF'} {row['case']:52s} {figures}")
     failed = [row["case"] for row in rows if not row["ok"]]
     if args.json:
-        write_result(args.json, {"device": args.device, "tile": default_tile, "small_tile": SMALL_TILE,
-                                 "options": OPTIONS, "results": rows, "failed": failed})
+        write_result(args.json, {"device": args.device, "launch": {f"{p} sm90+" if new else f"{p} before sm90": v
+                                                                   for (p, new), v in disperse_triton.LAUNCH.items()},
+                                 "small_tile": SMALL_TILE, "options": OPTIONS, "results": rows, "failed": failed})
     if failed:
         sys.exit(f"{len(failed)} of {len(rows)} cases off the float64 reference: {', '.join(failed)}")
     print(f"all {len(rows)} triton checks passed")

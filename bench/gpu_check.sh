@@ -13,7 +13,7 @@
 #   1. train_gpt2.json   GPT-2 124M training throughput and MFU: bf16, torch.compile, nanoGPT's
 #                        config (batch 12 x 1024 tokens, no accumulation), bench/bench_train.py
 #   2. dispersion.json   angular dispersion's step overhead, all 1024 positions and 256 sampled,
-#                        reference / tiled / Triton (bench/bench_dispersion.py)
+#                        reference / tiled / Triton with float32 or tf32x3 matmuls (bench/bench_dispersion.py)
 #   3. modes.json        compiled vs eager losses of the same run (CE + angular dispersion on every
 #                        layer, lambda 0.1), and with 2+ GPUs a 2-process
 #                        torchrun (DDP) on the same batches (bench/check_train_modes.py); the dry run
@@ -63,7 +63,7 @@ else
     fi
     GPT2=(--n_layer=12 --n_head=12 --n_embd=768 --block_size=1024 --device=cuda --dtype=bfloat16)
     TRAIN=(--preset gpt2-gpu --iters 30 --warmup 10 --)  # train.py settings may follow the --
-    DISP=(--device cuda --batch 8 --dtype bfloat16 --impl reference,tiled,triton --reps 4)
+    DISP=(--device cuda --batch 8 --dtype bfloat16 --impl reference,tiled,triton,triton-tf32x3 --reps 4)
     # with the angular loss on every layer, so that its Triton kernels run inside compiled and DDP steps
     MODES=(--iters 8 --skip 3 --accum 2 -- "${GPT2[@]}" --batch_size=8 --dispersion=angular --dispersion_weight=0.1)
     EVAL=(--device cuda --limit 200 --tasks arc_easy,hellaswag,piqa --n-layer 12 --n-head 12 --n-embd 768

@@ -46,3 +46,15 @@ def test_bad_flags_are_refused_without_a_traceback(flags, message):
     result = subprocess.run([sys.executable, "bench/bench_dispersion.py", *flags, "--seq", "64", "--n-embd", "16",
                              "--reps", "1"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_triton_names_set_the_dot_precision_and_other_names_reset_it(monkeypatch):
+    pytest.importorskip("triton")
+    import disperse
+    import disperse_triton
+    monkeypatch.setattr(disperse, "IMPLEMENTATION", "auto")
+    monkeypatch.setattr(disperse_triton, "DOT_PRECISION", "ieee")
+    bench_dispersion.use("triton-tf32x3")
+    assert (disperse.IMPLEMENTATION, disperse_triton.DOT_PRECISION) == ("triton", "tf32x3")
+    bench_dispersion.use("auto")  # e.g. the "loss alone" variant after it: the default precision again
+    assert (disperse.IMPLEMENTATION, disperse_triton.DOT_PRECISION) == ("auto", "ieee")

@@ -54,12 +54,13 @@ def cuda_backend_available():
 
 @pytest.mark.skipif(not cuda_backend_available(), reason="triton's CUDA backend is not installed")
 def test_kernels_compile_for_cuda_without_spills(tmp_path):
-    # A100 and H100/H200: the two launch settings (16 and 32 features per step); no GPU is needed
+    # A100 and H100/H200, both dot precisions: every launch setting of disperse_triton.LAUNCH; no GPU is needed
     out = run_check(tmp_path, '--compile-for', '80,90', '--json', str(tmp_path / 'compile.json'), interpret=False)
     assert out.returncode == 0, out.stdout + out.stderr
     rows = json.loads((tmp_path / 'compile.json').read_text())['results']
-    assert len(rows) == 2 * 3 * 2 and all(row['ok'] for row in rows)
-    assert {(row['arch'], row['chunk']) for row in rows} == {(80, 16), (90, 32)}
+    assert len(rows) == 2 * 2 * 3 * 2 and all(row['ok'] for row in rows)
+    assert {(row['precision'], row['arch'], row['tile'], row['chunk']) for row in rows} == {
+        ('ieee', 80, 64, 16), ('ieee', 90, 64, 32), ('tf32x3', 80, 32, 16), ('tf32x3', 90, 32, 32)}
     assert all(row['spill_bytes'] == 0 and 0 < row['registers'] <= 255 for row in rows)
 
 
