@@ -20,7 +20,9 @@ run on the device at all.
 100/120 Blackwell) and compiles both kernels, for every kind and both dot precisions, with the
 launch settings disperse_triton.LAUNCH gives them, through Triton's own CUDA backend (its bundled ptxas; no GPU or driver is
 needed): what the interpreter cannot tell, whether the kernels compile, and ptxas' register, spill
-and shared-memory figures. A kernel that fails to compile or spills registers fails the check.
+and shared-memory figures, and whether their matmuls became tensor-core instructions (HMMA, HGMMA)
+or float32 multiply-adds on the CUDA cores (FFMA). A kernel that fails to compile or spills
+registers fails the check.
 """
 
 import argparse
@@ -115,7 +117,7 @@ def compile_for(archs):
                         compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32),
                                                   options=dict(num_warps=warps))
                         row.update(ptxas_usage(get_ptxas(arch).path, compiled.asm["ptx"], arch),
-                                   shared_bytes=compiled.metadata.shared)
+                                   shared_bytes=compiled.metadata.shared, **matmul_instructions(compiled.asm["cubin"]))
                         row["ok"] = row["spill_bytes"] == 0
                     except Exception as e:  # noqa: BLE001  (a kernel that does not compile is the finding)
                         row.update(error=f"{type(e).__name__}: {str(e).strip()[:500]}", ok=False)
@@ -135,10 +137,23 @@ def ptxas_usage(ptxas, ptx, arch):
             "spill_bytes": int(re.search(r"(\d+) bytes spill stores", log).group(1))}
 
 
+def matmul_instructions(cubin):
+    """{tensor_core_mma, ffma}: how many of the compiled kernel's instructions are tensor-core matrix
+    multiply-adds (HMMA, HGMMA) and float32 fused multiply-adds on the CUDA cores (FFMA), from nvdisasm."""
+    from triton import knobs
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "kernel.cubin")
+        with open(path, "wb") as f:
+            f.write(cubin)
+        sass = subprocess.run([knobs.nvidia.nvdisasm.path, path], capture_output=True, text=True, check=True).stdout
+    return {"tensor_core_mma": len(re.findall(r"\bH(?:G)?MMA\b", sass)), "ffma": len(re.findall(r"\bFFMA\b", sass))}
+
+
 def report_compiled(rows, json_path):
     for row in rows:
-        figures = (f"{row['registers']} registers, {row['spill_bytes']} bytes spilled, "
-                   f"{row['shared_bytes']} bytes shared" if "error" not in row else row["error"])
+        figures = (f"{row['registers']} registers, {row['spill_bytes']} bytes spilled, {row['shared_bytes']} bytes "
+                   f"shared, {row['tensor_core_mma']} tensor-core MMA / {row['ffma']} FFMA instructions"
+                   if "error" not in row else row["error"])
         print(f"{'ok ' if row['ok'] else 'OFF'} {row['kernel']:17s} {row['precision']:6s} {row['kind']:18s} "
               f"sm_{row['arch']}, tile {row['tile']}, chunk {row['chunk']}, {row['num_warps']} warps: {figures}")
     failed = [f"{row['kernel']} {row['precision']} {row['kind']} sm_{row['arch']}" for row in rows if not row["ok"]]

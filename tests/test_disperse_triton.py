@@ -62,6 +62,9 @@ def test_kernels_compile_for_cuda_without_spills(tmp_path):
     assert {(row['precision'], row['arch'], row['tile'], row['chunk']) for row in rows} == {
         ('ieee', 80, 64, 16), ('ieee', 90, 64, 32), ('tf32x3', 80, 32, 16), ('tf32x3', 90, 32, 32)}
     assert all(row['spill_bytes'] == 0 and 0 < row['registers'] <= 255 for row in rows)
+    # 'ieee' multiplies on the CUDA cores, 'tf32x3' on the tensor cores
+    assert all(row['tensor_core_mma'] == 0 < row['ffma'] for row in rows if row['precision'] == 'ieee')
+    assert all(row['tensor_core_mma'] > 0 for row in rows if row['precision'] == 'tf32x3')
 
 
 def test_bad_compile_target_is_refused(tmp_path):
