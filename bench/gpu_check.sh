@@ -68,7 +68,7 @@ else
     MODES=(--iters 8 --skip 3 --accum 2 -- "${GPT2[@]}" --batch_size=8 --dispersion=angular --dispersion_weight=0.1)
     EVAL=(--device cuda --limit 200 --tasks arc_easy,hellaswag,piqa --n-layer 12 --n-head 12 --n-embd 768
           --block-size 1024 --batch-size 32 --lmeval-batch-size 32)
-    LIMITS=(150 100 150 100 90)
+    LIMITS=(150 100 150 100 120)
     TRITON=("$PY" bench/check_triton.py --device cuda)
 fi
 if [ $DRY = 0 ] && [ "$NGPU" -ge 2 ]; then
