@@ -164,6 +164,35 @@ def report_compiled(rows, json_path):
     print(f"all {len(rows)} kernels compile without spills")
 
 
+def run_cases(device, training):
+    """Every case's row (check), each tagged with its dot precision and chunk override. A GPU runs
+    every dot precision (the interpreter ignores it) with its generation's chunk; the interpreter runs
+    the small cases with each chunk of disperse_triton.LAUNCH."""
+    import disperse_triton
+    cuda = device.startswith("cuda")
+    precisions = disperse_triton.DOT_PRECISIONS if cuda else (disperse_triton.DOT_PRECISION,)
+    chunks = [None] if cuda else sorted({chunk for _, chunk, _ in disperse_triton.LAUNCH.values()}, reverse=True)
+    default_precision, generator, rows = disperse_triton.DOT_PRECISION, torch.Generator().manual_seed(0), []
+    try:
+        for precision in precisions:
+            disperse_triton.DOT_PRECISION = precision
+            disperse_triton.TILE = SMALL_TILE
+            for chunk in chunks:
+                disperse_triton.CHUNK = chunk
+                for variant in VARIANTS:
+                    rows += [dict(check(variant, *case, device, False, generator), precision=precision, chunk=chunk)
+                             for case in SMALL]
+            disperse_triton.TILE = disperse_triton.CHUNK = None
+            if training:
+                for variant in VARIANTS:
+                    rows += [dict(check(variant, *case, device, True, generator), precision=precision, chunk=None)
+                             for case in TRAINING]
+    finally:
+        disperse_triton.TILE = disperse_triton.CHUNK = None
+        disperse_triton.DOT_PRECISION, disperse.IMPLEMENTATION = default_precision, 'auto'
+    return rows
+
+
 def refuse(message):
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
@@ -198,32 +227,9 @@ def main():
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         refuse(f"--device {args.device} but torch sees no CUDA device; use --device cpu with TRITON_INTERPRET=1")
     import disperse_triton
-    training = args.training_shape == "yes" or (args.training_shape == "auto" and args.device.startswith("cuda"))
-    generator = torch.Generator().manual_seed(0)
-    rows = []
-    # a GPU runs every dot precision (the interpreter ignores it) with its generation's chunk; the
-    # interpreter runs the small cases with each chunk of disperse_triton.LAUNCH
     cuda = args.device.startswith("cuda")
-    precisions = disperse_triton.DOT_PRECISIONS if cuda else (disperse_triton.DOT_PRECISION,)
-    chunks = [None] if cuda else sorted({chunk for _, chunk, _ in disperse_triton.LAUNCH.values()}, reverse=True)
-    default_precision = disperse_triton.DOT_PRECISION
-    try:
-        for precision in precisions:
-            disperse_triton.DOT_PRECISION = precision
-            disperse_triton.TILE = SMALL_TILE
-            for chunk in chunks:
-                disperse_triton.CHUNK = chunk
-                for variant in VARIANTS:
-                    rows += [dict(check(variant, *case, args.device, False, generator), precision=precision,
-                                  chunk=chunk) for case in SMALL]
-            disperse_triton.TILE = disperse_triton.CHUNK = None
-            if training:
-                for variant in VARIANTS:
-                    rows += [dict(check(variant, *case, args.device, True, generator), precision=precision,
-                                  chunk=None) for case in TRAINING]
-    finally:
-        disperse_triton.TILE = disperse_triton.CHUNK = None
-        disperse_triton.DOT_PRECISION, disperse.IMPLEMENTATION = default_precision, 'auto'
+    training = args.training_shape == "yes" or (args.training_shape == "auto" and cuda)
+    rows = run_cases(args.device, training)
     for row in rows:
         row["case"] += (f", {row['precision']}" if cuda else "") + (f", chunk {row['chunk']}" if row["chunk"] else "")
         figures = row["error"] if "error" in row else (f"value {row['value_diff']:.1e}  gradient "
