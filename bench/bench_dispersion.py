@@ -17,13 +17,13 @@ Two more variants split the overhead: "loss alone" is the same dispersion term (
 implementation, all positions), forward + backward, on detached copies of the 12 hidden states, with
 no model around it (the logged pair cosines included: dispersion_term computes them); "besides the
 loss" is what else a dispersion step computes (the 12 gradients added into the residual stream's);
-"ce, hidden states returned" is the CE
-step asking for the hidden states it then ignores. Like train.py (malloc_tuning=True), glibc's malloc is told to keep freed blocks.
+"ce, hidden states returned" is the CE step asking for the hidden states it then ignores. Like
+train.py (malloc_tuning=True), glibc's malloc is told to keep freed blocks.
 
 Memory mode runs each (implementation, T) in a fresh subprocess and reports the peak memory of one
 forward + backward of the angular loss on (1, T, 768) hidden states beyond what the process held
-before (z itself): the growth of the peak resident set size on CPU (VmHWM, reset before the loss), torch.cuda.max_memory_allocated
-on CUDA. The reference implementation is skipped where its (T, T) matrices would not fit --max-gb.
+before (z itself): the growth of the peak resident set size on CPU (VmHWM, reset before the loss),
+torch.cuda.max_memory_allocated on CUDA. The reference implementation is skipped where its (T, T) matrices would not fit --max-gb.
 
 Implementations (--impl, comma-separated; they set disperse.IMPLEMENTATION):
   reference  the previous one: whole (B, T, T) matrices, memory quadratic in T

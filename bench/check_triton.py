@@ -18,11 +18,11 @@ run on the device at all.
 
 --compile-for takes CUDA compute capabilities (80 A100, 86/89 RTX 30/40 and L4, 90 H100/H200,
 100/120 Blackwell) and compiles both kernels, for every kind and both dot precisions, with the
-launch settings disperse_triton.LAUNCH gives them, through Triton's own CUDA backend (its bundled ptxas; no GPU or driver is
-needed): what the interpreter cannot tell, whether the kernels compile, and ptxas' register, spill
-and shared-memory figures, and whether their matmuls became tensor-core instructions (HMMA, HGMMA)
-or float32 multiply-adds on the CUDA cores (FFMA). A kernel that fails to compile or spills
-registers fails the check.
+launch settings disperse_triton.LAUNCH gives them, through Triton's own CUDA backend (its bundled
+ptxas; no GPU or driver is needed): what the interpreter cannot tell, whether the kernels compile,
+ptxas' register, spill and shared-memory figures, and whether their matmuls became tensor-core
+instructions (HMMA, HGMMA) or float32 multiply-adds on the CUDA cores (FFMA). A kernel that fails
+to compile or spills registers fails the check.
 """
 
 import argparse
