@@ -52,7 +52,7 @@ from tqdm import tqdm
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import disperse  # noqa: E402
 from bench.bench_model_versions import load_module  # noqa: E402
-from bench.provenance import write_result  # noqa: E402
+from bench.provenance import failure_text, write_result  # noqa: E402
 
 
 def sync(device):
@@ -69,7 +69,7 @@ def interleaved(variants, reps, device, failed):
         try:
             run()
         except Exception as e:  # noqa: BLE001  (reported in the results, and the exit status)
-            failed[name] = f"{type(e).__name__}: {str(e).strip()[:500]}"
+            failed[name] = failure_text(e)
             del variants[name]
         bar.update()
     times = {name: [] for name in variants}

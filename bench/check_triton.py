@@ -37,7 +37,7 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 import disperse  # noqa: E402
-from bench.provenance import write_result  # noqa: E402
+from bench.provenance import failure_text, write_result  # noqa: E402
 
 VARIANTS = ('angular', 'condense', 'orthogonalization', 'cross_sequence')
 # a margin that makes the hinge act on many pairs; the rest as in tests/test_disperse.py
@@ -55,8 +55,7 @@ def check(variant, B, T, C, dtype, device, relative_atol, generator):
     try:
         return compare(variant, B, T, C, dtype, device, relative_atol, generator)
     except Exception as e:  # noqa: BLE001  (a kernel that fails on this GPU is the finding; the other cases still run)
-        return {"case": case_name(variant, B, T, C, dtype), "error": f"{type(e).__name__}: {str(e).strip()[:500]}",
-                "ok": False}
+        return {"case": case_name(variant, B, T, C, dtype), "error": failure_text(e), "ok": False}
 
 
 def case_name(variant, B, T, C, dtype):
@@ -77,13 +76,13 @@ def compare(variant, B, T, C, dtype, device, relative_atol, generator):
     # autograd rounds the float32 gradient back to the input's dtype: bf16 keeps 8 bits
     rtol = 0.0 if dtype == torch.float32 else 2 ** -8
     atol = 1e-4 * grad_scale if relative_atol else 1e-5
-    excess = (leaf.grad.double() - ref_leaf.grad).abs() - (atol + rtol * ref_leaf.grad.abs())
+    grad_diff = (leaf.grad.double() - ref_leaf.grad).abs()
+    excess = grad_diff - (atol + rtol * ref_leaf.grad.abs())
     value_diff = abs(ours.item() - ref.item())
     ok = (ours.dtype == torch.float32 and value_diff < 1e-5 and excess.max().item() <= 0
           and grad_scale > (1e-4 if not relative_atol else 0.0))
     return {"case": case_name(variant, B, T, C, dtype), "value_diff": value_diff,
-            "grad_diff": (leaf.grad.double() - ref_leaf.grad).abs().max().item(), "grad_scale": grad_scale,
-            "ok": bool(ok)}
+            "grad_diff": grad_diff.max().item(), "grad_scale": grad_scale, "ok": bool(ok)}
 
 
 def compile_for(archs):
@@ -120,7 +119,7 @@ def compile_for(archs):
                                    shared_bytes=compiled.metadata.shared, **matmul_instructions(compiled.asm["cubin"]))
                         row["ok"] = row["spill_bytes"] == 0
                     except Exception as e:  # noqa: BLE001  (a kernel that does not compile is the finding)
-                        row.update(error=f"{type(e).__name__}: {str(e).strip()[:500]}", ok=False)
+                        row.update(error=failure_text(e), ok=False)
                     rows.append(row)
     return rows
 

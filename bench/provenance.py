@@ -47,3 +47,9 @@ def write_result(path, payload):
         json.dump({**provenance(), **payload}, f, indent=1)
     os.replace(tmp, path)
     print(f"wrote {path}")
+
+
+def failure_text(error):
+    """What a result row records of a measurement that raised: the exception's type and message,
+    the message cut to 500 characters."""
+    return f"{type(error).__name__}: {str(error).strip()[:500]}"
