@@ -381,10 +381,19 @@ class GPT(nn.Module):
         padding columns dropped, so they can be compared with any GPT-2 implementation.
         """
         x, hidden = self.body(idx, return_hidden, tok_emb_noise, kv_caches, last_hidden_before_ln)
-        logits = self.head(x)  # (B, T, vocab_size)
+        # the head at the padded width (a multiple of 64, which GPU matmuls tile well); callers see the
+        # vocab_size real columns only
+        padded = self.lm_head(x)  # (B, T, padded_vocab_size)
+        V = self.config.vocab_size
         loss = None
         if targets is not None:
-            loss = cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
+            # the loss over the padded rows with the padding columns at -inf: exp(-inf) = 0, so the value
+            # and the gradient are those of the V real columns, and the weight's padding rows get none
+            scores = padded.float()  # (B, T, padded): padded itself in float32, a copy under autocast
+            if scores.size(-1) > V:
+                scores[..., V:] = float("-inf")
+            loss = cross_entropy(scores.view(-1, scores.size(-1)), targets.view(-1))
+        logits = padded[..., :V]  # (B, T, vocab_size), a view
         if return_hidden:
             return logits, loss, hidden
         return logits, loss
@@ -440,10 +449,9 @@ class GPT(nn.Module):
         return x, hidden
 
     def head(self, x):
-        """Next-token logits (..., vocab_size) from final states (..., C); padding columns dropped."""
-        # against the weight's first vocab_size rows (a view): the padding columns are never computed,
-        # and the logits come out contiguous, without a (B, T, padded) product to slice and copy
-        return F.linear(x, self.lm_head.weight[:self.config.vocab_size])
+        """Next-token logits (..., vocab_size) from final states (..., C): the product at the padded
+        width (a multiple of 64, which GPU matmuls tile well), the padding columns dropped by a view."""
+        return self.lm_head(x)[..., :self.config.vocab_size]
 
     def crop_block_size(self, block_size):
         """Use a shorter context than the checkpoint was trained with (e.g. GPT-2's 1024 -> 256)."""
