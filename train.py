@@ -366,12 +366,33 @@ def main(argv):
     from tqdm import tqdm
     bar = tqdm(total=max_iters, initial=iter_num, desc="train", unit="it", disable=not master, dynamic_ncols=True)
     tokens_seen = iter_num * tokens_per_iter
+    x, y = get_batch(train_data, (seed, 0, iter_num, rank))  # the first micro-batch; each next one is read while the model runs
+    # nothing on the device is read back (a host synchronisation) except at log and eval steps: the loss sums,
+    # the gradient norm and this record of the first non-finite loss (iteration, value) stay on the device until
+    # then. Device tensors are updated by device ops only: a tensor made from a Python number would be a copy
+    # that waits for the device.
+    count_dtype = torch.float32 if device_type == "mps" else torch.float64  # MPS has no float64
+    first_nonfinite = torch.full((2,), -1.0, dtype=count_dtype, device=dev)
+    iter_on_device = torch.full((), float(iter_num), dtype=count_dtype, device=dev)
+
+    def stop_if_nonfinite():
+        """Every rank, at log and eval steps, before anything is logged or saved."""
+        it, value = first_nonfinite.tolist()
+        if it >= 0:
+            if master:
+                bar.close()
+            sys.exit(f"error: non-finite loss ({value}) at iteration {int(it)}; stopping before anything after it is "
+                     f"saved. The last good checkpoint in {ckpt_path} is left as it was (resume with "
+                     "--init_from=resume, perhaps with a lower learning_rate or dtype=bfloat16).")
+
+    t_mark, timed = time.perf_counter(), 0  # iterations timed since t_mark (eval and checkpoint time excluded)
     while True:
         lr = lr_at(iter_num)
         for group in optimizer.param_groups:
             group["lr"] = lr
 
         if iter_num % eval_interval == 0 or iter_num == max_iters or eval_only:
+            stop_if_nonfinite()
             losses = estimate_loss()
             bench = run_benchmarks(raw_model, tokenizer) if eval_tasks else {}  # every rank scores its share of the items
             rng_states = [capture_rng(aux_gen)]
@@ -403,14 +424,14 @@ def main(argv):
                     bar.write(f"iter {iter_num}: last-layer mean cos {record[f'probe/layer{raw_model.config.n_layer}/mean_cos']:.3f}, "
                               f"Spearman rho over depth {record['probe/spearman']:+.2f}")
                 log(record)
+            t_mark, timed = time.perf_counter(), 0
         if iter_num == max_iters or eval_only:
             break
 
         # one optimizer step: accumulate gradients over the micro-steps, sync them on the last one
-        t0 = time.perf_counter()
         sums = torch.zeros(3, device=dev)  # total loss, cross-entropy, auxiliary term: summed over micro-steps
         stats_sum, stats_count = {}, {}
-        log_step = master and iter_num % log_interval == 0
+        log_step = iter_num % log_interval == 0  # every rank reads its figures back then (master writes them)
         rotation = None
         if dispersion == "rotated_angular":
             # one rotation per optimizer step, shared by every layer, micro-step and rank: the weights sum
@@ -423,7 +444,6 @@ def main(argv):
         for micro_step in range(accum_per_rank):
             last = micro_step == accum_per_rank - 1
             sync = contextlib.nullcontext() if (not ddp or last) else model.no_sync()
-            x, y = get_batch(train_data, (seed, 0, iter_num, micro_step * world + rank))
             noise = None
             if neftune_alpha > 0:
                 noise = disperse.neftune_noise((x.size(0), x.size(1), raw_model.config.n_embd), neftune_alpha,
@@ -433,7 +453,7 @@ def main(argv):
                     if use_hidden:
                         logits, ce, hidden = model(x, y, return_hidden=True, tok_emb_noise=noise,
                                                    last_hidden_before_ln=dispersion_last_pre_ln)
-                        aux, aux_value, stats = aux_loss(hidden, iter_num, rotation, log_step and micro_step == 0)
+                        aux, aux_value, stats = aux_loss(hidden, iter_num, rotation, master and log_step and micro_step == 0)
                     else:
                         logits, ce = model(x, y, tok_emb_noise=noise)
                         aux, aux_value, stats = torch.zeros((), device=dev), torch.zeros((), device=dev), {}
@@ -445,6 +465,9 @@ def main(argv):
                         aux_value = aux_value + distill_weight * kd.detach().float()
                         stats = {**stats, "distill/kl": kd.detach()}
                     loss = ce + aux
+                # the next micro-batch is read, and copied to the device without blocking, while this one runs
+                next_iter, next_micro = (iter_num, micro_step + 1) if not last else (iter_num + 1, 0)
+                x, y = get_batch(train_data, (seed, 0, next_iter, next_micro * world + rank))
                 scaler.scale(loss / accum_per_rank).backward()  # / accum: gradients of the mean over micro-steps
             sums += torch.stack([ce.detach().float() + aux_value, ce.detach().float(), aux_value])
             for k, v in stats.items():
@@ -452,13 +475,10 @@ def main(argv):
                 stats_count[k] = stats_count.get(k, 0) + 1  # ctrl/param_grad_ratio: first micro-step only
         if ddp:
             dist.all_reduce(sums, op=dist.ReduceOp.AVG)
-        mean_loss, mean_ce, mean_aux = (sums / accum_per_rank).tolist()  # mean over micro-steps and ranks
-        if not math.isfinite(mean_loss):
-            if master:
-                bar.close()
-            sys.exit(f"error: non-finite loss ({mean_loss}) at iteration {iter_num}; stopping before the update. "
-                     f"The last good checkpoint in {ckpt_path} is left as it was (resume with --init_from=resume, "
-                     "perhaps with a lower learning_rate or dtype=bfloat16).")
+        sums /= accum_per_rank  # means over micro-steps and ranks
+        newly_bad = (first_nonfinite[0] < 0) & ~torch.isfinite(sums[0])
+        first_nonfinite = torch.where(newly_bad, torch.stack([iter_on_device, sums[0].to(count_dtype)]), first_nonfinite)
+        iter_on_device += 1
         grad_norm = None
         if grad_clip > 0:
             scaler.unscale_(optimizer)
@@ -466,12 +486,15 @@ def main(argv):
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
-        if device_type == "cuda":
-            torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
         tokens_seen += tokens_per_iter
+        timed += 1
 
         if log_step:
+            stop_if_nonfinite()  # reads the device: the one synchronisation of a log step
+            now = time.perf_counter()
+            dt, t_mark, timed = (now - t_mark) / timed, now, 0  # mean over the iterations since the last log
+            mean_loss, mean_ce, mean_aux = sums.tolist()
+        if log_step and master:
             mfu = flops_per_iter / dt / (peak * world) if peak else None
             record = {"iter": iter_num, "loss": mean_loss, "ce": mean_ce, "lr": lr, "tokens": tokens_seen,
                       "dt_ms": dt * 1000, "mfu": mfu, "mem_mb": peak_memory_mb(device_type)}
