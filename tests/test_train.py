@@ -254,3 +254,37 @@ def test_init_from_a_hugging_face_qwen3_directory(tiny_dataset, tmp_path):
     x = torch.randint(0, 128, (1, 16))
     with torch.no_grad():
         assert (back(x).logits - model.eval()(x)[0]).abs().max() < 1e-5
+
+
+READS = """
+import sys, torch
+sys.path.insert(0, {repo!r})
+reads = [0]
+for name in ("item", "tolist"):
+    original = getattr(torch.Tensor, name)
+    def counted(self, *a, _original=original, **k):
+        reads[0] += 1
+        return _original(self, *a, **k)
+    setattr(torch.Tensor, name, counted)
+import train
+train.main(sys.argv[1:])
+print("READS", reads[0])
+"""
+
+
+def test_iterations_that_neither_log_nor_evaluate_read_nothing_back(tiny_dataset, tmp_path):
+    """Reading a tensor's value (.item(), .tolist()) waits for the device: train.py does it only at log
+    and eval steps. With one log step (iteration 0) and evals only at 0 and the end, 4 more iterations
+    add no read at all, with and without dispersion and gradient accumulation."""
+    counts = {}
+    for extra in ([], ["--dispersion=angular", "--gradient_accumulation_steps=2"]):
+        for iters in (4, 8):
+            out = tmp_path / f"out{len(extra)}_{iters}"
+            args = [*TINY_MODEL, f"--dataset={tiny_dataset}", f"--out_dir={out}", f"--max_iters={iters}",
+                    "--log_interval=1000", "--eval_interval=1000", "--eval_iters=1", *extra]
+            result = subprocess.run([sys.executable, "-c", READS.format(repo=str(REPO)), *args], cwd=REPO,
+                                    capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+            assert result.returncode == 0, result.stderr[-2000:]
+            counts[len(extra), iters] = int(result.stdout.split("READS")[-1])
+    assert counts[0, 4] == counts[0, 8] and counts[2, 4] == counts[2, 8], counts
+    assert counts[0, 4] > 0  # the log and eval steps do read
