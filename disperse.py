@@ -76,8 +76,12 @@ dedicated torch.Generator so the global RNG (dropout, data order) is untouched.
 
 import math
 import os
+import sys
+import time
 
 import torch
+
+import disperse_torch
 
 VARIANTS = ('angular', 'decorrelation', 'l2_repel', 'orthogonalization',
             'condense', 'cross_sequence', 'norm_penalty')
@@ -122,7 +126,8 @@ def _no_pairs(z):
     return z.sum() * 0.0
 
 
-def _unit_rows(z, eps):
+def unit_rows(z, eps):
+    """z / (|z| + eps) along the last dimension."""
     return z / (torch.linalg.vector_norm(z, dim=-1, keepdim=True) + eps)
 
 
@@ -133,11 +138,14 @@ def _angle(cos, clamp):
     return torch.arccos(cos_st) / math.pi
 
 
+# ----------------------------------------------------------------------------
+# The formulas, as plainly as PyTorch writes them: each builds the (B, T, T) matrix and lets
+# autograd differentiate it. IMPLEMENTATION = 'reference' computes the pair losses this way; the
+# engines (disperse_torch.py, disperse_triton.py) compute the same numbers in bounded memory.
+
 def _angular(z, tau, eps, clamp):
     B, T, C = z.shape
-    if T < 2:
-        return _no_pairs(z)
-    z_hat = _unit_rows(z, eps)
+    z_hat = unit_rows(z, eps)
     cos = z_hat @ z_hat.transpose(1, 2)  # (B, T, T)
     angle = _angle(cos, clamp)
     self_pairs = torch.eye(T, dtype=torch.bool, device=z.device)
@@ -145,264 +153,25 @@ def _angular(z, tau, eps, clamp):
     # while arccos' gradient at the (clamped) diagonal stays finite, so no 0*inf
     logits = (-angle / tau).masked_fill(self_pairs, float('-inf'))
     logits = logits.flatten(1)  # (B, T*T)
-    per_sequence = torch.logsumexp(logits, dim=1) - math.log(T * (T - 1))  # (B,)
-    return per_sequence.mean()
+    return torch.logsumexp(logits, dim=1) - math.log(T * (T - 1))  # (B,)
 
 
-class _AngularLowMemory(torch.autograd.Function):
-    """The previous implementation of the angular loss (IMPLEMENTATION = 'reference'), kept for
-    comparison: a hand-written backward that recomputes the whole (B, T, T) matrices instead of
-    keeping them, so only z and one number per sequence live between the passes, but each pass
-    still holds a few (B, T, T) tensors at once. Same value and gradient as _angular."""
-
-    @staticmethod
-    def forward(ctx, z, tau, eps, clamp):
-        B, T, C = z.shape
-        z_hat = _unit_rows(z, eps)
-        logits = _AngularLowMemory._logits(z_hat, tau, clamp)  # (B, T, T)
-        lse = torch.logsumexp(logits.flatten(1), dim=1)  # (B,)
-        ctx.save_for_backward(z, lse)
-        ctx.tau, ctx.eps, ctx.clamp = tau, eps, clamp
-        return (lse - math.log(T * (T - 1))).mean()
-
-    @staticmethod
-    def _logits(z_hat, tau, clamp, keep_cos=False):
-        """Pair logits -arccos(c)/(pi tau), -inf on the diagonal, from the clamped cosines c;
-        with keep_cos also c itself (the backward pass needs both)."""
-        T = z_hat.size(1)
-        cos = (z_hat @ z_hat.transpose(1, 2)).clamp_(-1.0 + clamp, 1.0 - clamp)  # (B, T, T)
-        logits = torch.arccos(cos) if keep_cos else cos.arccos_()
-        logits.mul_(-1.0 / (math.pi * tau))
-        logits.masked_fill_(torch.eye(T, dtype=torch.bool, device=z_hat.device), float('-inf'))
-        return (logits, cos) if keep_cos else logits
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        z, lse = ctx.saved_tensors
-        tau, eps, clamp = ctx.tau, ctx.eps, ctx.clamp
-        B = z.size(0)
-        z_hat = _unit_rows(z, eps)
-        logits, cos = _AngularLowMemory._logits(z_hat, tau, clamp, keep_cos=True)
-        weights = logits.sub_(lse[:, None, None]).exp_()  # (B, T, T): softmax over the pairs, 0 on the diagonal
-        # d loss / d cos_ij = w_ij / (B pi tau sqrt(1 - c_ij^2)), c the clamped cosine (straight-through)
-        grad_cos = cos.square_().neg_().add_(1.0).rsqrt_().mul_(weights).mul_(grad_out / (B * math.pi * tau))
-        grad_z_hat = 2.0 * (grad_cos @ z_hat)  # cos = z_hat z_hat^T and grad_cos is symmetric
-        return _through_unit_rows(grad_z_hat, z, eps), None, None, None
+def _orthogonalization(z, eps, clamp, margin):
+    B, T, C = z.shape
+    z_hat = unit_rows(z, eps)
+    angle = _angle(z_hat @ z_hat.transpose(1, 2), clamp)  # (B, T, T)
+    hinge = torch.relu(margin - angle).pow(2)
+    self_pairs = torch.eye(T, dtype=torch.bool, device=z.device)
+    return hinge.masked_fill(self_pairs, 0.0).sum(dim=(1, 2)) / (T * (T - 1))  # (B,)
 
 
-def _through_unit_rows(grad_z_hat, z, eps, scale=1.0):
-    """Chain rule through z_hat = z / (|z| + eps): the gradient on z from the one on z_hat, times
-    `scale` (a number or a (B, 1, 1) tensor, folded in here to save a pass over (B, T, C)). Out of
-    place: grad_z_hat may be a tensor saved for backward."""
-    norm = torch.linalg.vector_norm(z, dim=-1, keepdim=True)  # (B, T, 1)
-    radial = torch.linalg.vecdot(grad_z_hat, z, dim=-1).unsqueeze(-1)  # (B, T, 1)
-    inverse = scale / (norm + eps)  # (B, T, 1)
-    along_z = radial * inverse / (norm.clamp_min(1e-30) * (norm + eps))  # (B, T, 1)
-    return torch.mul(grad_z_hat, inverse).addcmul_(z, along_z, value=-1.0)
-
-
-# ----------------------------------------------------------------------------
-# The pair losses over tiles of the T x T matrix (IMPLEMENTATION = 'tiled', or 'triton')
-#
-# angular (and condense), orthogonalization and cross_sequence reduce a function of the clamped
-# cosine over all pairs of a sequence. Instead of building the (B, T, T) matrix, the forward pass
-# walks over blocks of it and keeps one partial result per sequence (a running log-sum-exp, or a
-# running sum for orthogonalization); the backward pass walks over the same blocks again,
-# recomputes each one and adds its share of the gradient, like FlashAttention's backward.
-# Within a sequence cos_ij = cos_ji, so only the pairs on and above the diagonal are visited:
-# each row-block of `tile` rows against the columns from its own first row on. The first block of
-# a row-block starts with its diagonal tile (counted once, its diagonal excluded); every pair to
-# the right of that tile stands for itself and its mirror image.
-#
-# A block is one row-block against up to _STRIP_PAIRS // tile columns: a strip of several tiles
-# in one matmul, because on CPU a few large matmuls run much faster than many small ones
-# (bench/bench_dispersion.py --tiles), and the pairs alive per sequence stay bounded by
-# _STRIP_PAIRS whatever T is. Each block costs a handful of passes over its pairs besides the
-# matmuls (clamp, arccos, exp, ...): constants are folded into as few of them as possible.
-
-_STRIP_PAIRS = 2 ** 18  # pairs per sequence in one block: 1 MB in float32
-# Largest spread (in nats) of the logits allowed for summing exp(logit - fixed shift) in one sweep:
-# exp(-60) is far above the smallest normal float32 (about exp(-87)), so no term underflows.
-_EXP_RANGE = 60.0
-
-
-def _tile_size(T):
-    """Rows per block: small enough that the diagonal tiles (whose lower halves are computed but
-    not needed) are a small part of the work, large enough for efficient matmuls. On 2 CPU cores
-    256 rows beat 128 at T = 1024 (bench/bench_dispersion.py --tiles --tile-sizes 128,256), though
-    their diagonal tiles waste twice the work."""
-    return 256
-
-
-def _pair_blocks(T, tile, symmetric, strip_pairs):
-    """(r0, r1, c0, c1) for the blocks rows r0:r1 x columns c0:c1 that cover the pairs, in strips
-    of at most max(tile, strip_pairs // tile) columns. With symmetric only the pairs on and above
-    the diagonal: each row-block against the columns from r0 on, so that its first block
-    (c0 == r0) starts with the diagonal tile, columns r0:r1."""
-    width = max(tile, strip_pairs // tile)
-    for r0 in range(0, T, tile):
-        r1 = min(r0 + tile, T)
-        for c0 in range(r0 if symmetric else 0, T, width):
-            yield r0, r1, c0, min(c0 + width, T)
-
-
-class _PairLoss(torch.autograd.Function):
-    """kind 'angular', 'orthogonalization' (pairs within a sequence, diagonal excluded) or
-    'cross_sequence' (sequence b against b+1, all T x T pairs). Keeps z and one number per
-    sequence between the passes. The pair work is done by `engine`: a _TorchTiles (PyTorch) or the
-    disperse_triton module (fused kernels), which both provide
-      pair_totals(z_hat, kind, tau, clamp, margin) -> (B,) log-sum-exp (or hinge sum) over the pairs
-      pair_grad(z_hat, kind, total, tau, clamp, margin) -> (B, T, C) pi * d(sum_b loss_b)/d z_hat."""
-
-    @staticmethod
-    def forward(ctx, z, kind, tau, eps, clamp, margin, engine):
-        z_hat = _unit_rows(z, eps)
-        one_sweep = None
-        if ctx.needs_input_grad[0] and hasattr(engine, 'pair_totals_and_grad'):
-            one_sweep = engine.pair_totals_and_grad(z_hat, kind, tau, clamp, margin)
-        if one_sweep is None:  # the forward pass only; backward recomputes the blocks
-            total, grad_z_hat = engine.pair_totals(z_hat, kind, tau, clamp, margin), None  # (B,)
-        else:  # the gradient too, kept for backward: one (B, T, C) tensor more
-            total, grad_z_hat = one_sweep
-        ctx.save_for_backward(z, total, grad_z_hat)
-        ctx.options = kind, tau, eps, clamp, margin, engine
-        return _pair_value(total, kind, z.size(1)).mean()
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        z, total, grad_z_hat = ctx.saved_tensors
-        kind, tau, eps, clamp, margin, engine = ctx.options
-        # float32 also when backward() is called inside an autocast region
-        with torch.autocast(device_type=z.device.type, enabled=False):
-            if grad_z_hat is None:
-                grad_z_hat = engine.pair_grad(_unit_rows(z, eps), kind, total, tau, clamp, margin)
-            grad_z = _through_unit_rows(grad_z_hat, z, eps, grad_out / (z.size(0) * math.pi))
-            return grad_z, None, None, None, None, None, None
-
-
-class _TorchTiles:
-    """The pair work of _PairLoss in PyTorch, one block of _pair_blocks at a time (batched over
-    the sequences): at most tile x max(tile, strip_pairs // tile) pairs per sequence alive."""
-
-    def __init__(self, tile, strip_pairs):
-        self.tile, self.strip_pairs = tile, strip_pairs
-
-    def pair_totals(self, z_hat, kind, tau, clamp, margin):
-        B, T, C = z_hat.shape
-        rows, cols, symmetric = _pair_operands(z_hat, kind)
-        hinge = kind == 'orthogonalization'
-        # per-sequence log-sum-exp (or sum, for the hinge) of the pair terms seen so far
-        total = z_hat.new_full((B,), 0.0 if hinge else float('-inf'))
-        # logit = -angle / tau = -arccos(c) / (pi tau); + log 2 for a pair that stands for two
-        to_logit, twice = -1.0 / (math.pi * tau), z_hat.new_tensor(math.log(2.0) if symmetric else 0.0)
-        for r0, r1, c0, c1 in _pair_blocks(T, self.tile, symmetric, self.strip_pairs):
-            r, diagonal = r1 - r0, symmetric and c0 == r0
-            cos = torch.bmm(rows[:, r0:r1], cols[:, c0:c1].transpose(1, 2))  # (B, r, c)
-            arccos = cos.clamp_(-1.0 + clamp, 1.0 - clamp).arccos_()  # pi * angle
-            if hinge:
-                terms = _hinge(arccos, margin).square_()
-                if diagonal:
-                    terms.diagonal(dim1=1, dim2=2).zero_()
-                block = terms.sum(dim=(1, 2))
-                if symmetric:  # the pairs right of the diagonal tile stand for two
-                    block = 2.0 * block - (terms[:, :, :r].sum(dim=(1, 2)) if diagonal else 0.0)
-                total += block
-            else:
-                logits = torch.add(twice, arccos, alpha=to_logit, out=arccos)
-                if diagonal:  # the diagonal tile's pairs are all there, each once
-                    logits[:, :, :r].sub_(twice).diagonal(dim1=1, dim2=2).fill_(float('-inf'))
-                total = torch.logaddexp(total, torch.logsumexp(logits, dim=(1, 2)))
-        return total
-
-    def pair_grad(self, z_hat, kind, total, tau, clamp, margin):
-        return self._grad_sweep(z_hat, kind, total, tau, clamp, margin)[0]
-
-    def pair_totals_and_grad(self, z_hat, kind, tau, clamp, margin):
-        """(pair_totals, pair_grad) from one sweep instead of two, which saves recomputing the
-        cosines (a third of the matmul work): the pair terms are summed against a fixed shift,
-        the largest logit the clamp allows, instead of the sequence's log-sum-exp. None where the
-        logits the clamp allows spread over more than _EXP_RANGE, so that exp could underflow."""
-        B = z_hat.size(0)
-        if kind == 'orthogonalization':  # the hinge's slope needs no total
-            grad, total = self._grad_sweep(z_hat, kind, None, tau, clamp, margin)
-            return total, grad
-        highest = -math.acos(1.0 - clamp) / (math.pi * tau)
-        lowest = -math.acos(-1.0 + clamp) / (math.pi * tau)
-        if highest - lowest > _EXP_RANGE:
-            return None
-        shift = z_hat.new_full((B,), highest)
-        grad, sums = self._grad_sweep(z_hat, kind, shift, tau, clamp, margin, normalise=True)
-        return sums.log() + highest, grad
-
-    def _grad_sweep(self, z_hat, kind, offset, tau, clamp, margin, normalise=False):
-        """(pi * d(sum_b loss_b)/d z_hat with the pair weights exp(logit - offset_b), divided by
-        their sum over the sequence if normalise; and the per-sequence sums of those weights, or of
-        the squared hinge terms for orthogonalization)."""
-        B, T, C = z_hat.shape
-        rows, cols, symmetric = _pair_operands(z_hat, kind)
-        hinge = kind == 'orthogonalization'
-        grad_rows = torch.zeros_like(z_hat)  # (B, T, C)
-        grad_cols = grad_rows if symmetric else torch.zeros_like(z_hat)
-        sums = z_hat.new_zeros(B)
-        one, to_logit = z_hat.new_ones(()), -1.0 / (math.pi * tau)
-        neg_offset = None if hinge else -offset.view(B, 1, 1)
-
-        def summed(terms):  # (B,): the squared hinge terms' sum, or the weights' sum
-            return torch.linalg.vecdot(terms, terms, dim=-1).sum(dim=1) if hinge else terms.sum(dim=(1, 2))
-        for r0, r1, c0, c1 in _pair_blocks(T, self.tile, symmetric, self.strip_pairs):
-            r, diagonal = r1 - r0, symmetric and c0 == r0
-            cos = torch.bmm(rows[:, r0:r1], cols[:, c0:c1].transpose(1, 2))  # (B, r, c)
-            cos.clamp_(-1.0 + clamp, 1.0 - clamp)
-            arccos = torch.arccos(cos)  # pi * angle
-            # the slope -d(pair term)/d(angle), up to a constant factor applied at the end:
-            # (margin - angle)+ for the hinge, exp(logit - offset) for the log-sum-exp
-            terms = _hinge(arccos, margin) if hinge else \
-                torch.add(neg_offset, arccos, alpha=to_logit, out=arccos).exp_()
-            if diagonal:
-                terms.diagonal(dim1=1, dim2=2).zero_()
-            block = summed(terms)
-            if symmetric:  # the pairs right of the diagonal tile stand for two
-                block = 2.0 * block - (summed(terms[:, :, :r]) if diagonal else 0.0)
-            sums += block
-            # the angle's derivative -1/(pi sqrt(1 - c^2)), taken at the clamped c (straight-through)
-            grad_cos = torch.addcmul(one, cos, cos, value=-1.0, out=cos).rsqrt_().mul_(terms)
-            grad_rows[:, r0:r1].baddbmm_(grad_cos, cols[:, c0:c1])
-            # the same pairs seen from their columns; the diagonal tile already holds both sides
-            mirror = r if diagonal else 0
-            if c0 + mirror < c1:
-                grad_cols[:, c0 + mirror:c1].baddbmm_(grad_cos[:, :, mirror:].transpose(1, 2), rows[:, r0:r1])
-        # the constant factors: the hinge's 2 / (T(T-1)) from the mean of squares, or 1 / tau and
-        # the softmax's normaliser; 2 for a symmetric matrix (d cos_ij / d z_hat_k counts k as the row
-        # and as the column)
-        factor = z_hat.new_full((B,), 2.0 / (T * (T - 1)) if hinge else 1.0 / tau)
-        if normalise:
-            factor = factor / sums
-        if symmetric:
-            return grad_rows.mul_((2.0 * factor).view(B, 1, 1)), sums
-        # cols[b] is z_hat[b + 1]: scale by sequence b's factor before moving its column gradient
-        grad_rows.mul_(factor.view(B, 1, 1))
-        return grad_rows.add_(grad_cols.mul_(factor.view(B, 1, 1)).roll(shifts=1, dims=0)), sums
-
-
-def _hinge(arccos, margin):
-    """(margin - angle)+ from arccos(c) = pi * angle, in place."""
-    return torch.add(arccos.new_tensor(margin), arccos, alpha=-1.0 / math.pi, out=arccos).relu_()
-
-
-def _pair_operands(z_hat, kind):
-    """(rows, columns, symmetric) of the pair matrix cos = rows columns^T of each sequence."""
-    if kind == 'cross_sequence':
-        return z_hat, z_hat.roll(shifts=-1, dims=0), False  # columns of b: sequence (b+1) % B
-    return z_hat, z_hat, True
-
-
-def _pair_value(total, kind, T):
-    """Per-sequence loss from the accumulated log-sum-exp (or hinge sum) over the pairs."""
-    if kind == 'orthogonalization':
-        return total / (T * (T - 1))
-    if kind == 'cross_sequence':
-        return total - math.log(T * T)
-    return total - math.log(T * (T - 1))
+def _cross_sequence(z, tau, eps, clamp):
+    B, T, C = z.shape
+    z_hat = unit_rows(z, eps)
+    next_seq = z_hat.roll(shifts=-1, dims=0)  # next_seq[b] = z_hat[(b+1) % B]
+    angle = _angle(z_hat @ next_seq.transpose(1, 2), clamp)  # (B, T, T), all cross pairs
+    logits = (-angle / tau).flatten(1)  # (B, T*T)
+    return torch.logsumexp(logits, dim=1) - math.log(T * T)  # (B,)
 
 
 def _decorrelation(z):
@@ -431,71 +200,189 @@ def _l2_repel(z, tau, norm_weight):
     return per_sequence.mean() + norm_weight * z.pow(2).mean()
 
 
-def _orthogonalization(z, eps, clamp, margin):
-    B, T, C = z.shape
-    if T < 2:
-        return _no_pairs(z)
-    z_hat = _unit_rows(z, eps)
-    angle = _angle(z_hat @ z_hat.transpose(1, 2), clamp)  # (B, T, T)
-    hinge = torch.relu(margin - angle).pow(2)
-    self_pairs = torch.eye(T, dtype=torch.bool, device=z.device)
-    per_sequence = hinge.masked_fill(self_pairs, 0.0).sum(dim=(1, 2)) / (T * (T - 1))  # (B,)
-    return per_sequence.mean()
+# ----------------------------------------------------------------------------
+# The pair losses in bounded memory
+#
+# angular (and condense), orthogonalization and cross_sequence reduce a function of the clamped
+# cosine over all pairs of a sequence. An engine never builds the whole (B, T, T) matrix: its
+# forward pass walks over pieces of it and keeps one number per sequence (a log-sum-exp, or a sum
+# for orthogonalization); the gradient comes from walking over the same pieces, like
+# FlashAttention's backward. Only z and those numbers (or, from a one-sweep engine, the gradient
+# itself) are kept between the passes.
+
+class _PairLoss(torch.autograd.Function):
+    """Per-sequence losses (N,) of kind 'angular', 'orthogonalization' or 'cross_sequence' of z
+    (N, T, C), by `engine` (disperse_torch.Tiles or .Dense, or the disperse_triton module)."""
+
+    @staticmethod
+    def forward(ctx, z, kind, tau, eps, clamp, margin, engine):
+        z_hat = unit_rows(z, eps)
+        one_sweep = None
+        if ctx.needs_input_grad[0] and hasattr(engine, 'pair_totals_and_grad'):
+            one_sweep = engine.pair_totals_and_grad(z_hat, kind, tau, clamp, margin)
+        if one_sweep is None:  # the forward pass only; backward recomputes the pieces
+            total, grad_z_hat = engine.pair_totals(z_hat, kind, tau, clamp, margin), None  # (N,)
+        else:  # the gradient too, kept for backward: one (N, T, C) tensor more
+            total, grad_z_hat = one_sweep
+        ctx.save_for_backward(z, total, grad_z_hat)
+        ctx.options = kind, tau, eps, clamp, margin, engine
+        return _pair_value(total, kind, z.size(1))
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        z, total, grad_z_hat = ctx.saved_tensors
+        kind, tau, eps, clamp, margin, engine = ctx.options
+        # float32 also when backward() is called inside an autocast region
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            if grad_z_hat is None:
+                grad_z_hat = engine.pair_grad(unit_rows(z, eps), kind, total, tau, clamp, margin)
+            grad_z = _through_unit_rows(grad_z_hat, z, eps, grad_out.view(-1, 1, 1) / math.pi)
+            return grad_z, None, None, None, None, None, None
 
 
-def _cross_sequence(z, tau, eps, clamp):
-    B, T, C = z.shape
-    z_hat = _unit_rows(z, eps)
-    next_seq = z_hat.roll(shifts=-1, dims=0)  # next_seq[b] = z_hat[(b+1) % B]
-    angle = _angle(z_hat @ next_seq.transpose(1, 2), clamp)  # (B, T, T), all cross pairs
-    logits = (-angle / tau).flatten(1)  # (B, T*T)
-    per_sequence = torch.logsumexp(logits, dim=1) - math.log(T * T)  # (B,)
-    return per_sequence.mean()
+def _through_unit_rows(grad_z_hat, z, eps, scale=1.0):
+    """Chain rule through z_hat = z / (|z| + eps): the gradient on z from the one on z_hat, times
+    `scale` (a number or an (N, 1, 1) tensor, folded in here to save a pass over (N, T, C)). Out of
+    place: grad_z_hat may be a tensor saved for backward."""
+    norm = torch.linalg.vector_norm(z, dim=-1, keepdim=True)  # (N, T, 1)
+    radial = torch.linalg.vecdot(grad_z_hat, z, dim=-1).unsqueeze(-1)  # (N, T, 1)
+    inverse = scale / (norm + eps)  # (N, T, 1)
+    along_z = radial * inverse / (norm.clamp_min(1e-30) * (norm + eps))  # (N, T, 1)
+    return torch.mul(grad_z_hat, inverse).addcmul_(z, along_z, value=-1.0)
+
+
+def _pair_value(total, kind, T):
+    """Per-sequence loss from the accumulated log-sum-exp (or hinge sum) over the pairs."""
+    if kind == 'orthogonalization':
+        return total / (T * (T - 1))
+    if kind == 'cross_sequence':
+        return total - math.log(T * T)
+    return total - math.log(T * (T - 1))
 
 
 # Which implementation computes the pair losses (angular, condense, orthogonalization, cross_sequence):
-#   'auto'       the Triton kernel (disperse_triton.py) for float32 on CUDA when triton imports, else 'tiled'
-#   'tiled'      PyTorch over blocks of the pair matrix (_PairLoss, _TorchTiles): memory linear in T
-#   'triton'     the Triton kernel, forced (CUDA, or CPU under TRITON_INTERPRET=1)
-#   'reference'  the previous full-matrix implementations, for comparison (memory quadratic in T)
-# Benchmarks and tests set these two module attributes; TILE = None lets _tile_size choose.
+#   'auto'       on a CPU 'tiled'; on a GPU the fastest of 'dense', 'tiled' and 'triton' for each new shape,
+#                timed once on the device itself (choose_implementation; AUTO_CHOICES records the timings)
+#   'tiled'      disperse_torch.Tiles: the upper triangle in blocks, fewest operations' worth of arithmetic
+#   'dense'      disperse_torch.Dense: whole rows, many sequences per batched matmul; its elementwise step
+#                compiled with torch.compile on the devices in DENSE_COMPILE
+#   'triton'     disperse_triton.py's fused kernels (CUDA, or CPU under TRITON_INTERPRET=1)
+#   'reference'  the plain formulas above (memory quadratic in T)
+# Benchmarks and tests set these module attributes; TILE = None lets disperse_torch.tile_size choose.
 IMPLEMENTATION = 'auto'
-IMPLEMENTATIONS = ('auto', 'tiled', 'triton', 'reference')
+IMPLEMENTATIONS = ('auto', 'tiled', 'dense', 'triton', 'reference')
 TILE = None
+DENSE_COMPILE = ('cuda',)  # device types on which Dense's elementwise step runs compiled
+DENSE_MATMUL_DTYPE = None  # Dense's products: None in float32 (TF32 where torch allows it), or torch.bfloat16
+MEASURE_ON = ('cuda',)  # device types on which 'auto' times the candidates (elsewhere: 'tiled', see below)
+AUTO_CHOICES = {}  # (kind, shape, dtype, device, grad) -> {'choice': name, 'ms': {name: ms or error}}
+_compiled_weights = None
 
 
-def _pair_loss(z, kind, tau, eps, clamp, margin):
-    """Loss `kind` ('angular', 'orthogonalization' or 'cross_sequence') by IMPLEMENTATION."""
+def _engine(implementation, z):
+    if implementation == 'triton':
+        if not triton_usable(z.device):
+            raise RuntimeError(f"disperse.IMPLEMENTATION='triton' needs `pip install triton` and a CUDA device "
+                               f"(or TRITON_INTERPRET=1 on CPU); got a tensor on {z.device}")
+        import disperse_triton
+        return disperse_triton
+    if implementation == 'dense':
+        return disperse_torch.Dense(disperse_torch.DENSE_PAIRS, _dense_weights_fn(z.device), DENSE_MATMUL_DTYPE)
+    return disperse_torch.Tiles(TILE if TILE is not None else disperse_torch.tile_size(z.size(1)),
+                                disperse_torch.STRIP_PAIRS)
+
+
+def _dense_weights_fn(device):
+    """Dense's elementwise step: compiled (once per process) on the device types of DENSE_COMPILE."""
+    global _compiled_weights
+    if device.type not in DENSE_COMPILE:
+        return disperse_torch.dense_weights
+    if _compiled_weights is None:
+        _compiled_weights = torch.compile(disperse_torch.dense_weights, dynamic=False)
+    return _compiled_weights
+
+
+def pair_losses(z, kind, tau, eps, clamp, margin):
+    """Per-sequence losses (N,) of `kind` ('angular', 'orthogonalization' or 'cross_sequence') of
+    float32 or float64 hidden states z (N, T, C), by IMPLEMENTATION."""
     T = z.size(1)
     if T < 2 and kind != 'cross_sequence':
-        return _no_pairs(z)
-    implementation = _choose_implementation(z)
+        return z.sum(dim=(1, 2)) * 0.0
+    implementation = choose_implementation(z, kind, tau, eps, clamp, margin)
     if implementation == 'reference':
         if kind == 'angular':
-            return _AngularLowMemory.apply(z, tau, eps, clamp)
+            return _angular(z, tau, eps, clamp)
         if kind == 'orthogonalization':
             return _orthogonalization(z, eps, clamp, margin)
         return _cross_sequence(z, tau, eps, clamp)
     if implementation == 'triton':
-        if not _triton_usable(z.device):
-            raise RuntimeError(f"disperse.IMPLEMENTATION='triton' needs `pip install triton` and a CUDA device "
-                               f"(or TRITON_INTERPRET=1 on CPU); got a tensor on {z.device}")
-        import disperse_triton
-        return _PairLoss.apply(z.float(), kind, tau, eps, clamp, margin, disperse_triton)
-    tiles = _TorchTiles(TILE if TILE is not None else _tile_size(T), _STRIP_PAIRS)
-    return _PairLoss.apply(z, kind, tau, eps, clamp, margin, tiles)
+        z = z.float()  # the kernels take float32
+    return _PairLoss.apply(z, kind, tau, eps, clamp, margin, _engine(implementation, z))
 
 
-def _choose_implementation(z):
-    """IMPLEMENTATION resolved for these hidden states: 'auto' becomes 'triton' or 'tiled'."""
+def choose_implementation(z, kind='angular', tau=1.0, eps=1e-2, clamp=0.1, margin=0.5):
+    """IMPLEMENTATION resolved for these hidden states. 'auto' is 'tiled' on devices outside
+    MEASURE_ON: on 2 CPU cores the tiles beat every other engine (docs/performance.md). On the others
+    (GPUs) the first call with a new (kind, shape, dtype, device) times every usable engine on a
+    random tensor of that shape, forward and backward, and keeps the fastest for the rest of the
+    process; the timings are in AUTO_CHOICES and printed once."""
     if IMPLEMENTATION not in IMPLEMENTATIONS:
         raise ValueError(f"disperse.IMPLEMENTATION={IMPLEMENTATION!r}; valid: {', '.join(IMPLEMENTATIONS)}")
     if IMPLEMENTATION != 'auto':
         return IMPLEMENTATION
-    return 'triton' if z.is_cuda and z.dtype == torch.float32 and _triton_usable(z.device) else 'tiled'
+    if z.device.type not in MEASURE_ON:
+        return 'tiled'
+    if torch.compiler.is_compiling():  # inside a compiled region nothing can be timed; Dense traces well
+        return 'dense'
+    key = (kind, tuple(z.shape), str(z.dtype), str(z.device), z.requires_grad)
+    if key not in AUTO_CHOICES:
+        AUTO_CHOICES[key] = _measure(z, kind, tau, eps, clamp, margin)
+        timings = ", ".join(f"{name} {ms:.2f} ms" if isinstance(ms, float) else f"{name} failed ({ms})"
+                            for name, ms in AUTO_CHOICES[key]['ms'].items())
+        print(f"disperse: {kind} on {tuple(z.shape)} {z.device}: {timings} -> {AUTO_CHOICES[key]['choice']}",
+              file=sys.stderr)
+    return AUTO_CHOICES[key]['choice']
 
 
-def _triton_usable(device='cuda'):
+def _measure(z, kind, tau, eps, clamp, margin, reps=3):
+    """{'choice', 'ms'}: the median time of `reps` forward (and, if z needs a gradient, backward)
+    passes of each usable engine on random states of z's shape; one untimed pass first (compiling,
+    autotuning). An engine that raises is reported and passed over."""
+    candidates = ['dense', 'tiled'] + (['triton'] if triton_usable(z.device) else [])
+    sample = torch.randn(z.shape, device=z.device, dtype=z.dtype, generator=torch.Generator(z.device).manual_seed(0))
+    timings = {}
+    for name in candidates:
+        def run():
+            x = sample.detach().requires_grad_(z.requires_grad)
+            with torch.enable_grad() if z.requires_grad else torch.no_grad():
+                losses = _PairLoss.apply(x.float() if name == 'triton' else x, kind, tau, eps, clamp, margin,
+                                         _engine(name, x))
+                if z.requires_grad:
+                    losses.sum().backward()
+        try:
+            run()
+            times = []
+            for _ in range(reps):
+                _synchronize(z.device)
+                t0 = time.perf_counter()
+                run()
+                _synchronize(z.device)
+                times.append((time.perf_counter() - t0) * 1000)
+            timings[name] = sorted(times)[len(times) // 2]
+        except Exception as e:  # noqa: BLE001  (a kernel that fails to build on this device: use another)
+            timings[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
+    valid = {name: ms for name, ms in timings.items() if isinstance(ms, float)}
+    if not valid:
+        raise RuntimeError(f"no dispersion engine ran on {z.device}: {timings}")
+    return {'choice': min(valid, key=valid.get), 'ms': timings}
+
+
+def _synchronize(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def triton_usable(device='cuda'):
     """Whether the Triton kernel (disperse_triton.py) can run on `device`: triton imports, and the
     device is CUDA or the CPU under Triton's interpreter (TRITON_INTERPRET=1)."""
     if not (str(device).startswith('cuda') or os.environ.get('TRITON_INTERPRET') == '1'):
@@ -507,6 +394,33 @@ def _triton_usable(device='cuda'):
     return True
 
 
+def _check_options(variant, clamp, tau):
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown dispersion variant {variant!r}; valid: {', '.join(VARIANTS)}")
+    if not 0.0 < clamp < 1.0:
+        raise ValueError(f"clamp must be in (0, 1) so that arccos' gradient stays finite, got {clamp}")
+    if tau <= 0:
+        raise ValueError(f"tau must be > 0, got {tau}")
+
+
+def _per_sequence(z, variant, tau, eps, clamp, margin, norm_weight):
+    """The pair variants' per-sequence losses (N,) of float32/float64 z (N, T, C); the other
+    variants' loss (a scalar, already averaged over the batch)."""
+    if variant in ('angular', 'condense'):
+        losses = pair_losses(z, 'angular', tau, eps, clamp, margin)
+        return losses if variant == 'angular' else -losses
+    if variant in ('orthogonalization', 'cross_sequence'):
+        if variant == 'cross_sequence' and z.size(0) < 2:
+            raise ValueError(f"cross_sequence pairs sequence b with b+1, so it needs a batch of B >= 2, "
+                             f"got B={z.size(0)}")
+        return pair_losses(z, variant, tau, eps, clamp, margin)
+    if variant == 'decorrelation':
+        return _decorrelation(z)
+    if variant == 'l2_repel':
+        return _l2_repel(z, tau, norm_weight)
+    return z.pow(2).sum(dim=-1).mean()  # norm_penalty: mean over (B, T) of ||z||^2
+
+
 def dispersion_loss(z, variant, *, tau=1.0, eps=1e-2, clamp=0.1, margin=0.5,
                     norm_weight=0.1, max_tokens=None, generator=None):
     """One layer's loss. z: (B, T, C) hidden states; returns a scalar tensor
@@ -516,29 +430,12 @@ def dispersion_loss(z, variant, *, tau=1.0, eps=1e-2, clamp=0.1, margin=0.5,
     `orthogonalization`; norm_weight: weight of mean(z^2) in `l2_repel`;
     max_tokens: subsample to this many positions (shared across the batch)
     using `generator` (a module-private generator seeded 0 if None)."""
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown dispersion variant {variant!r}; valid: {', '.join(VARIANTS)}")
+    _check_options(variant, clamp, tau)
     if z.dim() != 3:
         raise ValueError(f"expected hidden states of shape (B, T, C), got {tuple(z.shape)}")
-    if not 0.0 < clamp < 1.0:
-        raise ValueError(f"clamp must be in (0, 1) so that arccos' gradient stays finite, got {clamp}")
-    if tau <= 0:
-        raise ValueError(f"tau must be > 0, got {tau}")
     with torch.autocast(device_type=z.device.type, enabled=False):
         z = _as_loss_dtype(_subsample(z, max_tokens, generator))  # (B, T', C)
-        if variant in ('angular', 'condense'):
-            loss = _pair_loss(z, 'angular', tau, eps, clamp, margin)
-            return loss if variant == 'angular' else -loss
-        if variant in ('orthogonalization', 'cross_sequence'):
-            if variant == 'cross_sequence' and z.size(0) < 2:
-                raise ValueError(f"cross_sequence pairs sequence b with b+1, so it needs a batch of B >= 2, "
-                                 f"got B={z.size(0)}")
-            return _pair_loss(z, variant, tau, eps, clamp, margin)
-        if variant == 'decorrelation':
-            return _decorrelation(z)
-        if variant == 'l2_repel':
-            return _l2_repel(z, tau, norm_weight)
-        return z.pow(2).sum(dim=-1).mean()  # norm_penalty: mean over (B, T) of ||z||^2
+        return _per_sequence(z, variant, tau, eps, clamp, margin, norm_weight).mean()
 
 
 @torch.no_grad()
@@ -546,19 +443,25 @@ def mean_pairwise_cos(z, eps=1e-2):
     """Mean cosine over the off-diagonal pairs within each sequence, averaged
     over the batch; rows normalised by ||z|| + eps. For logging only (no grad).
     Returns 0 when T < 2 (no pairs)."""
+    return pairwise_cos_per_sequence(z, eps).mean()
+
+
+@torch.no_grad()
+def pairwise_cos_per_sequence(z, eps=1e-2):
+    """mean_pairwise_cos of each sequence of z (N, T, C): (N,), float32 (float64 for float64 z)."""
     with torch.autocast(device_type=z.device.type, enabled=False):
         z = _as_loss_dtype(z)
-        B, T, C = z.shape
+        N, T, C = z.shape
         if T < 2:
-            return z.new_zeros(())
+            return z.new_zeros(N)
         # with u_i = z_i / (|z_i| + eps), the sum over all pairs of u_i . u_j is |sum_i u_i|^2, so no
-        # T x T matrix is needed; nor the (B, T, C) u itself: sum_i u_i is a (1, T) x (T, C) product
-        norm = torch.linalg.vector_norm(z, dim=-1, keepdim=True)  # (B, T, 1)
-        inverse = 1.0 / (norm + eps)  # (B, T, 1)
-        sum_u = torch.bmm(inverse.transpose(1, 2), z)  # (B, 1, C)
-        all_pairs = sum_u.square().sum(dim=(1, 2))  # (B,)
-        self_pairs = (norm * inverse).square().sum(dim=(1, 2))  # (B,): |u_i|^2 summed
-        return ((all_pairs - self_pairs) / (T * (T - 1))).mean()
+        # T x T matrix is needed; nor the (N, T, C) u itself: sum_i u_i is a (1, T) x (T, C) product
+        norm = torch.linalg.vector_norm(z, dim=-1, keepdim=True)  # (N, T, 1)
+        inverse = 1.0 / (norm + eps)  # (N, T, 1)
+        sum_u = torch.bmm(inverse.transpose(1, 2), z)  # (N, 1, C)
+        all_pairs = sum_u.square().sum(dim=(1, 2))  # (N,)
+        self_pairs = (norm * inverse).square().sum(dim=(1, 2))  # (N,): |u_i|^2 summed
+        return (all_pairs - self_pairs) / (T * (T - 1))
 
 
 def layer_indices(n_layer, which):
@@ -616,18 +519,31 @@ def dispersion_term(hidden, variant, layers, weight, *, max_tokens=None, generat
     'disp/raw' (unweighted layer mean), 'disp/weighted', and per layer
     'disp/layer{i}/loss' and 'disp/layer{i}/pair_cos' (mean_pairwise_cos, the mean cosine
     over the off-diagonal pairs the loss sees, on the same subsample; not the probe's
-    mean_cos, which includes the diagonal)."""
+    mean_cos, which includes the diagonal).
+
+    The selected layers of a within-sequence pair loss (angular, condense, orthogonalization) go
+    through the engine together, as one (L * B, T, C) batch: one call instead of L, which on a GPU
+    is most of the saving at short T."""
+    options = dict(tau=1.0, eps=1e-2, clamp=0.1, margin=0.5, norm_weight=0.1)
+    options.update(loss_options)
+    _check_options(variant, options['clamp'], options['tau'])
     chosen = layer_indices(len(hidden) - 1, layers)
+    # one subsample per layer, shared by the loss and its logged cosine
+    states = [_subsample(hidden[i], max_tokens, generator) for i in chosen]  # L x (B, T', C)
+    with torch.autocast(device_type=states[0].device.type, enabled=False):
+        if variant in ('angular', 'condense', 'orthogonalization') and len({s.shape for s in states}) == 1:
+            stacked = torch.stack([_as_loss_dtype(s) for s in states])  # (L, B, T', C)
+            L, B = stacked.shape[:2]
+            per_layer = _per_sequence(stacked.flatten(0, 1), variant, **options).view(L, B).mean(dim=1)  # (L,)
+            pair_cos = pairwise_cos_per_sequence(stacked.flatten(0, 1), options['eps']).view(L, B).mean(dim=1)
+        else:
+            per_layer = torch.stack([_per_sequence(_as_loss_dtype(s), variant, **options).mean() for s in states])
+            pair_cos = torch.stack([mean_pairwise_cos(s, options['eps']) for s in states])
     stats = {}
-    per_layer = []
-    for i in chosen:
-        # one subsample per layer call, shared by the loss and its logged cosine
-        h = _subsample(hidden[i], max_tokens, generator)  # (B, T', C)
-        loss = dispersion_loss(h, variant, **loss_options)
-        per_layer.append(loss)
-        stats[f'disp/layer{i}/loss'] = loss.detach()
-        stats[f'disp/layer{i}/pair_cos'] = mean_pairwise_cos(h, eps=loss_options.get('eps', 1e-2))
-    raw = torch.stack(per_layer).mean()  # mean, not sum, across layers
+    for k, i in enumerate(chosen):
+        stats[f'disp/layer{i}/loss'] = per_layer[k].detach()
+        stats[f'disp/layer{i}/pair_cos'] = pair_cos[k]
+    raw = per_layer.mean()  # mean, not sum, across layers
     total = weight * raw
     stats['disp/raw'] = raw.detach()
     stats['disp/weighted'] = total.detach()

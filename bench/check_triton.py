@@ -220,7 +220,7 @@ def main():
         except ImportError as e:
             refuse(f"--compile-for needs triton with its CUDA backend (pip install triton): {e}")
         return report_compiled(compile_for(archs), args.json)
-    if not disperse._triton_usable(args.device):
+    if not disperse.triton_usable(args.device):
         refuse(f"the Triton kernels cannot run on --device {args.device}: they need `pip install triton` and a "
                "CUDA device, or TRITON_INTERPRET=1 in the environment for the CPU")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
