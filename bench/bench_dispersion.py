@@ -26,13 +26,17 @@ before (z itself): the growth of the peak resident set size on CPU (VmHWM, reset
 torch.cuda.max_memory_allocated on CUDA. The reference implementation is skipped where its (T, T) matrices would not fit --max-gb.
 
 Implementations (--impl, comma-separated; they set disperse.IMPLEMENTATION):
-  reference  the previous one: whole (B, T, T) matrices, memory quadratic in T
-  tiled      PyTorch over blocks of the pair matrix, memory linear in T
+  reference  the plain formulas: whole (B, T, T) matrices through autograd, memory quadratic in T
+  tiled      disperse_torch.Tiles: the upper triangle in blocks, memory linear in T
+  dense      disperse_torch.Dense: whole rows of many sequences per batched matmul, float32 products
+             (TF32 where torch allows them), the elementwise step compiled on CUDA
+  dense-bf16 the same with bf16 products (disperse.DENSE_MATMUL_DTYPE = torch.bfloat16)
   triton     the fused kernel of disperse_triton.py (CUDA, or CPU under TRITON_INTERPRET=1), its
              matmuls in float32 on the CUDA cores (disperse_triton.DOT_PRECISION = 'ieee', the default)
-  triton-tf32x3  the same kernel with DOT_PRECISION = 'tf32x3': three TF32 tensor-core products per
-             matmul (on CUDA by default, beside triton, to decide which should be the default)
-  auto       what training uses: triton on CUDA when it imports, else tiled
+  triton-tf32x3  the same kernel with DOT_PRECISION = 'tf32x3': three TF32 tensor-core products per matmul
+  auto       what training uses: tiled on a CPU; on a GPU the fastest engine for the shape, timed once
+             (its choice and timings are printed to stderr)
+In step mode every implementation is timed twice: inside the step, and as "loss alone".
 """
 
 import argparse
@@ -51,6 +55,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import disperse  # noqa: E402
+import disperse_torch  # noqa: E402
 from bench.bench_model_versions import load_module  # noqa: E402
 from bench.provenance import failure_text, write_result  # noqa: E402
 
@@ -85,14 +90,18 @@ def interleaved(variants, reps, device, failed):
     return times
 
 
-# --impl names beyond disperse.IMPLEMENTATIONS: the Triton kernel with another dot precision
+# --impl names beyond disperse.IMPLEMENTATIONS: the Triton kernel with another dot precision, Dense with bf16 products
 TRITON_PRECISIONS = {"triton-tf32x3": "tf32x3"}
+DENSE_DTYPES = {"dense-bf16": torch.bfloat16}
 
 
 def use(implementation, tile=None):
-    """Set disperse.IMPLEMENTATION and TILE (and, for the triton names, the kernel's dot precision)."""
+    """Set disperse.IMPLEMENTATION and TILE (and, for the triton-* and dense-* names, the kernel's dot
+    precision or Dense's matmul dtype; any other name sets both back to their defaults)."""
     precision = TRITON_PRECISIONS.get(implementation)
-    disperse.IMPLEMENTATION, disperse.TILE = ("triton" if precision else implementation), tile
+    base = "triton" if precision else "dense" if implementation in DENSE_DTYPES else implementation
+    disperse.IMPLEMENTATION, disperse.TILE = base, tile
+    disperse.DENSE_MATMUL_DTYPE = DENSE_DTYPES.get(implementation)
     if precision or "disperse_triton" in sys.modules:  # back to the default after a triton-* variant
         import disperse_triton
         disperse_triton.DOT_PRECISION = precision or "ieee"
@@ -126,8 +135,8 @@ def step_times(args):
     with torch.no_grad():
         hidden = [h.detach().float().requires_grad_() for h in model(x, x, return_hidden=True)[2]]
 
-    def loss_alone():
-        use("auto")
+    def loss_alone(implementation="auto"):
+        use(implementation)
         disperse.dispersion_term(hidden, "angular", "all", 0.1)[0].backward()
 
     grads = [torch.randn_like(h) for h in hidden]
@@ -152,6 +161,8 @@ def step_times(args):
     for implementation in args.impl:
         variants[f"angular, all {args.seq} positions, {implementation}"] = \
             lambda implementation=implementation: step(implementation, None)
+        alone = f"loss alone, all {args.seq} positions, {implementation}"
+        parts[alone] = variants[alone] = lambda implementation=implementation: loss_alone(implementation)
     if args.max_tokens and args.max_tokens < args.seq:
         variants[f"angular, {args.max_tokens} sampled positions, auto"] = lambda: step("auto", args.max_tokens)
     times = interleaved(variants, args.reps, args.device, failed)
@@ -189,16 +200,16 @@ def tile_times(args):
         disperse.dispersion_loss(h, "angular").backward()
 
     failed = {}
-    variants = {"reference": lambda: loss("reference", None)}
+    variants = {"reference": lambda: loss("reference", None), "dense": lambda: loss("dense", None)}
     for tile in args.tile_sizes:
         variants[f"tiled, tile {tile}"] = lambda tile=tile: loss("tiled", tile)
-    tile = disperse._tile_size(args.seq)
+    tile = disperse_torch.tile_size(args.seq)
     variants[f"tiled, automatic tile {tile}"] = lambda: loss("tiled", None)
-    z_hat = disperse._unit_rows(h.detach(), 1e-2)
+    z_hat = disperse.unit_rows(h.detach(), 1e-2)
 
     def matmuls_only():  # the automatic tiling's matmuls, none of its elementwise work: the floor
         grad = torch.zeros_like(z_hat)
-        for r0, r1, c0, c1 in disperse._pair_blocks(args.seq, tile, True, disperse._STRIP_PAIRS):
+        for r0, r1, c0, c1 in disperse_torch.pair_blocks(args.seq, tile, True, disperse_torch.STRIP_PAIRS):
             cos = torch.bmm(z_hat[:, r0:r1], z_hat[:, c0:c1].transpose(1, 2))  # (B, r, c)
             grad[:, r0:r1].baddbmm_(cos, z_hat[:, c0:c1])
             mirror = r1 - r0 if c0 == r0 else 0
@@ -217,7 +228,7 @@ def tile_times(args):
     times = interleaved(variants, args.reps, args.device, failed)
     rows = []
     print(f"angular loss alone, forward + backward, (B, T, C) = ({args.batch}, {args.seq}, {args.n_embd}), "
-          f"{disperse._STRIP_PAIRS} pairs per block")
+          f"{disperse_torch.STRIP_PAIRS} pairs per block")
     for name, ts in times.items():
         rows.append({"variant": name, "median_s": statistics.median(ts), "times_s": ts})
         print(f"{name:48s} {statistics.median(ts) * 1000:9.2f} ms")
@@ -314,8 +325,9 @@ def main():
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                    help="step mode: the model under bf16 autocast or in float32 (the loss is float32 either way)")
     p.add_argument("--impl", type=comma_list(str), default=None,
-                   help="implementations to compare, comma-separated, of reference, tiled, triton, auto "
-                        "(default: reference,tiled, plus triton on CUDA when it imports)")
+                   help="implementations to compare, comma-separated, of reference, tiled, dense, dense-bf16, "
+                        "triton, triton-tf32x3, auto (default: reference,tiled,dense, plus on CUDA dense-bf16, auto "
+                        "and the triton ones when it imports)")
     p.add_argument("--max-tokens", type=int, default=256,
                    help="step mode: also time the loss on this many sampled positions (0: don't)")
     p.add_argument("--batch", type=int, default=1, help="sequences per step (default 1)")
@@ -343,14 +355,14 @@ def main():
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit(f"--device {args.device}: CUDA is not available here; use --device cpu")
     if args.impl is None:
-        args.impl = ["reference", "tiled"]
-        if args.device.startswith("cuda") and disperse._triton_usable():
-            args.impl += ["triton", "triton-tf32x3"]
-    names = (*disperse.IMPLEMENTATIONS, *TRITON_PRECISIONS)
+        args.impl = ["reference", "tiled", "dense"]
+        if args.device.startswith("cuda"):
+            args.impl += ["dense-bf16", "auto"] + (["triton", "triton-tf32x3"] if disperse.triton_usable() else [])
+    names = (*disperse.IMPLEMENTATIONS, *TRITON_PRECISIONS, *DENSE_DTYPES)
     for implementation in args.impl:
         if implementation not in names:
             raise SystemExit(f"--impl {implementation!r}: choose from {', '.join(names)}")
-        if implementation.startswith("triton") and not disperse._triton_usable(args.device):
+        if implementation.startswith("triton") and not disperse.triton_usable(args.device):
             raise SystemExit(f"--impl {implementation}: the Triton kernel needs `pip install triton` and a CUDA "
                              "device (or TRITON_INTERPRET=1 on CPU, slow)")
 
@@ -364,8 +376,9 @@ def main():
         mode, rows = "step", step_times(args)
     if args.json:
         device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor()
+        choices = [{"key": str(key), **value} for key, value in disperse.AUTO_CHOICES.items()]
         write_result(args.json, {"mode": mode, "device": device_name, "torch_threads": torch.get_num_threads(),
-                                 "settings": vars(args), "results": rows})
+                                 "settings": vars(args), "results": rows, "auto_choices": choices})
     failed = [row["variant"] for row in rows if "error" in row]
     if failed:
         raise SystemExit(f"{len(failed)} variant(s) failed (the others were measured): {', '.join(failed)}")

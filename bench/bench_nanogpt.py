@@ -9,6 +9,9 @@ whose model.py (and, with --train, train.py) is used as it is.
     # whole train.py iterations: our train.py and nanoGPT's, short runs taking turns
     python bench/bench_nanogpt.py --nanogpt /path/to/nanoGPT --train --json bench/results/nanogpt_train_cpu.json
 
+    # on a GPU: GPT-2 124M, batch 12 x 1024, bf16, torch.compile (nanoGPT's own benchmark setting)
+    python bench/bench_nanogpt.py --nanogpt DIR --train --device cuda --gpt2 --json bench/results/nanogpt_train_gpu.json
+
 Model mode: both models are built at the same config (default: nanoGPT's shakespeare_char-sized
 6 layers x 384, 6 heads, block 256, batch 8, dropout 0, bias False) with the GPT-2 vocabulary, and
 nanoGPT's model gets our model's weights (the parameter names are the same). nanoGPT's vocabulary
@@ -63,17 +66,30 @@ def build_pair(args, nano):
     missing, unexpected = nano_model.load_state_dict(our_model.state_dict(), strict=False)
     if unexpected or [k for k in missing if not k.endswith(".attn.bias")]:
         sys.exit(f"nanoGPT's parameter names differ from ours: missing {missing[:4]}, unexpected {unexpected[:4]}")
-    optimizers = [m.configure_optimizers(0.1, 1e-3, (0.9, 0.99), "cpu") for m in (our_model, nano_model)]
-    return [(our_model, optimizers[0]), (nano_model, optimizers[1])]
+    device_type = args.device.split(":")[0]
+    arms = []
+    for m in (our_model, nano_model):
+        m.to(args.device)
+        optimizer = m.configure_optimizers(0.1, 1e-3, (0.9, 0.99), device_type)
+        arms.append((torch.compile(m) if args.compile else m, optimizer))
+    return arms
 
 
-def step(model, optimizer, x, y):
+def step(model, optimizer, x, y, args):
+    sync(args.device)
     t0 = time.perf_counter()
-    _, loss = model(x, y)
+    with torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16, enabled=args.dtype == "bfloat16"):
+        _, loss = model(x, y)
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    sync(args.device)
     return time.perf_counter() - t0, loss.item()
+
+
+def sync(device):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 def model_mode(args):
@@ -82,10 +98,10 @@ def model_mode(args):
     g = torch.Generator().manual_seed(0)
     times, losses = [[], []], [[], []]
     for i in range(args.warmup + args.reps):
-        batch = torch.randint(0, 50257, (args.batch, args.block_size + 1), generator=g)
+        batch = torch.randint(0, 50257, (args.batch, args.block_size + 1), generator=g).to(args.device)
         x, y = batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
         for a in ((0, 1) if i % 2 == 0 else (1, 0)):  # alternate who goes first
-            dt, loss = step(*arms[a], x, y)
+            dt, loss = step(*arms[a], x, y, args)
             if i >= args.warmup:
                 times[a].append(dt)
                 losses[a].append(loss)
@@ -114,7 +130,8 @@ def write_dataset(folder):
 def common_settings(args):
     return [f"--n_layer={args.n_layer}", f"--n_head={args.n_head}", f"--n_embd={args.n_embd}",
             f"--block_size={args.block_size}", f"--batch_size={args.batch}", "--gradient_accumulation_steps=1",
-            f"--bias={args.bias}", "--dropout=0.0", "--device=cpu", "--dtype=float32", "--compile=False",
+            f"--bias={args.bias}", "--dropout=0.0", f"--device={args.device}", f"--dtype={args.dtype}",
+            f"--compile={args.compile}",
             f"--max_iters={args.iters}", "--eval_interval=100000", "--eval_iters=1", "--log_interval=1",
             "--learning_rate=1e-3", "--warmup_iters=0", "--decay_lr=False"]
 
@@ -181,8 +198,22 @@ def main():
     p.add_argument("--iters", type=int, default=12, help="train mode: iterations per run")
     p.add_argument("--skip", type=int, default=2, help="train mode: first iterations of a run left out")
     p.add_argument("--threads", type=int, default=0, help="torch threads; 0: leave as is (OMP_NUM_THREADS)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
+                   help="default: float32 on the CPU, bfloat16 (autocast) on CUDA")
+    p.add_argument("--compile", type=lambda s: s == "True", default=None,
+                   help="True or False; default: False on the CPU, True on CUDA")
+    p.add_argument("--gpt2", action="store_true",
+                   help="GPT-2 124M at nanoGPT's benchmark setting: 12 layers x 768, block 1024, batch 12")
     p.add_argument("--json", default=None)
     args = p.parse_args()
+    gpu = args.device.startswith("cuda")
+    if gpu and not torch.cuda.is_available():
+        sys.exit(f"--device {args.device}: CUDA is not available here")
+    args.dtype = args.dtype or ("bfloat16" if gpu else "float32")
+    args.compile = gpu if args.compile is None else args.compile
+    if args.gpt2:
+        args.n_layer, args.n_head, args.n_embd, args.block_size, args.batch = 12, 12, 768, 1024, 12
     if not os.path.isdir(args.nanogpt):
         sys.exit(f"--nanogpt {args.nanogpt}: no such folder")
     if args.threads:

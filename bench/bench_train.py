@@ -10,7 +10,8 @@ metrics.jsonl, skipping the warm-up iterations (the first ones include torch.com
     python bench/bench_train.py --dispersion-overhead --preset gpt2-cpu    # issue: angular loss cost
 
 --dispersion-overhead runs the same config three times: CE only, + angular dispersion on all
-layers with all positions, + angular with 256 sampled positions, and prints the overheads.
+layers with all positions, + angular with --sampled (256) sampled positions, and prints the overheads.
+The three runs take turns (--rounds times, in alternating order) when --rounds is above 1.
 Results are printed as a table and written as JSON (--json).
 """
 
@@ -76,6 +77,8 @@ def main():
     parser.add_argument("--iters", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--dispersion-overhead", action="store_true")
+    parser.add_argument("--sampled", type=int, default=256, help="positions of the sampled dispersion run")
+    parser.add_argument("--rounds", type=int, default=1, help="runs per arm, taking turns (default 1)")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
     if args.preset:
@@ -85,9 +88,16 @@ def main():
         arms = [("ce only", [])]
         if args.dispersion_overhead:
             arms += [("+ angular, all layers, all positions", ["--dispersion=angular", "--dispersion_layers=all"]),
-                     ("+ angular, all layers, 256 positions", ["--dispersion=angular", "--dispersion_layers=all",
-                                                                "--dispersion_max_tokens=256"])]
-        results = [run(args, label, extra, dataset, args.iters, args.warmup) for label, extra in arms]
+                     (f"+ angular, all layers, {args.sampled} positions",
+                      ["--dispersion=angular", "--dispersion_layers=all", f"--dispersion_max_tokens={args.sampled}"])]
+        runs = {label: [] for label, _ in arms}
+        for r in range(args.rounds):
+            for label, extra in (arms if r % 2 == 0 else arms[::-1]):
+                runs[label].append(run(args, label, extra, dataset, args.iters, args.warmup))
+    results = []
+    for label, rounds in runs.items():  # the median round of each arm
+        results.append(sorted(rounds, key=lambda r: r["ms_per_iter"])[len(rounds) // 2])
+        results[-1]["rounds_ms_per_iter"] = [r["ms_per_iter"] for r in rounds]
     base = results[0]
     print(f"{'run':40s} {'ms/iter':>9s} {'tokens/s':>10s} {'peak MB':>9s} {'MFU':>7s} {'time +':>7s} {'mem +':>7s}")
     for r in results:
