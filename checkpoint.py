@@ -12,8 +12,13 @@ checkpoint, even one from a stranger, cannot run code. Two entries sit beside th
              it, not a model with silently different weights (zip's CRCs are not checked
              by torch.load).
 
-Writes go to PATH.tmp, are flushed to disk, then renamed over PATH, so a crash at any
-moment leaves either the old checkpoint or the new one, never half of one.
+Writes go to PATH.tmp, are flushed to disk, then renamed over PATH (files.atomic), so a crash
+at any moment leaves either the old checkpoint or the new one, never half of one; a full disk is
+one line naming the path and the space left.
+
+Resuming a run also needs the state beside the weights: every random generator (capture_rng,
+restore_rng), and checks that the file fits the run before any step (read_for_resume, fits,
+check_state); those live here too.
 
 Files in no format (written before this one, which pickled numpy's and Python's RNG
 states, or by another program) can only be opened by full unpickling, which runs any code
@@ -23,14 +28,19 @@ only for files you made yourself or whose source you trust. To convert such a fi
     python checkpoint.py upgrade OLD.pt NEW.pt      # unpickles OLD.pt: only if you trust it
 """
 
+import contextlib
 import hashlib
 import os
+import random
 import re
+import shutil
 import sys
 
+import numpy as np
 import torch
 
 from errors import InputError, MissingFileError, run_cli
+from files import atomic
 
 FORMAT = "disperse-gpt-checkpoint/1"
 UNSAFE_HINT = ("if you made this file yourself or trust its source, open it with the allow-unsafe-pickle "
@@ -80,20 +90,8 @@ def write(path, payload):
     """Write payload (a dict of tensors and plain types) atomically, with its format and checksum."""
     ckpt = {"format": FORMAT, **payload}
     ckpt["sha256"] = digest(ckpt)  # also refuses anything that is not a tensor or a plain type
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
+    with atomic(path, "wb") as f:
         torch.save(ckpt, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    try:  # make the rename itself durable (POSIX; a no-op elsewhere)
-        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
 
 
 def read(path, allow_unsafe_pickle=False, require_checksum=True):
@@ -190,6 +188,94 @@ def to_plain(obj):
     if type(obj).__module__ == "numpy":
         return obj.tolist()  # ndarray -> nested lists; numpy scalar -> int/float/bool
     return obj
+
+
+# ---------------------------------------------------------------------- resuming a run
+
+RESUME_ENTRIES = ("model", "optimizer", "scaler", "model_args", "iter_num", "best_val_loss", "rng")
+
+
+def read_for_resume(path, allow_unsafe_pickle=False):
+    """The checkpoint to resume from, verified: its checksum, its entries, and finite numbers
+    everywhere in the model and optimizer states (a diverged run is not resumed)."""
+    if not os.path.exists(path):
+        raise MissingFileError(f"init_from='resume' but there is no checkpoint at {path}; "
+                               "check out_dir or start with init_from='scratch'")
+    ckpt = read(path, allow_unsafe_pickle)
+    missing = [k for k in RESUME_ENTRIES if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {missing}; it was not written by this train.py")
+    if not isinstance(ckpt["iter_num"], int) or ckpt["iter_num"] < 0 or not isinstance(ckpt["rng"], list) or not ckpt["rng"]:
+        raise CheckpointError(f"checkpoint {path}: iter_num={ckpt['iter_num']!r} or its RNG states are malformed")
+    check_finite({"model": ckpt["model"], "optimizer": ckpt["optimizer"]["state"]}, path)
+    return ckpt
+
+
+@contextlib.contextmanager
+def fits(path, what):
+    """Loading a checkpoint's `what` into live objects: a mismatch is the file's fault, so it is
+    reported as such (with torch's own account of what did not fit), before any step runs."""
+    try:
+        yield
+    except InputError:
+        raise
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+        raise CheckpointError(f"checkpoint {path}: its {what} does not fit this run "
+                              f"({type(e).__name__}: {e})") from None
+
+
+def check_state(model, model_state, optimizer):
+    """What load_state_dict lets through: weights of another dtype (it casts them), AdamW moments
+    of another shape or dtype, or a negative second moment."""
+    for name, value in model.state_dict().items():
+        if model_state[name].dtype != value.dtype:
+            raise ValueError(f"model.{name} is {model_state[name].dtype}, the model's is {value.dtype}")
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for name, value in optimizer.state.get(p, {}).items():
+                if not isinstance(value, torch.Tensor) or name == "step":
+                    continue
+                if value.shape != p.shape or not value.is_floating_point():
+                    raise ValueError(f"{name} is {value.dtype} {tuple(value.shape)} for a parameter of shape {tuple(p.shape)}")
+                if name == "exp_avg_sq" and (value < 0).any():
+                    raise ValueError(f"{name} has negative entries (it is a running mean of squares)")
+
+
+def capture_rng(aux_gen):
+    """Every generator's state as tensors and lists of numbers: a checkpoint holds nothing else."""
+    kind, keys, pos, has_gauss, cached_gauss = np.random.get_state()
+    version, mt_state, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(), "numpy": [kind, keys.tolist(), pos, has_gauss, cached_gauss],
+        "python": [version, list(mt_state), gauss_next],
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "aux": aux_gen.get_state(),
+    }
+
+
+def restore_rng(state, aux_gen):
+    """Inverse of capture_rng (also reads the tuples and arrays of checkpoints older than format 1)."""
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, cached_gauss = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached_gauss))
+    version, mt_state, gauss_next = state["python"]
+    random.setstate((version, tuple(mt_state), gauss_next))
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    aux_gen.set_state(state["aux"])
+
+
+def keep_copy(path, copy_path):
+    """copy_path becomes a copy of path: a hard link where the file system allows (ckpt.pt is
+    replaced by a rename at every save, so the link keeps the old file at no cost), else a copy."""
+    tmp = copy_path + ".tmp"
+    if os.path.exists(tmp):
+        os.remove(tmp)
+    try:
+        os.link(path, tmp)
+    except OSError:
+        shutil.copyfile(path, tmp)
+    os.replace(tmp, copy_path)
 
 
 def main(argv):

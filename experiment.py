@@ -29,43 +29,30 @@ architecture; base_overrides and the arms set the mid-training (steps, learning 
 The base is trained once: a rerun reuses it, a base made with other settings is an error, and an
 interrupted one resumes.
 
-What one run (arm, seed) does, in EXP/<arm>/seed<S>/:
-  1. train: `<launcher> train.py <base_config> --<base_overrides> --<arm settings> --seed=S --out_dir=...`
-     as a subprocess, its output kept in train.log (and shown, with jobs=1). At one seed every arm reads
-     the same batches (train.py keys them by (seed, step, micro-batch) and gives the auxiliary losses
-     their own RNG), so arms differ only by their settings. With select_by_val, train.py runs with
-     keep_best=True, so the checkpoint of the lowest val loss is also kept as ckpt_best.pt.
-  2. benchmarks (eval/benchmarks.py) on the final checkpoint -> eval/results.json, eval/items.jsonl
-  3. condensation probe (eval/condensation.py) on it -> condensation/condensation.json
-  4. with select_by_val, 2 and 3 again on ckpt_best.pt (the lowest val loss, never a test score)
-     into eval_best/ and condensation_best/, unless it is the final checkpoint.
-  5. done.json: written last, so a rerun skips the run only when everything above succeeded.
-     A rerun of an unfinished run resumes its training from its ckpt.pt. A run folder made with
-     other settings is never silently reused: the run stops with an error.
-With jobs=N, N runs go at once, each in its own process (threads each); the console gets one line
-per finished run. With wandb_log=True in the train.py settings, every run (the base too) is logged
-with group = the experiment folder's name and name = <arm>/seed<S> (unless set).
-Then EXP/report.md, report.json and PNGs (eval/report.py).
+Each run (arm, seed) trains in EXP/<arm>/seed<S>/ (`<launcher> train.py <base_config> --<base_overrides>
+--<arm settings> --seed=S --out_dir=...`), then its final checkpoint (and, with select_by_val, the one of
+the lowest val loss, never a test score) is benchmarked and probed; grid.py runs them and says what each
+folder holds. At one seed every arm reads the same batches (train.py keys them by (seed, step,
+micro-batch) and gives the auxiliary losses their own RNG), so arms differ only by their settings. A
+rerun skips finished runs and resumes unfinished ones; a folder made with other settings is an error.
+With jobs=N, N runs go at once. With wandb_log=True in the train.py settings, every run (the base too) is
+logged with group = the experiment folder's name and name = <arm>/seed<S> (unless set). Then
+EXP/report.md, report.json and PNGs (eval/report.py).
 """
 
-import codecs
 import datetime
 import difflib
-import json
 import os
-import platform
 import re
 import shlex
-import shutil
-import subprocess
 import sys
-import time
 
+import grid
 from configurator import ConfigError, load_config, parse_value
 from errors import InputError, run_cli
-from eval.condensation import json_safe  # nan/inf -> null, so the JSON files are standard
-from eval.report import best_checkpoint, build_report
+from eval.report import build_report
 from eval.report import main as report_main
+from files import write_json
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 
@@ -245,8 +232,8 @@ def _check_keys(where, overrides, reserved):
     for key in overrides:
         if key in reserved:
             raise ExperimentError(f"{where}: {key!r} is set by the experiment runner, not by an arm")
-        if key not in train._defaults:
-            raise ExperimentError(f"{where}: {key!r} is not a train.py setting{_closest(key, train._defaults)}")
+        if key not in train.DEFAULTS:
+            raise ExperimentError(f"{where}: {key!r} is not a train.py setting{_closest(key, train.DEFAULTS)}")
 
 
 def _effective(where, base_config, settings):
@@ -256,20 +243,12 @@ def _effective(where, base_config, settings):
     argv = [_find_file(base_config)] if base_config else []
     argv += [f"--{k}={_cli_value(v)}" for k, v in settings.items()]
     try:
-        effective = load_config(train._defaults, argv, train._types)
+        effective = load_config(train.DEFAULTS, argv, train.TYPES)
+        train.check_settings(train.Config(**effective))
     except ConfigError as e:
         raise ExperimentError(f"{where}: {str(e).replace('command line: ', '')}") from None
-    # train.check_settings reads train.py's module globals: set them for the check, then restore
-    saved = {k: getattr(train, k) for k in effective}
-    vars(train).update(effective)
-    try:
-        train.check_settings()
     except InputError as e:
         raise ExperimentError(f"{where}: {e}") from None
-    except SystemExit as e:
-        raise ExperimentError(f"{where}: {str(e.code).replace('config error: ', '')}") from None
-    finally:
-        vars(train).update(saved)
     if effective["init_from"] == "resume":
         raise ExperimentError(f"{where}: init_from='resume' is the runner's job (it resumes unfinished runs itself)")
     return effective
@@ -281,7 +260,7 @@ def base_spec(cfg):
     import train
     settings = dict(cfg["base_run"])
     _check_keys("base_run", settings, [k for k in RESERVED if k != "seed"])
-    seed = settings.pop("seed", train._defaults["seed"])
+    seed = settings.pop("seed", train.DEFAULTS["seed"])
     effective = _effective("base_run", cfg["base_config"], {**settings, "seed": seed})
     if effective["dispersion"] != "none":
         raise ExperimentError(f"base_run: dispersion={effective['dispersion']!r}; the base is pretrained with "
@@ -376,45 +355,7 @@ def preflight(cfg):
     resolve_probe_text(cfg)
 
 
-# ---------------------------------------------------------------------- running
-
-def _read_json(path):
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
-def _write_json(path, obj):
-    """Write to a temporary file, then rename: a crash never leaves half a file."""
-    with open(path + ".tmp", "w") as f:
-        json.dump(json_safe(obj), f, indent=1)
-    os.replace(path + ".tmp", path)
-
-
-def run_logged(cmd, log_path, threads=0, echo=True):
-    """Run cmd from the repository root; its output goes to log_path (and, with echo, to the console)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    if threads:
-        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    with open(log_path, "ab") as log:
-        log.write(f"\n$ {shlex.join(cmd)}\n".encode())
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        for chunk in iter(lambda: proc.stdout.read1(65536), b""):
-            log.write(chunk)
-            log.flush()
-            if echo:
-                sys.stdout.write(decoder.decode(chunk))
-                sys.stdout.flush()
-        return proc.wait()
-
-
-def _tail(path, n=25):
-    with open(path, errors="replace") as f:
-        lines = f.read().replace("\r", "\n").splitlines()
-    return "\n".join(line for line in lines[-n:])
-
+# ---------------------------------------------------------------------- the runs
 
 def train_command(cfg, spec, run_dir, resume, effective=None):
     """train.py's command line for a run. An arm with a base run starts from the base's weights
@@ -442,278 +383,35 @@ def train_command(cfg, spec, run_dir, resume, effective=None):
     return launcher + [os.path.join(REPO, "train.py")] + args
 
 
-def training_finished(run_dir, max_iters):
-    """train.py logs the val loss at max_iters after writing the final checkpoint."""
-    path = os.path.join(run_dir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return False
-    from eval.plots import read_metrics
-    return any(r.get("iter") == max_iters and "val_loss" in r for r in read_metrics(path))
-
-
-def resolve_device(name):
-    if name != "auto":
-        return name
-    import torch
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-_probe_tokens = {}  # (text path, tokenizer) -> token ids, tokenised once per process
-
-
-def evaluate_checkpoint(cfg, ckpt_path, eval_dir, probe_dir, label, progress=True):
-    """Benchmarks and condensation probe of one checkpoint, in this process (a subprocess per
-    stage would pay torch's start-up and re-read the benchmark files each time). Each output
-    folder is written under a temporary name and renamed when complete."""
-    import torch
-    from data.common import get_tokenizer
-    from eval import benchmarks
-    from eval import tasks as T
-    from eval.condensation import model_context_length, probe_hidden_states, read_tokens, sample_sequences
-    from model import load_model
-
-    device = resolve_device(cfg["eval_device"])
-    model, info = load_model(ckpt_path, device)
-    seconds = {}
-    if not os.path.exists(os.path.join(eval_dir, "results.json")):
-        t0, cpu0 = time.time(), time.process_time()
-        if cfg["paper_protocol"]:  # as eval/benchmarks.py --paper-protocol does
-            few = set(T.expand(T.PAPER_FEW_SHOT))
-            num_fewshot = {n: (cfg["num_fewshot"] if n in few else 0) for n in T.expand(cfg["tasks"])}
-        else:
-            num_fewshot = cfg["num_fewshot"]
-        # one evaluate() per distinct limit; the tasks' results and items are then put back in the
-        # order of `tasks`, and the groups (MMLU, paper10) aggregated over all of them
-        limits = task_limits(cfg)
-        results, items_by_task, seconds_eval = {}, {}, 0.0
-        for limit in dict.fromkeys(limits.values()):
-            names = [n for n in limits if limits[n] == limit]
-            part, part_items = benchmarks.evaluate(model, names, resolve_data_dir(cfg), limit=limit,
-                                                   num_fewshot=num_fewshot, batch_size=cfg["eval_batch_size"],
-                                                   device=device, dtype=cfg["eval_dtype"], progress=progress,
-                                                   enc=get_tokenizer(info["tokenizer"]))
-            results.update({n: part[n] for n in names})
-            for rec in part_items:
-                items_by_task.setdefault(rec["task"], []).append(rec)
-            seconds_eval += part["config"]["seconds"]
-            config = part["config"]
-        items = [rec for n in limits for rec in items_by_task.get(n, [])]
-        results.update(benchmarks.group_metrics(results))
-        results["config"] = {**config, "tasks": cfg["tasks"], "limit": cfg["eval_limit"], "limits": limits,
-                             "seconds": round(seconds_eval, 2), "n_items": len(items),
-                             "ckpt": ckpt_path, "model": info, "paper_protocol": cfg["paper_protocol"]}
-        shutil.rmtree(eval_dir + ".tmp", ignore_errors=True)
-        benchmarks.write_outputs(eval_dir + ".tmp", results, items)
-        os.replace(eval_dir + ".tmp", eval_dir)
-        seconds["eval"], seconds["eval_cpu"] = time.time() - t0, time.process_time() - cpu0
-    if not os.path.exists(os.path.join(probe_dir, "condensation.json")):
-        t0, cpu0 = time.time(), time.process_time()
-        text = resolve_probe_text(cfg)
-        key = (text, info["tokenizer"])  # the text in the checkpoint's own token ids
-        if key not in _probe_tokens:
-            _probe_tokens[key] = read_tokens(text, get_tokenizer(info["tokenizer"]).encode)
-        seq_len = min(cfg["probe_seq_len"], model_context_length(model) or cfg["probe_seq_len"])
-        sequences = sample_sequences(_probe_tokens[key], cfg["probe_n_seq"], seq_len, seed=0)  # (R, S), the same for every run
-        result = probe_hidden_states(model, sequences, cfg["probe_batch_size"], device, progress=progress)
-        result["meta"] = {"model": ckpt_path, "label": label, "iter_num": info.get("iter_num"),
-                          "n_layer": model.config.n_layer, "n_seq": cfg["probe_n_seq"], "seq_len": seq_len,
-                          "text": text, "date": datetime.datetime.now().isoformat(timespec="seconds")}
-        os.makedirs(probe_dir + ".tmp", exist_ok=True)
-        _write_json(os.path.join(probe_dir + ".tmp", "condensation.json"), result)
-        shutil.rmtree(probe_dir, ignore_errors=True)
-        os.replace(probe_dir + ".tmp", probe_dir)
-        seconds["probe"], seconds["probe_cpu"] = time.time() - t0, time.process_time() - cpu0
-    del model
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()  # give the memory back before the next training run
-    return seconds
-
-
-def hardware():
-    """What the runs ran on, for the report."""
-    import torch
-    cpu = platform.processor() or platform.machine()
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "gpus": gpus, "torch": torch.__version__,
-            "python": platform.python_version(), "platform": platform.platform()}
-
-
-def _children_cpu():
-    """CPU seconds (user + sys) of this process's finished subprocesses: what a training run cost."""
-    import resource
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def run_dir_of(exp_dir, arm, seed):
     return os.path.join(exp_dir, BASE) if arm == BASE else os.path.join(exp_dir, arm, f"seed{seed}")
 
 
-def last_layer_cos(probe_dir):
-    """The probe's mean_cos at the last hidden state (after ln_f), for the progress line."""
-    result = _read_json(os.path.join(probe_dir, "condensation.json"))
-    return result["layers"][-1]["mean_cos"] if result else None
-
-
-def final_val_loss(run_dir, max_iters):
-    from eval.plots import read_metrics
-    return next((r["val_loss"] for r in read_metrics(os.path.join(run_dir, "metrics.jsonl"))
-                 if r.get("iter") == max_iters and "val_loss" in r), None)
-
-
-def run_one(cfg, plan, arm, seed, exp_dir, say, quiet=False, threads=None):
-    """Train, benchmark and probe one (arm, seed), or the base run (arm=BASE). Returns 'skipped',
-    'done' or 'failed'. quiet: train.py's output only to train.log, no progress bars (parallel runs)."""
-    run_dir = run_dir_of(exp_dir, arm, seed)
-    spec = run_spec(cfg, plan, arm, seed)
-    name = "base run" if arm == BASE else f"{arm} seed {seed}"
-    effective = next(iter(plan.values()))["base"]["effective"] if arm == BASE else plan[arm]["effective"]
-    if os.path.exists(os.path.join(run_dir, "done.json")):
-        if _read_json(os.path.join(run_dir, "done.json"))["spec"] != json_safe(spec):
-            raise ExperimentError(f"{run_dir} was made with other settings; use another exp_dir or delete that folder")
-        say(f"{name}: already done, skipped")
-        return "skipped"
-    os.makedirs(run_dir, exist_ok=True)
-    old = _read_json(os.path.join(run_dir, "spec.json"))
-    if old is not None and old != json_safe(spec):
-        raise ExperimentError(f"{run_dir} holds an unfinished run with other settings; use another exp_dir or delete that folder")
-    _write_json(os.path.join(run_dir, "spec.json"), spec)
-    timings = _read_json(os.path.join(run_dir, "timings.json")) or {}
-
-    max_iters = effective["max_iters"]
-    if training_finished(run_dir, max_iters):
-        say(f"{name}: training already finished")
-    else:
-        resume = os.path.exists(os.path.join(run_dir, "ckpt.pt"))
-        cmd = train_command(cfg, spec, run_dir, resume, effective)
-        say(f"{name}: {'resuming' if resume else 'training'} (log: {os.path.join(run_dir, 'train.log')})")
-        t0, cpu0 = time.time(), _children_cpu()
-        rc = run_logged(cmd, os.path.join(run_dir, "train.log"), cfg["threads"] if threads is None else threads,
-                        echo=not quiet)
-        if rc != 0 or not training_finished(run_dir, max_iters):
-            say(f"{name}: training FAILED (exit code {rc}); last lines of train.log:\n"
-                + _tail(os.path.join(run_dir, "train.log")))
-            return "failed"
-        timings["train"] = timings.get("train", 0.0) + time.time() - t0
-        timings["train_cpu"] = timings.get("train_cpu", 0.0) + _children_cpu() - cpu0  # user + sys, all threads
-        _write_json(os.path.join(run_dir, "timings.json"), timings)
-
-    checkpoints = [("ckpt.pt", "eval", "condensation")]
-    best = None
-    if spec["select_by_val"]:
-        best = best_checkpoint(run_dir)
-        if best is None:
-            say(f"{name}: FAILED: no ckpt_best.pt (was it trained without select_by_val?)")
-            return "failed"
-        if best["iter"] != max_iters:
-            checkpoints.append(("ckpt_best.pt", "eval_best", "condensation_best"))
-    for ckpt, eval_name, probe_name in checkpoints:
-        say(f"{name}: benchmarks and probe of {ckpt}")
-        try:
-            seconds = evaluate_checkpoint(cfg, os.path.join(run_dir, ckpt), os.path.join(run_dir, eval_name),
-                                          os.path.join(run_dir, probe_name), name, progress=not quiet)
-        except Exception as e:  # noqa: BLE001  (reported, then the grid stops or goes on)
-            say(f"{name}: evaluating {ckpt} FAILED: {type(e).__name__}: {e}")
-            return "failed"
-        for k, v in seconds.items():
-            timings[k] = timings.get(k, 0.0) + v
-        _write_json(os.path.join(run_dir, "timings.json"), timings)
-
-    val_loss, cos = final_val_loss(run_dir, max_iters), last_layer_cos(os.path.join(run_dir, "condensation"))
-    _write_json(os.path.join(run_dir, "done.json"), {
-        "spec": spec, "final_iter": max_iters, "best": best, "val_loss": val_loss, "last_layer_mean_cos": cos,
-        "seconds": timings, "hardware": hardware(), "finished": datetime.datetime.now().isoformat(timespec="seconds")})
-    wall = ", ".join(f"{k} {v:.0f}s" for k, v in timings.items() if not k.endswith("_cpu"))
-    cpu = sum(v for k, v in timings.items() if k.endswith("_cpu"))
-    say(f"{name}: done, val loss {val_loss:.3f}, last-layer mean cos {cos:.3f} ({wall}; {cpu:.0f} CPU-s)")
-    return "done"
-
-
-def _run_in_worker(cfg, plan, arm, seed, exp_dir):
-    """One run in a worker process of the pool (jobs > 1): quiet, its messages returned to the parent."""
-    messages = []
-    status = run_one(cfg, plan, arm, seed, exp_dir, messages.append, quiet=True)
-    return status, messages
-
-
-def _init_worker(threads):
-    if threads:
-        import torch
-        torch.set_num_threads(threads)  # for the evaluations, which run in the worker
-
-
-def run_grid(cfg, plan, argv):
-    preflight(cfg)
-    if cfg["threads"]:
-        import torch
-        torch.set_num_threads(cfg["threads"])  # for the evaluations, which run in this process
+def plan_runs(cfg, plan):
+    """(base, runs): the grid's runs as grid.py takes them (the base run, or None, and the arms x seeds in
+    seed-major order: after each seed every arm has a run at that seed, so even a grid that is stopped
+    half-way holds complete paired comparisons)."""
     exp_dir = os.path.abspath(cfg["exp_dir"])
-    os.makedirs(exp_dir, exist_ok=True)
-    base = next(iter(plan.values())).get("base")
-    _write_json(os.path.join(exp_dir, "experiment.json"), {
-        "config": cfg, "arms": plan, "argv": argv, "probe_text": resolve_probe_text(cfg),
-        "benchmarks": resolve_data_dir(cfg), "task_limits": task_limits(cfg),
-        "base": {"dir": BASE, "spec": base} if base else None,
-        "written": datetime.datetime.now().isoformat(timespec="seconds")})
-    # seed-major order: after each seed, every arm has a run at that seed, so even a grid that is
-    # stopped half-way holds complete paired comparisons
-    runs = [(arm, seed) for seed in cfg["seeds"] for arm in cfg["arms"]]
-    t0 = time.time()
-    outcome = {"done": 0, "skipped": 0, "failed": 0}
-    if base:
-        # the base runs alone, so it gets every thread the parallel runs would have
-        status = run_one(cfg, plan, BASE, None, exp_dir, lambda m: print(f"[experiment base] {m}", flush=True),
-                         threads=cfg["threads"] * cfg["jobs"])
-        if status == "failed":
-            print("[experiment] stopping: the arms need the base run; rerun the same command to resume it")
-            runs = []
-            outcome["failed"] += 1
-    if cfg["jobs"] == 1:
-        for i, (arm, seed) in enumerate(runs):
-            # numbered lines rather than a progress bar: the runs print their own tqdm bars
-            status = run_one(cfg, plan, arm, seed, exp_dir, lambda m: print(f"[experiment {i + 1}/{len(runs)}] {m}", flush=True))
-            outcome[status] += 1
-            if status == "failed" and not cfg["keep_going"]:
-                print("[experiment] stopping (keep_going=False); rerun the same command to resume")
-                break
-    elif runs:
-        import concurrent.futures
-        import multiprocessing
-        print(f"[experiment] {len(runs)} runs, {cfg['jobs']} at a time; each one's output is in its train.log", flush=True)
-        # spawn, not fork: this process has torch loaded, and a forked copy of its thread pools can hang
-        with concurrent.futures.ProcessPoolExecutor(cfg["jobs"], mp_context=multiprocessing.get_context("spawn"),
-                                                    initializer=_init_worker, initargs=(cfg["threads"],)) as pool:
-            futures = {pool.submit(_run_in_worker, cfg, plan, arm, seed, exp_dir): (arm, seed) for arm, seed in runs}
-            stopping = False
-            for n, future in enumerate(concurrent.futures.as_completed(futures), 1):
-                try:
-                    status, messages = future.result()  # an ExperimentError in a worker is raised here
-                except BaseException:
-                    pool.shutdown(wait=True, cancel_futures=True)  # the runs under way finish, no new one starts
-                    raise
-                outcome[status] += 1
-                shown = messages if status == "failed" else messages[-1:]
-                for message in shown:
-                    print(f"[experiment {n}/{len(runs)}] {message}", flush=True)
-                if status == "failed" and not cfg["keep_going"] and not stopping:
-                    stopping = True
-                    print("[experiment] stopping after the runs under way (keep_going=False); rerun the same "
-                          "command to resume", flush=True)
-                    for f in futures:
-                        f.cancel()
-    seconds = time.time() - t0
-    with open(os.path.join(exp_dir, "invocations.jsonl"), "a") as f:
-        f.write(json.dumps({"argv": argv, "finished": datetime.datetime.now().isoformat(timespec="seconds"),
-                            "seconds": round(seconds, 1), "jobs": cfg["jobs"], **outcome}) + "\n")
-    print(f"[experiment] {outcome['done']} run(s) done, {outcome['skipped']} skipped, {outcome['failed']} failed "
-          f"in {seconds / 60:.1f} min")
-    report_path = build_report(exp_dir)
-    print(f"[experiment] wrote {report_path}")
-    return 1 if outcome["failed"] else 0
+
+    def run(arm, seed):
+        spec = run_spec(cfg, plan, arm, seed)
+        effective = next(iter(plan.values()))["base"]["effective"] if arm == BASE else plan[arm]["effective"]
+        run_dir = run_dir_of(exp_dir, arm, seed)
+        return {"arm": arm, "seed": seed, "name": "base run" if arm == BASE else f"{arm} seed {seed}", "dir": run_dir,
+                "spec": spec, "max_iters": effective["max_iters"], "select_by_val": spec["select_by_val"],
+                "command": train_command(cfg, spec, run_dir, False, effective),
+                "resume_command": train_command(cfg, spec, run_dir, True, effective)}
+    base = run(BASE, None) if next(iter(plan.values())).get("base") else None
+    return base, [run(arm, seed) for seed in cfg["seeds"] for arm in cfg["arms"]]
+
+
+def evaluation_settings(cfg):
+    """What eval/evaluate.py needs of the experiment's settings to evaluate a checkpoint."""
+    return {"tasks": cfg["tasks"], "limit": cfg["eval_limit"], "limits": task_limits(cfg),
+            "data_dir": resolve_data_dir(cfg), "num_fewshot": cfg["num_fewshot"], "paper_protocol": cfg["paper_protocol"],
+            "device": cfg["eval_device"], "dtype": cfg["eval_dtype"], "batch_size": cfg["eval_batch_size"],
+            "probe": {"text": resolve_probe_text(cfg), "n_seq": cfg["probe_n_seq"], "seq_len": cfg["probe_seq_len"],
+                      "batch_size": cfg["probe_batch_size"]}}
 
 
 # ---------------------------------------------------------------------- command line
@@ -725,19 +423,26 @@ def main(argv):
                 raise ExperimentError("usage: python experiment.py report EXP_DIR")
             return run_cli(report_main, argv[1:])  # eval/report.py's command line
         cfg, plan = load_experiment(argv)
+        base, runs = plan_runs(cfg, plan)
         if cfg["dry_run"]:
-            exp_dir = os.path.abspath(cfg["exp_dir"])
-            base = next(iter(plan.values())).get("base")
-            runs = ([(BASE, None, base["effective"])] if base else []) + \
-                [(arm, seed, plan[arm]["effective"]) for seed in cfg["seeds"] for arm in cfg["arms"]]
-            for arm, seed, effective in runs:
-                cmd = train_command(cfg, run_spec(cfg, plan, arm, seed), run_dir_of(exp_dir, arm, seed), False, effective)
-                print(shlex.join(cmd))
+            for run in ([base] if base else []) + runs:
+                print(shlex.join(run["command"]))
             print(f"config OK: {'a base run, then ' if base else ''}{len(cfg['arms'])} arms × {len(cfg['seeds'])} seeds; "
                   "nothing run (dry_run=True)")
             return 0
-        return run_grid(cfg, plan, argv)
-    except ExperimentError as e:
+        preflight(cfg)
+        exp_dir = os.path.abspath(cfg["exp_dir"])
+        os.makedirs(exp_dir, exist_ok=True)
+        write_json(os.path.join(exp_dir, "experiment.json"), {
+            "config": cfg, "arms": plan, "argv": argv, "probe_text": resolve_probe_text(cfg),
+            "benchmarks": resolve_data_dir(cfg), "task_limits": task_limits(cfg),
+            "base": {"dir": BASE, "spec": next(iter(plan.values()))["base"]} if base else None,
+            "written": datetime.datetime.now().isoformat(timespec="seconds")})
+        outcome = grid.run_grid(exp_dir, base, runs, evaluation_settings(cfg), cfg["jobs"], cfg["threads"],
+                                cfg["keep_going"], argv)
+        print(f"[experiment] wrote {build_report(exp_dir)}")
+        return 1 if outcome["failed"] else 0
+    except (ExperimentError, grid.GridError) as e:
         print(f"experiment error: {e}", file=sys.stderr)
         return 2
 

@@ -109,7 +109,7 @@ def use(implementation, tile=None):
 
 def step_times(args):
     from model import GPT, GPTConfig
-    from train import tune_malloc
+    from system import tune_malloc
     print(f"malloc tuned as in train.py: {tune_malloc()}")
     torch.manual_seed(0)
     config = GPTConfig(block_size=args.seq, n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd)
@@ -190,7 +190,7 @@ def failed_rows(failed):
 
 
 def tile_times(args):
-    from train import tune_malloc
+    from system import tune_malloc
     print(f"malloc tuned as in train.py: {tune_malloc()}")
     torch.manual_seed(0)
     h = torch.randn(args.batch, args.seq, args.n_embd, device=args.device, requires_grad=True)

@@ -132,7 +132,7 @@ def build_lmeval_tasks(names, data_dir, wikitext, work):
 
 
 def export_hf(model, tiktoken_dir, out, tokenizer_dir=None):
-    model.to_hf(str(out))
+    hf.export(model, str(out))
     if tokenizer_dir:  # the model's own tokenizer folder
         for name in os.listdir(tokenizer_dir):
             if name.startswith(("tokenizer", "special_tokens_map", "vocab", "merges", "added_tokens")):
@@ -167,13 +167,13 @@ def random_llama(vocab_size, work, block_size=256):
     saved and read into model.py (GPT.from_hf); to_hf then writes what lm-eval loads."""
     import torch
     import transformers
-    from model import GPT
+    import hf
     config = transformers.LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=block_size,
                                       rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=False)
     torch.manual_seed(0)
     transformers.LlamaForCausalLM(config).save_pretrained(str(work / "llama-init"))
-    return GPT.from_hf(str(work / "llama-init"))
+    return hf.load(str(work / "llama-init"))
 
 
 def lmeval_tokens(lm, kind, request):
@@ -304,7 +304,9 @@ def main():
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
     from data.common import get_tokenizer
-    from model import GPT, GPTConfig, load_model
+    import hf
+    from load import load_model
+    from model import GPT, GPTConfig
     from eval import tasks as T
     from eval.benchmarks import evaluate
 

@@ -169,6 +169,19 @@ def evaluate(model, tasks, data_dir=None, limit=None, num_fewshot=0, batch_size=
     return results, items_out
 
 
+def flat_metrics(results):
+    """{"<task>/<metric>": value} of evaluate's results: the numbers a log line holds (no stderr, n or shots)."""
+    flat = {}
+    for task, metrics in results.items():
+        if task == "config" or not isinstance(metrics, dict):
+            continue
+        for name, value in metrics.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and not name.endswith("stderr") \
+                    and name not in ("num_fewshot", "n"):
+                flat[f"{task}/{name}"] = value
+    return flat
+
+
 def item_record(task, item, item_scores):
     """What one scored document gives: log-likelihoods, prediction, gold, per-item metrics."""
     lls = [ll for ll, _ in item_scores]
@@ -314,7 +327,7 @@ def main(argv=None):
         raise MissingFileError(f"--wikitext {args.wikitext}: no such file")
 
     from data.common import get_tokenizer
-    from model import load_model
+    from load import load_model
     model, info = load_model(args.ckpt, args.device, allow_unsafe_pickle=args.allow_unsafe_pickle)
     enc = get_tokenizer(args.tokenizer or info["tokenizer"])
     if model.config.vocab_size < enc.vocab_size:

@@ -60,7 +60,6 @@ quick_probe(model, sequences) at training eval steps.
 
 import argparse
 import datetime
-import json
 import math
 import os
 import time
@@ -71,7 +70,10 @@ from tqdm import tqdm
 
 from data.common import get_tokenizer, read_meta
 from errors import InputError, run_cli
-from model import GPT, hf_tokenizer_name, load_model
+import hf
+from files import write_json
+from load import load_model
+from model import GPT
 
 NORM_FLOOR = 1e-3  # rows are divided by max(||x||, 1e-3), as in the paper's code
 HIST_BINS = 128
@@ -170,7 +172,7 @@ def get_hidden_states(model, idx):
     """The n_layer + 1 hidden states (B, T, C) of our GPT or of a transformers model, in Hugging
     Face output_hidden_states indexing (embedding output, block outputs, last one after the final norm)."""
     if isinstance(model, GPT):
-        return model.body(idx, return_hidden=True)[1]  # no output head: its logits are not needed
+        return model.hidden_states(idx)  # no output head: its logits are not needed
     # transformers: run the base model, so the head's (B, T, vocab) logits are never computed
     base = getattr(model, "base_model", model)
     return list(base(input_ids=idx, output_hidden_states=True).hidden_states)
@@ -366,17 +368,6 @@ def quick_probe(model, sequences, batch_size=8):
 
 # ---------------------------------------------------------------------- command line
 
-def json_safe(obj):
-    """nan and inf are not JSON: write them as null."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    return obj
-
-
 def _fmt(v, spec="+.3f"):
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
 
@@ -446,7 +437,7 @@ def main(argv=None):
         model, info = load_model(args.ckpt, args.device, allow_unsafe_pickle=args.allow_unsafe_pickle)
     else:
         model = _load_transformers(args.ckpt, args.device)
-        info = {"source": "transformers", "path": args.ckpt, "tokenizer": hf_tokenizer_name(args.ckpt)}
+        info = {"source": "transformers", "path": args.ckpt, "tokenizer": hf.tokenizer_name(args.ckpt)}
     tokenizer = get_tokenizer(args.tokenizer or info["tokenizer"])
     n_layer = model.config.n_layer if isinstance(model, GPT) else model.config.num_hidden_layers
 
@@ -476,8 +467,7 @@ def main(argv=None):
     }
     os.makedirs(out_dir, exist_ok=True)
     json_path = os.path.join(out_dir, "condensation.json")
-    with open(json_path, "w") as f:
-        json.dump(json_safe(result), f, indent=1)
+    write_json(json_path, result)
     print_table(result)
     print(f"wrote {json_path}")
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from errors import InputError, MissingFileError, run_cli
 from eval.stats import mean_std
+from files import read_metrics
 
 
 def new_figure(n_panels, panel_width, panel_height):
@@ -120,21 +121,6 @@ def plot_mean_cos(results, labels=None, path="condensation_mean_cos.png"):
 
 
 # ---------------------------------------------------------------------- training curves
-
-def read_metrics(path):
-    """The objects of a metrics.jsonl file. A line that does not parse (a run still writing it) is skipped."""
-    rows = []
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return rows
-
 
 def _series(rows, key):
     """(iters, values) of the rows that have a number under key."""

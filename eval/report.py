@@ -19,119 +19,11 @@ import sys
 import numpy as np
 
 from errors import MissingFileError, run_cli
-from eval.condensation import json_safe, spearman  # json_safe: nan/inf -> null, so the JSON files are standard
-from eval.plots import draw_figures, read_metrics
+from eval.condensation import spearman
+from eval.plots import draw_figures
+from eval.runs import SCALARS, collect_runs, read_base_run, unit_of
 from eval.stats import mean_std, paired_bootstrap, seed_intervals, t_interval
-
-
-def _read_json(path):
-    """A JSON file's object, or None when the file is not there."""
-    if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)
-
-
-def best_checkpoint(run_dir):
-    """{'iter', 'val_loss'} of the checkpoint train.py kept as ckpt_best.pt (keep_best=True): the
-    first eval after iteration 0 with the lowest val loss (train.py keeps a strictly lower one)."""
-    if not os.path.exists(os.path.join(run_dir, "ckpt_best.pt")):
-        return None
-    evals = [r for r in read_metrics(os.path.join(run_dir, "metrics.jsonl")) if "val_loss" in r and r["iter"] > 0]
-    best = min(evals, key=lambda r: r["val_loss"])  # min returns the first of equal values
-    return {"iter": best["iter"], "val_loss": best["val_loss"]}
-
-
-# ---------------------------------------------------------------------- collecting the runs
-
-def unit_of(task):
-    """The report's tasks: the 57 MMLU subjects are pooled into mmlu (lm-eval's aggregate is
-    their size-weighted mean, i.e. the accuracy over all MMLU items)."""
-    return "mmlu" if task.startswith("mmlu_") else task
-
-
-def read_items(path):
-    """{unit: {(task, doc_id): acc}} and {unit: chance accuracy or None} of an items.jsonl."""
-    items, chance = {}, {}
-    with open(path) as f:
-        for line in f:
-            if not line.strip():
-                continue
-            rec = json.loads(line)
-            if not isinstance(rec.get("acc"), (int, float)):
-                continue  # perplexity-only tasks (wikitext)
-            unit = unit_of(rec["task"])
-            items.setdefault(unit, {})[(rec["task"], rec["doc_id"])] = float(rec["acc"])
-            # uniform guessing scores 1/(number of choices) where acc is "the argmax is the gold"
-            plain = "lls" in rec and "pred" in rec and rec["acc"] == float(rec["pred"] == rec.get("gold"))
-            chance.setdefault(unit, []).append(1.0 / len(rec["lls"]) if plain else None)
-    chance = {u: (None if None in c else float(np.mean(c))) for u, c in chance.items()}
-    return items, chance
-
-
-# per-run figures compared across arms (besides the benchmark accuracies): key -> label, digits
-SCALARS = {"val_loss": ("val CE", 3), "mean_cos_last": ("last-layer mean_cos", 3), "spearman": ("Spearman ρ", 2),
-           "wikitext_word_perplexity": ("WikiText-103 word ppl", 1), "lambada_perplexity": ("LAMBADA ppl", 1),
-           "lambada_acc": ("LAMBADA acc", 3)}
-
-
-def read_checkpoint_results(run_dir, eval_name, probe_name, val_loss):
-    """What the report needs of one evaluated checkpoint of a run: per-item accuracies, chance,
-    the language-modelling figures of results.json, the probe, and its val loss (CE)."""
-    items, chance = read_items(os.path.join(run_dir, eval_name, "items.jsonl"))
-    results = _read_json(os.path.join(run_dir, eval_name, "results.json")) or {}
-    probe = _read_json(os.path.join(run_dir, probe_name, "condensation.json"))
-    acc = {u: float(np.mean(list(v.values()))) for u, v in items.items()}
-    metric = lambda task, key: results.get(task, {}).get(key)  # noqa: E731  (None: not scored)
-    return {"items": items, "chance": chance, "acc": acc, "avg_acc": float(np.mean(list(acc.values()))) if acc else None,
-            "val_loss": val_loss, "mean_cos_last": probe["layers"][-1]["mean_cos"], "spearman": probe["spearman"],
-            "kendall": probe["kendall"], "probe": probe,
-            "wikitext_word_perplexity": metric("wikitext", "word_perplexity"),
-            "lambada_perplexity": metric("lambada_openai", "perplexity"), "lambada_acc": metric("lambada_openai", "acc"),
-            "shots": {t: {k: v for k, v in res.items() if k in ("num_fewshot", "split", "fewshot_split",
-                                                                 "fewshot_matches_lm_eval")}
-                      for t, res in results.items() if isinstance(res, dict) and "num_fewshot" in res}}
-
-
-def collect_runs(exp_dir, meta):
-    """{arm: {seed: run}} for the finished runs (done.json present) of the experiment's grid:
-    the arms and seeds of its experiment.json, so any other folder (a base run) is ignored."""
-    runs = {}
-    for arm in meta["config"]["arms"]:
-        for seed in meta["config"]["seeds"]:
-            run_dir = os.path.join(exp_dir, arm, f"seed{seed}")
-            done = _read_json(os.path.join(run_dir, "done.json"))
-            if done is None:
-                continue
-            metrics = read_metrics(os.path.join(run_dir, "metrics.jsonl"))
-            val = {r["iter"]: r["val_loss"] for r in metrics if "val_loss" in r}
-            run = {"dir": run_dir, "final_iter": done["final_iter"], "val_loss": val.get(done["final_iter"]),
-                   "seconds": done["seconds"], "hardware": done["hardware"], "finished": done["finished"],
-                   "metrics_path": os.path.join(run_dir, "metrics.jsonl")}
-            run["final"] = read_checkpoint_results(run_dir, "eval", "condensation", run["val_loss"])
-            if done["best"] is not None:
-                run["best_iter"], run["best_val_loss"] = done["best"]["iter"], done["best"]["val_loss"]
-                same = done["best"]["iter"] == done["final_iter"]
-                run["best"] = run["final"] if same else read_checkpoint_results(
-                    run_dir, "eval_best", "condensation_best", run["best_val_loss"])
-            runs.setdefault(arm, {})[seed] = run
-    return runs
-
-
-def read_base_run(exp_dir, meta):
-    """The base run's figures (the checkpoint every arm mid-trains from), or None when the
-    experiment has no base stage or the base is not finished and evaluated."""
-    base = meta.get("base")
-    if not base:
-        return None
-    run_dir = os.path.join(exp_dir, base.get("dir") or "base") if isinstance(base, dict) else os.path.join(exp_dir, "base")
-    done = _read_json(os.path.join(run_dir, "done.json"))
-    if done is None or not os.path.exists(os.path.join(run_dir, "condensation", "condensation.json")):
-        return None
-    metrics = read_metrics(os.path.join(run_dir, "metrics.jsonl"))
-    val = {r["iter"]: r["val_loss"] for r in metrics if "val_loss" in r}
-    out = read_checkpoint_results(run_dir, "eval", "condensation", val.get(done["final_iter"]))
-    out.update(dir=run_dir, final_iter=done["final_iter"])
-    return out
+from files import atomic, read_json, write_json
 
 
 # ---------------------------------------------------------------------- the report
@@ -486,7 +378,7 @@ def _checkpoint_section(meta, summary, title, which):
 
 def build_report(exp_dir):
     """report.md, report.json and PNGs in exp_dir from its finished runs. Returns report.md's path."""
-    meta = _read_json(os.path.join(exp_dir, "experiment.json"))
+    meta = read_json(os.path.join(exp_dir, "experiment.json"))
     if meta is None:
         raise MissingFileError(f"{exp_dir}: no experiment.json; give the exp_dir of an experiment "
                                "(the folder python experiment.py wrote)")
@@ -629,11 +521,9 @@ def build_report(exp_dir):
               "hardware": hardware_seen, "seconds": seconds, "invocations": invocations, "missing": missing,
               "summaries": {k: {kk: vv for kk, vv in v.items()} for k, v in summaries.items()},
               "dose_response": doses, "figures": figures}
-    with open(os.path.join(exp_dir, "report.json.tmp"), "w") as f:
-        json.dump(json_safe(report), f, indent=1)
-    os.replace(os.path.join(exp_dir, "report.json.tmp"), os.path.join(exp_dir, "report.json"))  # never half a file
+    write_json(os.path.join(exp_dir, "report.json"), report)
     path = os.path.join(exp_dir, "report.md")
-    with open(path, "w") as f:
+    with atomic(path) as f:
         f.write("\n".join(L))
     return path
 

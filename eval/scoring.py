@@ -18,7 +18,7 @@ turned into tokens the way lm-evaluation-harness 0.4.13's HFLM does it, for any 
 Speed: the requests of one item (the choices of a question) share their context, so the
 shared token prefix of an item is run once, and only the differing tails of its rows are run on
 top of the prefix's key/value cache. For our GPT the tails of different items share passes, each
-row on its own item's cache (padded to the longest past of the pass and masked: GPT.body's
+row on its own item's cache (padded to the longest past of the pass and masked: GPT.forward_cached's
 past_lengths); for other models a pass holds rows of one past length. The output head runs only
 at positions that predict a continuation token. Rows are sorted by length so that passes carry
 little padding (_score_batch has the details). Results equal one-request-at-a-time scoring to
@@ -117,21 +117,20 @@ def _forward(model, idx, kv_caches=None, past_lengths=None):
     would dominate time and memory (50257 x 768 per position for GPT-2). Any other model that
     returns (logits, loss) gives its logits as states. Same numbers as model(idx) either way
     (checked in tests/test_benchmarks.py). past_lengths: rows whose cached pasts are padded
-    (GPT.body's argument; only for models that take it, see _takes_padded_pasts)."""
-    if past_lengths is not None:
-        states, _ = model.body(idx, kv_caches=kv_caches, past_lengths=past_lengths)
-        return states, model.head
-    if hasattr(model, "body") and hasattr(model, "head"):
-        states, _ = model.body(idx, kv_caches=kv_caches)  # (B, T, C), after ln_f
+    (GPT.forward_cached's argument; only for models that take it, see _takes_padded_pasts)."""
+    if hasattr(model, "forward_cached") and hasattr(model, "head"):
+        if kv_caches is None:
+            kv_caches = [dict() for _ in range(model.config.n_layer)]
+        states = model.forward_cached(idx, kv_caches, past_lengths)  # (B, T, C), after ln_f
         return states, model.head
     logits, _ = model(idx, kv_caches=kv_caches)  # (B, T, V)
     return logits, lambda h: h
 
 
 def _takes_padded_pasts(model):
-    """Whether the model can run rows whose cached pasts differ in length (GPT.body's past_lengths)."""
-    body = getattr(model, "body", None)
-    return body is not None and hasattr(model, "head") and "past_lengths" in inspect.signature(body).parameters
+    """Whether the model can run rows whose cached pasts differ in length (GPT.forward_cached's past_lengths)."""
+    cached = getattr(model, "forward_cached", None)
+    return cached is not None and hasattr(model, "head") and "past_lengths" in inspect.signature(cached).parameters
 
 
 class _RowCache(dict):
@@ -216,7 +215,7 @@ def _score_batch(model, batch, n_layer, max_batch_tokens, device, stats, padded_
       0) the prefix H common to every row of the batch (a task's fixed preamble, MMLU's description
          and shots), run once;
       1) each item's own shared prefix, from H to P_b (the common prefix of item b's rows);
-      2) each row's tail after its item's prefix: with padded_pasts (models that take GPT.body's
+      2) each row's tail after its item's prefix: with padded_pasts (models that take GPT.forward_cached's
          past_lengths) tails of any items share a pass, planned on the tails' lengths; else a
          pass holds tails on one past length (a row recomputes its prefix tokens past it);
     levels 1 and 2 in passes of similar spans (_passes). Then the output head and log-softmax at the
@@ -240,7 +239,7 @@ def _score_batch(model, batch, n_layer, max_batch_tokens, device, stats, padded_
         Runs each row's tokens from the pass's past to its end, right-padded: the pass's past is its
         rows' smallest start (a row may recompute a few of its own tokens). With own_pasts every row
         runs from its own start on its own cached past, padded to the pass's largest start and masked
-        (GPT.body's past_lengths), and passes are planned on the rows' lengths alone. Returns per row
+        (GPT.forward_cached's past_lengths), and passes are planned on the rows' lengths alone. Returns per row
         (flat offset, pass width, the row's first position in the pass)."""
         where = [None] * len(rows)
         for a, e in _passes([(0, t - s) if own_pasts else (s, t) for _, s, t in rows], max_batch_tokens):

@@ -561,3 +561,17 @@ def load_split(task, split, data_dir, download=True, cache=None):
 
 def has_split(task, split, data_dir):
     return split_path(data_dir, task.dataset, split) is not None
+
+
+def check_task_data(names, data_dir, where="tasks"):
+    """The leaf tasks of `names`, after checking they are known and that data_dir holds each one's
+    split: an InputError naming the setting (`where`) and what is missing otherwise."""
+    try:
+        leaves = expand(names)
+    except KeyError as e:
+        raise InputError(f"{where}: {e.args[0]}") from None
+    missing = [n for n in leaves if not has_split(TASKS[n], TASKS[n].split, data_dir)]
+    if missing:
+        raise MissingFileError(f"{where}: no data for {', '.join(missing)} in eval_data_dir={data_dir!r} "
+                               "(it should hold <dataset>/<split>.jsonl files, e.g. shared/benchmarks)")
+    return leaves

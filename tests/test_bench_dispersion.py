@@ -35,7 +35,7 @@ def test_tiles_mode_writes_every_variant(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     rows = json.loads(out.read_text())["results"]
     names = [row["variant"] for row in rows]
-    assert names[:2] == ["reference", "tiled, tile 32"] and "logged pair cosine" in names
+    assert names[:3] == ["reference", "dense", "tiled, tile 32"] and "logged pair cosine" in names
     assert any(name.startswith("its matmuls only") for name in names)
     assert all(len(row["times_s"]) == 2 and row["median_s"] > 0 for row in rows)
 

@@ -20,6 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from eval import condensation as cond  # noqa: E402
+import hf  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 
 SHARED = Path(os.environ.get("DISPERSE_SHARED", Path(__file__).resolve().parents[2] / "shared"))
@@ -304,18 +305,18 @@ def test_quick_probe_keeps_mode_and_agrees_with_full_probe():
 def test_huggingface_export_gives_the_same_probe(tmp_path):
     transformers = pytest.importorskip("transformers")
     model = tiny_model(seed=1).eval()
-    model.to_hf(tmp_path / "hf")
-    hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
+    hf.export(model, tmp_path / "hf_model")
+    hf_model = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf_model").eval()
     seqs = random_sequences(4, 48, seed=1)
     with torch.no_grad():
         ours_h = cond.get_hidden_states(model, seqs)
-        hf_h = cond.get_hidden_states(hf, seqs)
+        hf_h = cond.get_hidden_states(hf_model, seqs)
     assert len(ours_h) == len(hf_h) == model.config.n_layer + 1
     for a, b in zip(ours_h, hf_h):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
-    assert cond.model_context_length(hf) == 64
+    assert cond.model_context_length(hf_model) == 64
     ours = cond.probe_hidden_states(model, seqs, batch_size=3, progress=False)
-    theirs = cond.probe_hidden_states(hf, seqs, batch_size=3, progress=False)
+    theirs = cond.probe_hidden_states(hf_model, seqs, batch_size=3, progress=False)
     for a, b in zip(ours["layers"], theirs["layers"]):
         for k in ("mean_cos", "mean_cos_shared", "mean_cos_centered", "mean_norm", "spectral_entropy"):
             assert a[k] == pytest.approx(b[k], abs=1e-5), k
@@ -385,8 +386,8 @@ def test_cli_writes_json_and_plots(tiny_run, tmp_path, capsys):
 def test_cli_hf_directory_both_backends(tiny_run, tmp_path):
     pytest.importorskip("transformers")
     model, _, text = tiny_run
-    model.to_hf(tmp_path / "hf")
-    common = ["--ckpt", str(tmp_path / "hf"), "--text", str(text), "--n-seq", "3", "--seq-len", "32"]
+    hf.export(model, tmp_path / "hf_model")
+    common = ["--ckpt", str(tmp_path / "hf_model"), "--text", str(text), "--n-seq", "3", "--seq-len", "32"]
     ours = cond.main(common + ["--out", str(tmp_path / "a")])
     theirs = cond.main(common + ["--out", str(tmp_path / "b"), "--backend", "transformers"])
     assert theirs["meta"]["backend"] == "transformers"
@@ -461,14 +462,14 @@ def test_probe_of_llama_and_qwen3_natively_and_through_transformers(family, tiny
     and a training checkpoint of the same model probed natively, give the same figures."""
     pytest.importorskip("transformers")
     from conftest import tiny_hf_model
-    from model import load_model
+    from load import load_model
     _, _, text = tiny_run
-    hf = tiny_hf_model(family, vocab_size=50304)  # GPT-2 ids from the text fit
-    hf.save_pretrained(tmp_path / "hf")
+    hf_model = tiny_hf_model(family, vocab_size=50304)  # GPT-2 ids from the text fit
+    hf_model.save_pretrained(tmp_path / "hf_model")
     common = ["--text", str(text), "--n-seq", "3", "--seq-len", "48"]
-    ours = cond.main(["--ckpt", str(tmp_path / "hf"), *common, "--out", str(tmp_path / "a")])
-    theirs = cond.main(["--ckpt", str(tmp_path / "hf"), *common, "--out", str(tmp_path / "b"), "--backend", "transformers"])
-    model, _ = load_model(str(tmp_path / "hf"))
+    ours = cond.main(["--ckpt", str(tmp_path / "hf_model"), *common, "--out", str(tmp_path / "a")])
+    theirs = cond.main(["--ckpt", str(tmp_path / "hf_model"), *common, "--out", str(tmp_path / "b"), "--backend", "transformers"])
+    model, _ = load_model(str(tmp_path / "hf_model"))
     ckpt_dir = tmp_path / "native"
     ckpt_dir.mkdir()
     torch.save({"model": model.state_dict(), "model_args": dataclasses.asdict(model.config)}, ckpt_dir / "ckpt.pt")
@@ -481,6 +482,6 @@ def test_probe_of_llama_and_qwen3_natively_and_through_transformers(family, tiny
     # the hidden states themselves, in HF indexing, last one after the final RMSNorm
     seqs = random_sequences(2, 40, seed=3)
     with torch.no_grad():
-        for a, b in zip(cond.get_hidden_states(model.eval(), seqs), cond.get_hidden_states(hf, seqs), strict=True):
+        for a, b in zip(cond.get_hidden_states(model.eval(), seqs), cond.get_hidden_states(hf_model, seqs), strict=True):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
-    assert cond.model_context_length(hf) == cond.model_context_length(model) == 64
+    assert cond.model_context_length(hf_model) == cond.model_context_length(model) == 64

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from disperse import (VARIANTS, dispersion_loss, dispersion_term, distillation_loss,  # noqa: E402
-                      layer_indices, mean_pairwise_cos, neftune_noise, param_grad_norm, random_direction_term,
+from controls import (distillation_loss, neftune_noise, param_grad_norm, random_direction_term,  # noqa: E402
                       random_rotation, rotated_angular_term)
+from disperse import VARIANTS, dispersion_loss, dispersion_term, layer_indices, mean_pairwise_cos  # noqa: E402
 
 OPTIONS = dict(tau=0.7, eps=1e-2, clamp=0.1, margin=0.5, norm_weight=0.1)
 

@@ -51,7 +51,7 @@ def test_good_config_gives_each_arm_its_effective_settings(tmp_path):
     assert "--dispersion_layers='1,2'" in cmd and "--seed=3" in cmd and "--always_save_checkpoint=True" in cmd
     import train
     from configurator import load_config
-    assert load_config(train._defaults, cmd[4:], train._types)["dispersion_layers"] == "1,2"
+    assert load_config(train.DEFAULTS, cmd[4:], train.TYPES)["dispersion_layers"] == "1,2"
 
 
 def fake_benchmarks(root):
@@ -134,7 +134,7 @@ def test_tiny_grid_end_to_end(shared, tiny_dataset, tmp_path, capsys):
 def test_checkpoint_selected_by_val_loss_is_evaluated_too(shared, tiny_dataset, tmp_path):
     """A run whose lowest val loss came before the end: its ckpt_best.pt gets its own benchmarks
     and probe, and the report a section for it. (Training is faked: the run folder is prepared.)"""
-    import train
+    import checkpoint
     from model import GPT, GPTConfig, model_config_to_dict
     config = tiny_experiment(tmp_path, tiny_dataset, seeds=[0], arms={"ce": {}})
     run = tmp_path / "exp" / "ce" / "seed0"
@@ -142,7 +142,7 @@ def test_checkpoint_selected_by_val_loss_is_evaluated_too(shared, tiny_dataset, 
     for name, it in (("ckpt_best.pt", 2), ("ckpt.pt", 4)):
         torch.manual_seed(it)
         model = GPT(GPTConfig(**{k: TINY[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size")}))
-        train.write_checkpoint(str(run / name), {"model": model.state_dict(), "model_args": model_config_to_dict(model.config),
+        checkpoint.write(str(run / name), {"model": model.state_dict(), "model_args": model_config_to_dict(model.config),
                                                  "iter_num": it})
     (run / "metrics.jsonl").write_text('{"iter": 2, "val_loss": 5.0}\n{"iter": 4, "val_loss": 6.0}\n')
 

@@ -4,7 +4,9 @@ import tempfile
 import pytest
 import torch
 
-from model import GPT, GPTConfig, load_model
+import hf
+from load import load_model
+from model import GPT, GPTConfig
 
 
 def tiny(**kw):
@@ -55,7 +57,9 @@ def test_hidden_states_follow_hf_indexing():
     assert torch.allclose(hidden[1], after_block1, atol=1e-6)
     block2 = model.transformer.h[1](after_block1)
     assert torch.allclose(hidden[2], model.transformer.ln_f(block2), atol=1e-6)
-    _, _, pre = model(x, return_hidden=True, last_hidden_before_ln=True)
+    model.last_hidden_before_ln = True
+    _, _, pre = model(x, return_hidden=True)
+    model.last_hidden_before_ln = False
     assert torch.allclose(pre[2], block2, atol=1e-6)
     # asking for hidden states does not change the logits
     assert torch.equal(model(x)[0], logits)
@@ -65,7 +69,7 @@ def test_kv_cache_generation_matches_full_recompute():
     model = tiny().eval()
     prompt = torch.randint(0, 100, (2, 5), generator=torch.Generator().manual_seed(3))
     cached = model.generate(prompt, 12, temperature=0)
-    windowed = model._generate_windowed(prompt, 12, 0, None, None)
+    windowed = model.generate_windowed(prompt, 12, 0, None, None)
     assert torch.equal(cached, windowed)
     # sampling with a seeded generator is reproducible and respects top_k
     a = model.generate(prompt, 8, temperature=0.8, top_k=5, generator=torch.Generator().manual_seed(0))
@@ -90,17 +94,17 @@ def test_hf_round_trip_logits_equal():
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     hf_config = transformers.GPT2Config(n_positions=64, n_embd=48, n_layer=3, n_head=4, vocab_size=50257)
-    hf = transformers.GPT2LMHeadModel(hf_config).eval()
-    ours = GPT.from_hf_model(hf).eval()
+    hf_model = transformers.GPT2LMHeadModel(hf_config).eval()
+    ours = hf.from_transformers(hf_model).eval()
     x = torch.randint(0, 50257, (2, 20), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        hf_out = hf(x, output_hidden_states=True)
+        hf_out = hf_model(x, output_hidden_states=True)
         logits, _, hidden = ours(x, return_hidden=True)
     assert (hf_out.logits - logits).abs().max() < 1e-5
     for a, b in zip(hf_out.hidden_states, hidden, strict=True):
         assert (a - b).abs().max() < 1e-5
     with tempfile.TemporaryDirectory() as d:
-        ours.to_hf(d)
+        hf.export(ours, d)
         back = transformers.GPT2LMHeadModel.from_pretrained(d).eval()
         reloaded, info = load_model(d)
         with torch.no_grad():
@@ -115,7 +119,7 @@ def test_export_of_our_padded_model_round_trips():
     ours = GPT(GPTConfig(block_size=32, vocab_size=50257, n_layer=2, n_head=2, n_embd=32)).eval()
     x = torch.randint(0, 50257, (1, 12))
     with tempfile.TemporaryDirectory() as d:
-        ours.to_hf(d)
+        hf.export(ours, d)
         back = transformers.GPT2LMHeadModel.from_pretrained(d).eval()
         with torch.no_grad():
             assert (back(x).logits - ours(x)[0]).abs().max() < 1e-5

@@ -8,7 +8,10 @@ import pytest
 import torch
 
 from conftest import tiny_hf_model
-from model import GPT, GPTConfig, apply_rope, config_from_hf, load_model, rope_tables
+import hf
+from hf import config_from_hf
+from load import load_model
+from model import GPT, GPTConfig, apply_rope, rope_tables
 
 transformers = pytest.importorskip("transformers")
 
@@ -23,9 +26,9 @@ def ids(n=2, T=20, seed=0):
     return torch.randint(0, VOCAB, (n, T), generator=torch.Generator().manual_seed(seed))
 
 
-def assert_same_outputs(hf, ours, x):
+def assert_same_outputs(hf_model, ours, x):
     with torch.no_grad():
-        hf_out = hf(x, output_hidden_states=True)
+        hf_out = hf_model(x, output_hidden_states=True)
         logits, _, hidden = ours(x, return_hidden=True)
     assert logits.shape == hf_out.logits.shape
     assert (hf_out.logits - logits).abs().max() <= 1e-5
@@ -50,19 +53,19 @@ FAMILIES = [
 
 @pytest.mark.parametrize("family, overrides", FAMILIES)
 def test_round_trip_through_transformers(family, overrides, tmp_path):
-    hf = hf_tiny(family, **overrides)
-    hf.save_pretrained(tmp_path / "hf")  # config.json + model.safetensors, as on the hub
-    ours, info = load_model(str(tmp_path / "hf"))
+    hf_model = hf_tiny(family, **overrides)
+    hf_model.save_pretrained(tmp_path / "hf_model")  # config.json + model.safetensors, as on the hub
+    ours, info = load_model(str(tmp_path / "hf_model"))
     ours.eval()
     assert info["source"] == "huggingface"
     x = ids(T=40)  # longer than llama3's original context above: every frequency band is used
-    logits = assert_same_outputs(hf, ours, x)
+    logits = assert_same_outputs(hf_model, ours, x)
     # export -> transformers -> the same logits, and the same architecture and config class
-    ours.to_hf(tmp_path / "out")
+    hf.export(ours, tmp_path / "out")
     config = json.loads((tmp_path / "out" / "config.json").read_text())
-    assert config["model_type"] == family and config["architectures"] == [type(hf).__name__]
+    assert config["model_type"] == family and config["architectures"] == [type(hf_model).__name__]
     back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
-    assert type(back) is type(hf)
+    assert type(back) is type(hf_model)
     with torch.no_grad():
         assert (back(x).logits - logits).abs().max() <= 1e-5
     # and in again: the same model
@@ -73,26 +76,27 @@ def test_round_trip_through_transformers(family, overrides, tmp_path):
 
 
 def test_in_memory_transformers_model_and_sharded_files(tmp_path):
-    hf = hf_tiny("qwen3", num_hidden_layers=3)
-    assert_same_outputs(hf, GPT.from_hf_model(hf).eval(), ids())
-    hf.save_pretrained(tmp_path, max_shard_size="20KB")  # many shards and model.safetensors.index.json
+    hf_model = hf_tiny("qwen3", num_hidden_layers=3)
+    assert_same_outputs(hf_model, hf.from_transformers(hf_model).eval(), ids())
+    hf_model.save_pretrained(tmp_path, max_shard_size="20KB")  # many shards and model.safetensors.index.json
     assert (tmp_path / "model.safetensors.index.json").exists() and not (tmp_path / "model.safetensors").exists()
-    assert_same_outputs(hf, GPT.from_hf(str(tmp_path)).eval(), ids())
+    assert_same_outputs(hf_model, hf.load(str(tmp_path)).eval(), ids())
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen3"])
 def test_kv_cache_generation_with_rope_equals_full_recompute(family):
-    ours = GPT.from_hf_model(hf_tiny(family)).eval()
+    ours = hf.from_transformers(hf_tiny(family)).eval()
     prompt = ids(T=5, seed=3)
     cached = ours.generate(prompt, 30, temperature=0)
-    windowed = ours._generate_windowed(prompt, 30, 0, None, None)
+    windowed = ours.generate_windowed(prompt, 30, 0, None, None)
     assert torch.equal(cached, windowed)
     # the logits at every position, step by step through the cache, equal one full pass
     x = ids(T=24, seed=4)
     caches = [dict() for _ in range(ours.config.n_layer)]
     with torch.no_grad():
         full = ours(x)[0]
-        steps = [ours(x[:, :9], kv_caches=caches)[0]] + [ours(x[:, t:t + 1], kv_caches=caches)[0] for t in range(9, 24)]
+        steps = [ours.head(ours.forward_cached(x[:, :9], caches))] + \
+            [ours.head(ours.forward_cached(x[:, t:t + 1], caches)) for t in range(9, 24)]
     assert (torch.cat(steps, dim=1) - full).abs().max() < 1e-5
 
 
@@ -196,21 +200,21 @@ def test_unsupported_checkpoints_are_refused_by_field(family, change, message, t
     config = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**config, **change}))
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("[", r"\[")):
-        GPT.from_hf(str(tmp_path))
+        hf.load(str(tmp_path))
 
 
 def test_pickled_weights_are_refused(tmp_path):
-    hf = hf_tiny("llama")
-    hf.config.save_pretrained(tmp_path)
-    torch.save(hf.state_dict(), tmp_path / "pytorch_model.bin")
+    hf_model = hf_tiny("llama")
+    hf_model.config.save_pretrained(tmp_path)
+    torch.save(hf_model.state_dict(), tmp_path / "pytorch_model.bin")
     with pytest.raises(FileNotFoundError, match="pytorch_model.bin: pickled weights"):
-        GPT.from_hf(str(tmp_path))
+        hf.load(str(tmp_path))
 
 
 def test_config_without_a_family_cannot_be_exported(tmp_path):
     model = GPT(GPTConfig(block_size=16, vocab_size=VOCAB, n_layer=1, n_head=2, n_embd=16, pos_emb="rope"))
     with pytest.raises(ValueError, match="match no Hugging Face family"):
-        model.to_hf(tmp_path)
+        hf.export(model, tmp_path)
     assert not any(tmp_path.iterdir())  # nothing half-written
 
 
@@ -225,31 +229,31 @@ def test_legacy_rope_keys_are_read():
 
 def test_gpt2_base_model_files_without_the_transformer_prefix(tmp_path):
     """The hub's gpt2 files hold GPT2Model keys (h.0.attn..., wte.weight) and the old mask buffers."""
-    hf = hf_tiny("gpt2")
-    hf.transformer.save_pretrained(tmp_path)  # GPT2Model: no lm_head, no 'transformer.' prefix
+    hf_model = hf_tiny("gpt2")
+    hf_model.transformer.save_pretrained(tmp_path)  # GPT2Model: no lm_head, no 'transformer.' prefix
     from safetensors.torch import load_file, save_file
     sd = load_file(tmp_path / "model.safetensors")
     assert "wte.weight" in sd
     sd["h.0.attn.bias"] = torch.ones(1, 1, 64, 64).tril()  # what transformers < 4.3x wrote
     save_file(sd, tmp_path / "model.safetensors", metadata={"format": "pt"})
-    assert_same_outputs(hf, GPT.from_hf(str(tmp_path)).eval(), ids())
+    assert_same_outputs(hf_model, hf.load(str(tmp_path)).eval(), ids())
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama", "qwen3"])
 def test_padded_pasts_equal_each_row_on_its_own(family):
-    """body(past_lengths=...): rows whose cached pasts have different lengths, padded to the
+    """forward_cached(past_lengths=...): rows whose cached pasts have different lengths, padded to the
     longest, in one pass give each row's states as if it ran alone on its real past."""
     torch.manual_seed(0)
-    ours = GPT.from_hf_model(hf_tiny(family)).eval()
+    ours = hf.from_transformers(hf_tiny(family)).eval()
     n_layer = ours.config.n_layer
     pasts, tails = [ids(1, P, seed=P)[0] for P in (3, 11, 7)], [ids(1, L, seed=50 + L)[0] for L in (5, 2, 6)]
     with torch.no_grad():
         alone, caches = [], []
         for past, tail in zip(pasts, tails):
-            full, _ = ours.body(torch.cat([past, tail])[None])  # (1, P + L, C)
+            full = ours.forward_cached(torch.cat([past, tail])[None], [dict() for _ in range(n_layer)])  # (1, P + L, C)
             alone.append(full[0, len(past):])
             c = [dict() for _ in range(n_layer)]
-            ours.body(past[None], kv_caches=c)
+            ours.forward_cached(past[None], c)
             caches.append(c)
         P_max, L_max = max(map(len, pasts)), max(map(len, tails))
         padded = []  # each layer's keys/values of the three rows, garbage after each row's real past
@@ -264,6 +268,6 @@ def test_padded_pasts_equal_each_row_on_its_own(family):
         for r, tail in enumerate(tails):
             x[r, :len(tail)] = tail
         lengths = torch.tensor([len(p) for p in pasts])
-        together, _ = ours.body(x, kv_caches=padded, past_lengths=lengths)  # (3, L_max, C)
+        together = ours.forward_cached(x, padded, past_lengths=lengths)  # (3, L_max, C)
     for r, tail in enumerate(tails):
         assert (together[r, :len(tail)] - alone[r]).abs().max() < 1e-5

@@ -41,7 +41,7 @@ def test_padded_head_gives_the_unpadded_logits_loss_and_gradients(family):
     model = tiny(**FAMILIES[family])
     assert model.lm_head.weight.shape[0] == 128
     x, y = batch()
-    states, _ = model.body(x)
+    states = model.hidden_states(x)[-1]
     unpadded = lambda s: F.linear(s, model.lm_head.weight[:100])  # noqa: E731  (the head before padding)
     assert model.head(states).shape == (3, 16, 100)
     assert torch.equal(model.head(states), unpadded(states))
@@ -51,7 +51,7 @@ def test_padded_head_gives_the_unpadded_logits_loss_and_gradients(family):
         if path == "model":
             logits, loss = model(x, y)
         else:
-            logits = unpadded(model.body(x)[0])
+            logits = unpadded(model.hidden_states(x)[-1])
             loss = F.cross_entropy(logits.reshape(-1, 100), y.view(-1), ignore_index=-1)
         loss.backward()
         results.append((logits.detach(), loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from eval import plots, report
+from eval import plots, report, runs
 from eval.stats import t_interval
 
 
@@ -32,9 +32,9 @@ def test_best_checkpoint_is_the_first_lowest_val_loss_after_iteration_0(tmp_path
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (
         {"iter": 0, "val_loss": 1.0}, {"iter": 1, "loss": 0.5}, {"iter": 2, "val_loss": 3.0},
         {"iter": 4, "val_loss": 2.5}, {"iter": 6, "val_loss": 2.5}, {"iter": 8, "val_loss": 2.7})))
-    assert report.best_checkpoint(str(tmp_path)) is None  # no ckpt_best.pt: not trained with keep_best
+    assert runs.best_checkpoint(str(tmp_path)) is None  # no ckpt_best.pt: not trained with keep_best
     (tmp_path / "ckpt_best.pt").write_bytes(b"")
-    assert report.best_checkpoint(str(tmp_path)) == {"iter": 4, "val_loss": 2.5}
+    assert runs.best_checkpoint(str(tmp_path)) == {"iter": 4, "val_loss": 2.5}
 
 
 # ---------------------------------------------------------------------- hand-made experiment folders

@@ -67,17 +67,17 @@ def test_bad_tokenizer_names_are_input_errors(tmp_path):
 def test_gpt2_hugging_face_folder_gives_tiktoken_ids(shared):
     """shared/tokenizers/gpt2-hf through transformers = tiktoken's gpt2, on 100k characters of the corpus."""
     pytest.importorskip("transformers")
-    ours, hf = get_tokenizer("gpt2"), get_tokenizer(str(shared / "tokenizers" / "gpt2-hf"))
-    assert (ours.backend, hf.backend) == ("tiktoken", "huggingface")
-    assert (hf.vocab_size, hf.eot, hf.prefix_token) == (ours.vocab_size, ours.eot, ours.prefix_token) == (50257, 50256, 50256)
+    ours, hf_model = get_tokenizer("gpt2"), get_tokenizer(str(shared / "tokenizers" / "gpt2-hf"))
+    assert (ours.backend, hf_model.backend) == ("tiktoken", "huggingface")
+    assert (hf_model.vocab_size, hf_model.eot, hf_model.prefix_token) == (ours.vocab_size, ours.eot, ours.prefix_token) == (50257, 50256, 50256)
     text = (shared / "corpus" / "austen.txt").read_text(encoding="utf-8")[:100_000]
     ids = ours.encode(text)
-    assert len(ids) > 15_000 and hf.encode(text) == ids
-    assert hf.encode_batch([text[:500], text[500:900]]) == ours.encode_batch([text[:500], text[500:900]])
+    assert len(ids) > 15_000 and hf_model.encode(text) == ids
+    assert hf_model.encode_batch([text[:500], text[500:900]]) == ours.encode_batch([text[:500], text[500:900]])
     special = "Question: a<|endoftext|>b"
-    assert hf.encode_special(special) == ours.encode_special(special) and 50256 in ours.encode_special(special)
-    assert 50256 not in hf.encode(special)  # plain text: the special token's text is text
-    assert hf.decode(ids[:50]) == ours.decode(ids[:50]) == text[: len(ours.decode(ids[:50]))]
+    assert hf_model.encode_special(special) == ours.encode_special(special) and 50256 in ours.encode_special(special)
+    assert 50256 not in hf_model.encode(special)  # plain text: the special token's text is text
+    assert hf_model.decode(ids[:50]) == ours.decode(ids[:50]) == text[: len(ours.decode(ids[:50]))]
 
 
 def test_nanogpt_folder_is_read_as_gpt2_uint16_with_a_notice(tmp_path, capsys):
@@ -137,7 +137,7 @@ def test_uint32_end_to_end(tmp_path, capsys):
     probe = condensation.main(["--ckpt", str(out), "--text", str(text), "--n-seq", "2", "--seq-len", "16",
                                "--out", str(tmp_path / "probe")])
     assert probe["meta"]["tokenizer"] == tok_dir and probe["meta"]["text_tokens"] == 60 * 30
-    from model import load_model
+    from load import load_model
     direct = condensation.probe_hidden_states(
         load_model(str(out))[0], condensation.sample_sequences(np.asarray(tok.encode(text.read_text())), 2, 16, 0),
         progress=False)
@@ -149,14 +149,16 @@ def test_uint32_end_to_end(tmp_path, capsys):
 
 def test_checkpoint_without_a_tokenizer_entry_means_gpt2(tmp_path):
     import checkpoint
-    from model import GPT, GPTConfig, load_model, model_config_to_dict
+    import hf
+    from load import load_model
+    from model import GPT, GPTConfig, model_config_to_dict
     model = GPT(GPTConfig(block_size=8, vocab_size=64, n_layer=1, n_head=1, n_embd=8))
     checkpoint.write(str(tmp_path / "ckpt.pt"), {"model": model.state_dict(), "model_args": model_config_to_dict(model.config)})
     assert load_model(str(tmp_path))[1]["tokenizer"] == "gpt2"
-    model.to_hf(str(tmp_path / "hf"))  # weights and config.json, no tokenizer files: GPT-2's
-    assert load_model(str(tmp_path / "hf"))[1]["tokenizer"] == "gpt2"
-    word_tokenizer(tmp_path / "hf")  # now the folder has its own
-    assert load_model(str(tmp_path / "hf"))[1]["tokenizer"] == str(tmp_path / "hf")
+    hf.export(model, str(tmp_path / "hf_model"))  # weights and config.json, no tokenizer files: GPT-2's
+    assert load_model(str(tmp_path / "hf_model"))[1]["tokenizer"] == "gpt2"
+    word_tokenizer(tmp_path / "hf_model")  # now the folder has its own
+    assert load_model(str(tmp_path / "hf_model"))[1]["tokenizer"] == str(tmp_path / "hf_model")
 
 
 def test_hflm_rules_for_a_tokenizer_that_adds_bos(tmp_path):
@@ -167,13 +169,13 @@ def test_hflm_rules_for_a_tokenizer_that_adds_bos(tmp_path):
     from eval import scoring as S
     from transformers import AutoTokenizer
     folder = word_tokenizer(tmp_path / "tok", bos=True)
-    enc, hf = get_tokenizer(folder), AutoTokenizer.from_pretrained(folder)
+    enc, hf_model = get_tokenizer(folder), AutoTokenizer.from_pretrained(folder)
     assert (enc.bos, enc.eos, enc.eot, enc.prefix_token) == (2, 1, 1, 2)
     ctx, cont = S.encode_pair(enc, "the river ", "green paper")
-    assert ctx == hf.encode("the river") and ctx[0] == 2 and ctx.count(2) == 1
-    assert ctx + cont == hf.encode("the river green paper") and cont == hf.encode("green paper", add_special_tokens=False)
-    assert S.encode(enc, "<s> the river") == hf.encode("<s> the river", add_special_tokens=False) == [2, 3, 4]
-    assert S.encode_pair(enc, "", "green paper") == ([2], hf.encode("green paper", add_special_tokens=False))
+    assert ctx == hf_model.encode("the river") and ctx[0] == 2 and ctx.count(2) == 1
+    assert ctx + cont == hf_model.encode("the river green paper") and cont == hf_model.encode("green paper", add_special_tokens=False)
+    assert S.encode(enc, "<s> the river") == hf_model.encode("<s> the river", add_special_tokens=False) == [2, 3, 4]
+    assert S.encode_pair(enc, "", "green paper") == ([2], hf_model.encode("green paper", add_special_tokens=False))
     tokens = S.encode(enc, "the river green")
     assert tokens == [2, 3, 4, 8]
     assert S.rolling_windows(tokens, 8, enc.prefix_token) == [([2], [2, 3, 4, 8])]

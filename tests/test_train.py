@@ -188,7 +188,7 @@ def test_benchmarks_at_eval_steps(shared, tiny_dataset, tmp_path):
 def test_every_training_config_file_is_valid(path):
     import train
     from configurator import load_config
-    config = load_config(train._defaults, [str(REPO / path)], train._types)
+    config = load_config(train.DEFAULTS, [str(REPO / path)], train.TYPES)
     assert config["out_dir"] != "out"  # each config writes to its own folder
 
 
@@ -238,18 +238,19 @@ def test_bad_model_settings_stop_with_a_clear_message(args, message, tiny_datase
 def test_init_from_a_hugging_face_qwen3_directory(tiny_dataset, tmp_path):
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    hf = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(
+    hf_model = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(
         vocab_size=128, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2,
         num_key_value_heads=1, head_dim=8, max_position_embeddings=64, tie_word_embeddings=True))
-    hf.save_pretrained(tmp_path / "hf")
+    hf_model.save_pretrained(tmp_path / "hf_model")
     out = tmp_path / "out"
-    run_train([*TINY_MODEL, f"--dataset={tiny_dataset}", f"--out_dir={out}", f"--init_from={tmp_path / 'hf'}",
+    run_train([*TINY_MODEL, f"--dataset={tiny_dataset}", f"--out_dir={out}", f"--init_from={tmp_path / 'hf_model'}",
                "--max_iters=2", "--eval_interval=2", "--eval_iters=1", "--gradient_checkpointing=True"])
     ckpt = torch.load(out / "ckpt.pt", weights_only=False)
     assert ckpt["model_args"]["qk_norm"] and ckpt["model_args"]["block_size"] == 32  # cropped to the run's context
-    from model import load_model
+    import hf
+    from load import load_model
     model, _ = load_model(str(out))
-    model.to_hf(tmp_path / "back")  # the trained model goes back to transformers
+    hf.export(model, tmp_path / "back")  # the trained model goes back to transformers
     back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "back").eval()
     x = torch.randint(0, 128, (1, 16))
     with torch.no_grad():

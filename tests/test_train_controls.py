@@ -73,6 +73,7 @@ def test_a_loss_enters_the_step_once_with_its_weight(variant, tiny_dataset, tmp_
 
 @pytest.mark.parametrize("control", ["random_direction", "rotated_angular"])
 def test_a_control_enters_the_step_as_its_gradient_and_the_log_as_zero(control, tiny_dataset, tmp_path):
+    import controls
     import disperse
     run_train([*TINY_MODEL, f"--dataset={tiny_dataset}", f"--out_dir={tmp_path}", *ONE_STEP, f"--dispersion={control}"])
     row = logged_step(tmp_path)
@@ -82,11 +83,11 @@ def test_a_control_enters_the_step_as_its_gradient_and_the_log_as_zero(control, 
 
     def control_term(weight):
         if control == "random_direction":
-            return disperse.random_direction_term(hidden, "all", weight, torch.Generator().set_state(aux_gen.get_state()),
+            return controls.random_direction_term(hidden, "all", weight, torch.Generator().set_state(aux_gen.get_state()),
                                                   **LOSS_OPTIONS)
         key = int(np.random.default_rng([1337, 3, 0]).integers(2**62))  # train.py's rotation of step 0
-        rotation = disperse.random_rotation(32, torch.Generator().manual_seed(key))
-        return disperse.rotated_angular_term(hidden, "all", weight, rotation, params=params, **LOSS_OPTIONS)
+        rotation = controls.random_rotation(32, torch.Generator().manual_seed(key))
+        return controls.rotated_angular_term(hidden, "all", weight, rotation, params=params, **LOSS_OPTIONS)
 
     surrogate, _, angular_grads = control_term(WEIGHT)
     # the logged loss is CE: the surrogate's value means nothing
@@ -106,8 +107,8 @@ def test_a_control_enters_the_step_as_its_gradient_and_the_log_as_zero(control, 
     for wrong in (WEIGHT ** 2, 1.0):
         assert abs(grad_norm_of(model, ce + control_term(wrong)[0]) / expected - 1) > 0.01
     # the logged parameter-gradient ratio on this batch
-    control_norm = disperse.param_grad_norm([surrogate], None, params)
-    angular_norm = disperse.param_grad_norm([hidden[1], hidden[2]], [angular_grads[1], angular_grads[2]], params)
+    control_norm = controls.param_grad_norm([surrogate], None, params)
+    angular_norm = controls.param_grad_norm([hidden[1], hidden[2]], [angular_grads[1], angular_grads[2]], params)
     assert row["ctrl/param_grad_ratio"] == pytest.approx((control_norm / angular_norm).item(), rel=1e-4)
 
 

@@ -1,4 +1,4 @@
-"""train.tune_malloc: after it, big blocks that are freed and allocated again, step after step, are
+"""system.tune_malloc: after it, big blocks that are freed and allocated again, step after step, are
 reused once the heap has grown to hold them, not mapped and page-faulted in afresh (the sys time of CPU training, docs/performance.md). Each arm
 runs in its own process, so this test process's malloc keeps its defaults."""
 
@@ -14,8 +14,8 @@ PROBE = """
 import json, resource, sys
 import torch
 sys.path.insert(0, {repo!r})
-import train
-applied = train.tune_malloc() if sys.argv[1] == "tuned" else False
+import system
+applied = system.tune_malloc() if sys.argv[1] == "tuned" else False
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 per_step = []
@@ -49,4 +49,4 @@ def test_freed_big_blocks_are_reused_after_tune_malloc():
 
 def test_malloc_tuning_is_a_setting():
     import train
-    assert train._defaults["malloc_tuning"] is True
+    assert train.DEFAULTS["malloc_tuning"] is True

@@ -1,0 +1,83 @@
+"""
+Evaluate one checkpoint the way an experiment does: the benchmarks (eval/benchmarks.py) into one
+folder and the condensation probe (eval/condensation.py) into another, in this process (a subprocess
+per stage would pay torch's start-up and re-read the benchmark files each time). Each output folder
+is written under a temporary name and renamed when complete, so a folder that exists is whole.
+
+`settings` (experiment.py's evaluation_settings) holds: tasks, limits ({task: limit}), data_dir,
+num_fewshot, paper_protocol, device, dtype, batch_size, and probe: {text, n_seq, seq_len, batch_size}.
+"""
+
+import datetime
+import os
+import time
+
+from files import atomic_folder, write_json
+
+_probe_tokens = {}  # (text path, tokenizer) -> token ids, tokenised once per process
+
+
+def evaluate_checkpoint(settings, ckpt_path, eval_dir, probe_dir, label, progress=True):
+    """Benchmarks into eval_dir (results.json, items.jsonl) and the probe into probe_dir
+    (condensation.json), each skipped when already there. Returns the seconds each took."""
+    import torch
+    from data.common import get_tokenizer
+    from eval import benchmarks
+    from eval import tasks as T
+    from eval.condensation import model_context_length, probe_hidden_states, read_tokens, sample_sequences
+    from load import load_model
+    from system import resolve_device
+
+    device = resolve_device(settings["device"])
+    model, info = load_model(ckpt_path, device)
+    tokenizer = get_tokenizer(info["tokenizer"])
+    seconds = {}
+    if not os.path.exists(os.path.join(eval_dir, "results.json")):
+        t0, cpu0 = time.time(), time.process_time()
+        if settings["paper_protocol"]:  # as eval/benchmarks.py --paper-protocol does
+            few = set(T.expand(T.PAPER_FEW_SHOT))
+            num_fewshot = {n: (settings["num_fewshot"] if n in few else 0) for n in T.expand(settings["tasks"])}
+        else:
+            num_fewshot = settings["num_fewshot"]
+        # one evaluate() per distinct limit; the tasks' results and items are then put back in the
+        # order of `tasks`, and the groups (MMLU, paper10) aggregated over all of them
+        limits = settings["limits"]
+        results, items_by_task, seconds_eval = {}, {}, 0.0
+        for limit in dict.fromkeys(limits.values()):
+            names = [n for n in limits if limits[n] == limit]
+            part, part_items = benchmarks.evaluate(model, names, settings["data_dir"], limit=limit,
+                                                   num_fewshot=num_fewshot, batch_size=settings["batch_size"],
+                                                   device=device, dtype=settings["dtype"], progress=progress,
+                                                   enc=tokenizer)
+            results.update({n: part[n] for n in names})
+            for rec in part_items:
+                items_by_task.setdefault(rec["task"], []).append(rec)
+            seconds_eval += part["config"]["seconds"]
+            config = part["config"]
+        items = [rec for n in limits for rec in items_by_task.get(n, [])]
+        results.update(benchmarks.group_metrics(results))
+        results["config"] = {**config, "tasks": settings["tasks"], "limit": settings["limit"], "limits": limits,
+                             "seconds": round(seconds_eval, 2), "n_items": len(items),
+                             "ckpt": ckpt_path, "model": info, "paper_protocol": settings["paper_protocol"]}
+        with atomic_folder(eval_dir) as tmp:
+            benchmarks.write_outputs(tmp, results, items)
+        seconds["eval"], seconds["eval_cpu"] = time.time() - t0, time.process_time() - cpu0
+    if not os.path.exists(os.path.join(probe_dir, "condensation.json")):
+        t0, cpu0 = time.time(), time.process_time()
+        probe = settings["probe"]
+        key = (probe["text"], info["tokenizer"])  # the text in the checkpoint's own token ids
+        if key not in _probe_tokens:
+            _probe_tokens[key] = read_tokens(probe["text"], tokenizer.encode)
+        seq_len = min(probe["seq_len"], model_context_length(model) or probe["seq_len"])
+        sequences = sample_sequences(_probe_tokens[key], probe["n_seq"], seq_len, seed=0)  # (R, S), the same for every run
+        result = probe_hidden_states(model, sequences, probe["batch_size"], device, progress=progress)
+        result["meta"] = {"model": ckpt_path, "label": label, "iter_num": info.get("iter_num"),
+                          "n_layer": model.config.n_layer, "n_seq": probe["n_seq"], "seq_len": seq_len,
+                          "text": probe["text"], "date": datetime.datetime.now().isoformat(timespec="seconds")}
+        with atomic_folder(probe_dir) as tmp:
+            write_json(os.path.join(tmp, "condensation.json"), result)
+        seconds["probe"], seconds["probe_cpu"] = time.time() - t0, time.process_time() - cpu0
+    del model
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()  # give the memory back before the next training run
+    return seconds
