@@ -5,17 +5,20 @@ format, and the batch sampler.
 On disk, a prepared dataset is a folder with
     train.bin, val.bin   token ids as one flat array, uint16 when the tokenizer's ids fit
                          (GPT-2's 50257 do), uint32 otherwise (Qwen3's ~152k); documents are
-                         separated by the tokenizer's end-of-text token
-    meta.json            tokenizer (its name: "gpt2", a Hugging Face folder or hub name),
-                         vocab_size, dtype, and per split the token and document counts and the
-                         largest token id (max_token_id)
-Training reads the .bin files through np.memmap, so a dataset larger than RAM is fine. A
-folder prepared by nanoGPT (train.bin and val.bin, no meta.json) is read as GPT-2 uint16 ids.
+                         separated by the tokenizer's end-of-text token (a character tokenizer
+                         has none: its documents are concatenated, as in nanoGPT)
+    meta.json            tokenizer (its name: "gpt2", a Hugging Face folder or hub name, or a
+                         character tokenizer's 'char:"..."'), vocab_size, dtype, and per split the
+                         token and document counts and the largest token id (max_token_id)
+Training reads the .bin files through np.memmap, so a dataset larger than RAM is fine.
+Folders prepared by nanoGPT have no meta.json: with a meta.pkl (data/shakespeare_char) they are
+character ids in uint16, read with the characters of its meta.pkl; without one, GPT-2 uint16 ids.
 """
 
 import functools
 import json
 import os
+import pickle
 import sys
 
 import numpy as np
@@ -30,13 +33,15 @@ NANOGPT_META = {"tokenizer": "gpt2", "vocab_size": VOCAB_SIZE, "dtype": "uint16"
 # ---------------------------------------------------------------------- tokenizers
 
 class Tokenizer:
-    """One interface over tiktoken's encodings and Hugging Face tokenizers.
+    """One interface over tiktoken's encodings, Hugging Face tokenizers and character tokenizers.
 
     name        what meta.json and checkpoints record, and get_tokenizer(name) loads again
     vocab_size  number of ids (for Hugging Face, added tokens included)
-    eot         the id put between documents (GPT-2: <|endoftext|>; Hugging Face: eos, else bos)
+    eot         the id put between documents (GPT-2: <|endoftext|>; Hugging Face: eos, else bos;
+                a character tokenizer: None, documents are concatenated)
     bos, eos    the tokenizer's own (None where it has none)
     prefix_token  lm-eval's prefix for an empty context and for perplexity windows: bos, else eos
+                (None for a character tokenizer)
     """
 
     def __init__(self, name, backend, vocab_size, eot, bos, eos):
@@ -74,11 +79,14 @@ class Tokenizer:
 def get_tokenizer(name="gpt2"):
     """The tokenizer called `name`: a tiktoken encoding ("gpt2", "r50k_base", ...), a local Hugging
     Face tokenizer folder (tokenizer.json, or vocab.json + merges.txt, ...), or a Hugging Face hub
-    name ("Qwen/Qwen3-0.6B"; downloaded when online). Offline, tiktoken needs TIKTOKEN_CACHE_DIR
-    pointed at a folder holding its files."""
+    name ("Qwen/Qwen3-0.6B"; downloaded when online), or a character tokenizer's name
+    ('char:"..."', see char_tokenizer_name). Offline, tiktoken needs TIKTOKEN_CACHE_DIR pointed at a
+    folder holding its files."""
     if not isinstance(name, str) or not name:
         raise InputError(f"tokenizer={name!r}: give a tiktoken encoding (gpt2), a Hugging Face tokenizer "
                          "folder or a hub name")
+    if name.startswith(CHAR_PREFIX):  # before the folder check: the name is the whole tokenizer, no file
+        return _char(name)
     if not os.path.isdir(name):
         import tiktoken
         if name in tiktoken.list_encoding_names():
@@ -126,17 +134,92 @@ def _huggingface(name):
     return tok
 
 
+# A character tokenizer (nanoGPT's shakespeare_char): id i is the i-th of its characters. Its name
+# is the whole tokenizer, so meta.json and checkpoints record it and get_tokenizer rebuilds it with
+# no file: "char:" + the characters in id order as a JSON string, e.g. char:"\n !$&',-.3:;?ABC...".
+# JSON's escapes keep the name one line of ASCII whatever the characters (newlines, quotes,
+# non-ASCII), and no tiktoken name, hub name ("org/name") or path starts with 'char:"'.
+CHAR_PREFIX = "char:"
+
+
+class CharTokenizer(Tokenizer):
+    """Each character is one token; no special tokens (eot, bos, eos and prefix_token are None), so
+    documents are concatenated with no separator between them, as nanoGPT's shakespeare_char does."""
+
+    def __init__(self, chars):
+        super().__init__(char_tokenizer_name(chars), "char", len(chars), None, None, None)
+        self.chars = list(chars)  # id -> character
+        self.stoi = {c: i for i, c in enumerate(self.chars)}
+
+    def encode_batch(self, texts):
+        out = []
+        for k, text in enumerate(texts):
+            try:
+                out.append([self.stoi[c] for c in text])
+            except KeyError:
+                pos = next(i for i, c in enumerate(text) if c not in self.stoi)
+                where = f" of text {k}" if len(texts) > 1 else ""
+                raise InputError(f"character {text[pos]!r} at position {pos}{where} is not in the character "
+                                 f"tokenizer's {self.vocab_size} characters: the text has a character the model's "
+                                 "vocabulary lacks; remove or replace it (or prepare the data from a text that "
+                                 "has it)") from None
+        return out
+
+    def encode_special(self, text, add_special_tokens=True):
+        return self.encode(text)  # no special tokens to add or to recognise
+
+    def decode(self, ids):
+        # an id beyond the characters (a model whose vocab_size was rounded up) decodes to U+FFFD
+        n = self.vocab_size
+        return "".join(self.chars[i] if 0 <= i < n else "\ufffd" for i in map(int, ids))
+
+
+def char_tokenizer_name(chars):
+    """The name of the character tokenizer whose ids are the positions of `chars` (a string or a
+    list of single characters, all different)."""
+    chars = list(chars)
+    bad = next((c for c in chars if not isinstance(c, str) or len(c) != 1), None)
+    if bad is not None:
+        raise InputError(f"a character tokenizer's characters are single characters, got {bad!r}")
+    if not chars:
+        raise InputError("a character tokenizer needs at least one character")
+    seen = set()
+    dup = next((c for c in chars if c in seen or seen.add(c)), None)
+    if dup is not None:
+        raise InputError(f"character {dup!r} appears twice in the character tokenizer's characters; give each once")
+    return CHAR_PREFIX + json.dumps("".join(chars))  # ensure_ascii (the default): one line of ASCII
+
+
+def char_tokenizer(chars):
+    """The character tokenizer of `chars` (id i = chars[i]); cached like every get_tokenizer name."""
+    return get_tokenizer(char_tokenizer_name(chars))
+
+
+def _char(name):
+    try:
+        chars = json.loads(name[len(CHAR_PREFIX):])
+    except json.JSONDecodeError:
+        chars = None
+    if not isinstance(chars, str):
+        raise InputError(f"tokenizer={name[:60]!r}{'...' if len(name) > 60 else ''} is not a character tokenizer's "
+                         f"name: after {CHAR_PREFIX!r} comes a JSON string of its characters in id order, e.g. "
+                         f"{char_tokenizer_name(chr(10) + ' abc')}")
+    return CharTokenizer(chars)
+
+
 def token_dtype(vocab_size):
     """The on-disk dtype of token ids: uint16 when every id fits (vocab_size <= 65536), else uint32."""
     return np.uint16 if vocab_size <= 2**16 else np.uint32
 
 
 def encode_documents(texts, enc=None):
-    """Token ids of each document followed by the tokenizer's end-of-text token."""
+    """Token ids of each document followed by the tokenizer's end-of-text token (none for a
+    tokenizer without one, a character tokenizer: its documents are simply concatenated)."""
     enc = enc or get_tokenizer()
     ids = enc.encode_batch(list(texts))
-    for doc in ids:
-        doc.append(enc.eot)
+    if enc.eot is not None:
+        for doc in ids:
+            doc.append(enc.eot)
     return ids
 
 
@@ -179,7 +262,7 @@ def write_meta(out_dir, **fields):
 
 def remove_leftovers(out_dir):
     """Delete the temporary files an interrupted preparation left in out_dir."""
-    for name in ("train.bin.tmp", "val.bin.tmp", "meta.json.tmp"):
+    for name in ("train.bin.tmp", "val.bin.tmp", "meta.json.tmp", "meta.pkl.tmp"):
         if os.path.exists(os.path.join(out_dir, name)):
             os.remove(os.path.join(out_dir, name))
 
@@ -199,7 +282,7 @@ def prepare_from_documents(out_dir, train_docs, val_docs, source, tokenizer="gpt
     summary = {"source": source}
     for split, texts in (("train", train_docs), ("val", val_docs)):
         ids = encode_documents(texts, enc)
-        largest = max(max(d) for d in ids)
+        largest = max((max(d) for d in ids if d), default=-1)  # -1: no tokens (possible without eot)
         if largest > np.iinfo(dtype).max:
             raise InputError(f"tokenizer {enc.name!r} gave token id {largest}, beyond its vocabulary of "
                              f"{enc.vocab_size} ids; its files are inconsistent")
@@ -229,16 +312,118 @@ def split_documents(docs, val_fraction, seed=1337):
     return train, val
 
 
+# ---------------------------------------------------------------------- nanoGPT's meta.pkl
+
+class _RefusedGlobal(pickle.UnpicklingError):
+    pass
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Unpickles plain data only. Every class or function a pickle names comes through find_class,
+    and calling one is how a pickle runs code (os.system in a __reduce__), so none is let through."""
+
+    def find_class(self, module, name):
+        raise _RefusedGlobal(f"{module}.{name}")
+
+
+_PLAIN = (dict, list, tuple, str, int, float, bool, type(None))
+
+
+def _first_not_plain(obj):
+    """The first value in obj that is not plain data (_PLAIN), or None. Iterative, and each container
+    is visited once, so a deep or self-referencing pickle cannot blow the stack or loop."""
+    stack, seen = [obj], set()
+    while stack:
+        x = stack.pop()
+        if type(x) not in _PLAIN:  # exact types: a subclass could only come from a class we refused anyway
+            return x
+        if isinstance(x, (dict, list, tuple)) and id(x) not in seen:
+            seen.add(id(x))
+            stack.extend([*x.keys(), *x.values()] if isinstance(x, dict) else x)
+    return None
+
+
+def read_nanogpt_meta(path):
+    """nanoGPT's meta.pkl ({'vocab_size': V, 'itos': {0: '\\n', ...}, 'stoi': {'\\n': 0, ...}}, as
+    its shakespeare_char/prepare.py writes it), read without running anything and checked: itos
+    and stoi are inverse maps of single characters and ids 0..V-1. Other keys are kept. Returns the dict."""
+    fix = ("re-create it with nanoGPT's data/shakespeare_char/prepare.py or ours "
+           "(python data/shakespeare_char/prepare.py --out_dir FOLDER)")
+    if not os.path.isfile(path):
+        raise MissingFileError(f"missing {path}: {fix}")
+    with open(path, "rb") as f:
+        try:
+            meta = _PlainUnpickler(f).load()
+        except _RefusedGlobal as e:
+            raise InputError(f"{path} holds more than nanoGPT's meta.pkl does (a reference to {e}, which unpickling "
+                             f"would call), so it was not loaded; {fix}") from None
+        except Exception as e:  # truncated or not a pickle: pickle raises many kinds
+            raise InputError(f"{path} is not a readable pickle ({type(e).__name__}: {str(e)[:200]}); {fix}") from None
+    odd = _first_not_plain(meta)
+    if odd is not None:
+        raise InputError(f"{path} holds more than nanoGPT's meta.pkl does (a {type(odd).__name__}; it has only dicts, "
+                         f"lists, strings and numbers), so it was not loaded; {fix}")
+
+    def bad(what):
+        return InputError(f"{path} is not a character-level meta.pkl as nanoGPT writes it: {what}; {fix}")
+
+    if not isinstance(meta, dict):
+        raise bad(f"it holds a {type(meta).__name__}, not a dict")
+    missing = [k for k in ("itos", "stoi") if k not in meta]
+    if missing:
+        raise bad(f"no {' and no '.join(map(repr, missing))} (its keys: {', '.join(map(repr, meta))})")
+    itos, stoi = meta["itos"], meta["stoi"]
+    if isinstance(itos, list):  # a list is an id -> character map too
+        itos = dict(enumerate(itos))
+    if not isinstance(itos, dict) or not isinstance(stoi, dict):
+        raise bad(f"itos is a {type(meta['itos']).__name__} and stoi a {type(stoi).__name__}; both are dicts")
+    n = len(itos)
+    if n == 0:
+        raise bad("itos is empty")
+    vocab_size = meta.get("vocab_size", n)  # nanoGPT writes it; a project that does not still has itos
+    if type(vocab_size) is not int or vocab_size != n:
+        raise bad(f"vocab_size={vocab_size!r} but itos has {n} entries")
+    if set(itos) != set(range(n)) or any(type(i) is not int for i in itos):  # type: True == 1 is no id
+        wrong = sorted(map(repr, set(itos) ^ set(range(n))))[:3] or [repr(next(i for i in itos if type(i) is not int))]
+        raise bad(f"itos's keys are not the ids 0..{n - 1} (e.g. {', '.join(wrong)})")
+    char = next((c for c in itos.values() if not isinstance(c, str) or len(c) != 1), None)
+    if char is not None:
+        raise bad(f"itos maps an id to {char!r}, not a single character")
+    expected = {c: i for i, c in itos.items()}
+    if stoi != expected or len(expected) != n:
+        diff = next(((c, stoi.get(c), i) for c, i in expected.items() if stoi.get(c) != i), None)
+        what = (f"stoi[{diff[0]!r}] is {diff[1]!r} but itos gives {diff[2]}" if diff else
+                f"stoi has {len(stoi)} entries and itos {n} ({len(expected)} different characters)")
+        raise bad(f"itos and stoi are not inverse maps: {what}")
+    return meta
+
+
+def nanogpt_char_tokenizer(path):
+    """The character tokenizer of a nanoGPT meta.pkl (read safely by read_nanogpt_meta)."""
+    itos = read_nanogpt_meta(path)["itos"]
+    return char_tokenizer([itos[i] for i in range(len(itos))])
+
+
 # ---------------------------------------------------------------------- reading, for training
 
 _NOTICED = set()  # nanoGPT folders already announced in this process
 
 
 def read_meta(data_dir):
-    """data_dir/meta.json as a dict, checked. A folder without one but with train.bin (as nanoGPT's
-    prepare.py scripts write it) is GPT-2 ids in uint16: its defaults, with a one-line notice."""
+    """data_dir/meta.json as a dict, checked. A folder without one was prepared by nanoGPT, which
+    writes uint16 ids: with a meta.pkl (shakespeare_char) they are character ids, and the meta is
+    {"tokenizer": the char tokenizer of its characters, "vocab_size": V, "dtype": "uint16"};
+    without, with train.bin, GPT-2 ids (NANOGPT_META). Either way a one-line notice says so."""
     meta_path = os.path.join(data_dir, "meta.json")
     hint = f"run the dataset's prepare script first (see README: e.g. python -m data.local.prepare --out_dir {data_dir})"
+    pkl_path = os.path.join(data_dir, "meta.pkl")
+    if not os.path.exists(meta_path) and os.path.exists(pkl_path):  # meta.json, ours, wins when both are there
+        enc = nanogpt_char_tokenizer(pkl_path)
+        if data_dir not in _NOTICED:
+            _NOTICED.add(data_dir)
+            print(f"note: {data_dir} has no meta.json; reading its .bin files as character ids (uint16) with the "
+                  f"{enc.vocab_size} characters of its meta.pkl, as nanoGPT writes them", file=sys.stderr)
+        return {"tokenizer": enc.name, "vocab_size": enc.vocab_size, "dtype": "uint16"}
     if not os.path.exists(meta_path):
         if not os.path.exists(os.path.join(data_dir, "train.bin")):
             raise MissingFileError(f"missing {os.path.join(data_dir, 'train.bin')} and meta.json: {hint}")

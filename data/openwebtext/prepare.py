@@ -26,7 +26,8 @@ NUM_PROC = max(1, (os.cpu_count() or 2) // 2)
 def tokenize(example, tokenizer):
     enc = get_tokenizer(tokenizer)  # loaded once per worker process (cached)
     ids = enc.encode(example["text"])
-    ids.append(enc.eot)
+    if enc.eot is not None:  # a character tokenizer has none: documents are concatenated
+        ids.append(enc.eot)
     return {"ids": ids, "len": len(ids)}
 
 
