@@ -95,7 +95,7 @@ def _cos_tile(rows_ptr, cols_ptr, seq_offset, r_idx, c_idx, T, C, TILE: tl.const
 
 
 @triton.jit
-def _forward_kernel(rows_ptr, cols_ptr, partial_ptr, T, C, n_blocks, lo, hi, inv_tau, margin,
+def forward_kernel(rows_ptr, cols_ptr, partial_ptr, T, C, n_blocks, lo, hi, inv_tau, margin,
                     KIND: tl.constexpr, SYMMETRIC: tl.constexpr, TILE: tl.constexpr, CHUNK: tl.constexpr,
                     DOT: tl.constexpr):
     seq = tl.program_id(0)
@@ -138,7 +138,7 @@ def _forward_kernel(rows_ptr, cols_ptr, partial_ptr, T, C, n_blocks, lo, hi, inv
 
 
 @triton.jit
-def _backward_kernel(rows_ptr, cols_ptr, total_ptr, grad_rows_ptr, grad_cols_ptr, T, C, n_blocks,
+def backward_kernel(rows_ptr, cols_ptr, total_ptr, grad_rows_ptr, grad_cols_ptr, T, C, n_blocks,
                      lo, hi, inv_tau, margin, pair_scale,
                      KIND: tl.constexpr, SYMMETRIC: tl.constexpr, TILE: tl.constexpr, CHUNK: tl.constexpr,
                      DOT: tl.constexpr):
@@ -204,7 +204,7 @@ def pair_totals(z_hat, kind, tau, clamp, margin):
     B, T, C = z_hat.shape
     rows, cols, n_blocks, options = _launch_options(z_hat, kind, clamp, tau, margin)
     partial = torch.empty(B, n_blocks, device=z_hat.device, dtype=torch.float32)  # one per (sequence, row-block)
-    _forward_kernel[(B, n_blocks)](rows, cols, partial, T, C, n_blocks, **options)
+    forward_kernel[(B, n_blocks)](rows, cols, partial, T, C, n_blocks, **options)
     return partial.sum(dim=1) if kind == 'orthogonalization' else torch.logsumexp(partial, dim=1)
 
 
@@ -215,7 +215,7 @@ def pair_grad(z_hat, kind, total, tau, clamp, margin):
     grad_rows = torch.zeros_like(rows)
     grad_cols = torch.zeros_like(rows)
     pair_scale = 2.0 / (T * (T - 1)) if T > 1 else 0.0  # the hinge's slope factor
-    _backward_kernel[(B, n_blocks)](rows, cols, total.contiguous(), grad_rows, grad_cols, T, C, n_blocks,
+    backward_kernel[(B, n_blocks)](rows, cols, total.contiguous(), grad_rows, grad_cols, T, C, n_blocks,
                                     pair_scale=pair_scale, **options)
     if kind == 'cross_sequence':
         return grad_rows.add_(grad_cols.roll(shifts=1, dims=0))  # cols[b] is z_hat[b + 1]

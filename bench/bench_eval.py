@@ -77,7 +77,6 @@ def main():
     from data.common import get_tokenizer
     from eval import scoring as S
     from eval.scoring import continuation_windows, encode_pair
-    padded = S._takes_padded_pasts
 
     if args.ckpt:
         model, _ = load_model(args.ckpt, args.device)
@@ -140,14 +139,14 @@ def main():
                 t0 = time.perf_counter()
                 if side in ("ours", "plain"):
                     # plain: the engine's older plan, tails of one past length per pass
-                    S._takes_padded_pasts = padded if side == "ours" else (lambda m: False)
+                    S.PADDED_PASTS = side == "ours"
                     try:
                         results, items = B.evaluate(model, name, args.data_dir, limit=args.limit, num_fewshot=shots,
                                                     batch_size=args.batch_size, device=args.device,
                                                     wikitext=args.wikitext, download=False, progress=False,
                                                     keep_requests=True)
                     finally:
-                        S._takes_padded_pasts = padded
+                        S.PADDED_PASTS = True
                     engine_stats[side] = dict(engine)
                 else:
                     lm_eval.simple_evaluate(model=lm, tasks=leaf, task_manager=manager, limit=args.limit,

@@ -101,7 +101,7 @@ def compile_for(archs):
         return ('constexpr' if name in constexprs else '*fp32' if name.endswith('_ptr')
                 else 'i32' if name in ('T', 'C', 'n_blocks') else 'fp32')
     rows = []
-    for kernel in (disperse_triton._forward_kernel, disperse_triton._backward_kernel):
+    for kernel in (disperse_triton.forward_kernel, disperse_triton.backward_kernel):
         names = kernel.arg_names
         for precision in disperse_triton.DOT_PRECISIONS:
             for kind, code in disperse_triton.KINDS.items():

@@ -58,7 +58,6 @@ From code: probe_hidden_states(model, sample_sequences(tokens, 100, 512, seed=0)
 quick_probe(model, sequences) at training eval steps.
 """
 
-import argparse
 import datetime
 import math
 import os
@@ -69,9 +68,11 @@ import torch
 from tqdm import tqdm
 
 from data.common import get_tokenizer, read_meta
+from configurator import ArgumentParser
 from errors import InputError, run_cli
 import hf
 from files import write_json
+from eval.stats import kendall, spearman
 from load import load_model
 from model import GPT
 
@@ -79,47 +80,6 @@ NORM_FLOOR = 1e-3  # rows are divided by max(||x||, 1e-3), as in the paper's cod
 HIST_BINS = 128
 N_MASSIVE = 5  # how many of the largest-|activation| dimensions to report
 LAST_N = (1, 2, 3, 4, 5)  # plus n_layer // 2, for last_n_mean
-
-
-# ---------------------------------------------------------------------- rank correlations
-
-def _average_ranks(a):
-    """1-based ranks of a; tied values all get the mean of the ranks they span."""
-    _, inverse, counts = np.unique(np.asarray(a, dtype=np.float64), return_inverse=True, return_counts=True)
-    last = np.cumsum(counts)  # rank of the last member of each group of equal values
-    return (last - (counts - 1) / 2.0)[inverse]
-
-
-def _check_pair(x, y):
-    x = np.asarray(x, dtype=np.float64).ravel()
-    y = np.asarray(y, dtype=np.float64).ravel()
-    if len(x) != len(y):
-        raise ValueError(f"x and y differ in length ({len(x)} vs {len(y)})")
-    return x, y
-
-
-def spearman(x, y):
-    """Spearman's rho: the Pearson correlation of the ranks (ties get average ranks).
-    nan when either input has fewer than 2 values or is constant."""
-    x, y = _check_pair(x, y)
-    if len(x) < 2:
-        return float("nan")
-    rx = _average_ranks(x) - (len(x) + 1) / 2.0  # average ranks always have mean (n+1)/2
-    ry = _average_ranks(y) - (len(y) + 1) / 2.0
-    denom = math.sqrt(float((rx * rx).sum() * (ry * ry).sum()))
-    return float((rx * ry).sum() / denom) if denom > 0 else float("nan")
-
-
-def kendall(x, y):
-    """Kendall's tau-b, which handles ties:
-        (concordant - discordant) / sqrt((pairs not tied in x) * (pairs not tied in y))
-    nan when either input is constant. O(n^2) time and memory: meant for curves over layers."""
-    x, y = _check_pair(x, y)
-    i, j = np.triu_indices(len(x), k=1)  # every unordered pair once
-    sx = np.sign(x[i] - x[j])  # 0 where the pair is tied in x
-    sy = np.sign(y[i] - y[j])
-    denom = math.sqrt(float(np.count_nonzero(sx)) * float(np.count_nonzero(sy)))
-    return float((sx * sy).sum() / denom) if denom > 0 else float("nan")
 
 
 # ---------------------------------------------------------------------- text
@@ -394,8 +354,10 @@ def _load_transformers(path, device):
     return AutoModel.from_pretrained(path, dtype=torch.float32).to(device)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(
+def arguments():
+    """The command line: every option spelled with - or _ (--n-seq, --n_seq), --allow_unsafe_pickle also
+    as --allow_unsafe_pickle=True, as train.py writes it (configurator.ArgumentParser)."""
+    parser = ArgumentParser(
         prog="python -m eval.condensation",
         description="Embedding-condensation probe (arXiv 2602.00217, section 4): per-layer token "
                     "cosine similarity, its histogram and trend with depth.")
@@ -410,14 +372,19 @@ def main(argv=None):
     parser.add_argument("--n-seq", type=int, default=100, help="number of sequences R")
     parser.add_argument("--seq-len", type=int, default=512, help="tokens per sequence S (capped at the context)")
     parser.add_argument("--seed", type=int, default=0, help="sequence r is drawn with seed + r")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
     parser.add_argument("--out", default=None, help="output folder; default: 'condensation' beside the checkpoint")
     parser.add_argument("--label", default=None, help="name in plot titles; default: the checkpoint's folder name")
     parser.add_argument("--backend", choices=("ours", "transformers"), default="ours",
                         help="ours: load into model.py's GPT; transformers: AutoModel (any architecture)")
-    parser.add_argument("--allow-unsafe-pickle", action="store_true",
-                        help="open a checkpoint not in the safe format (older or foreign): unpickling it can run code")
+    parser.add_flag("--allow-unsafe-pickle",
+                    help="open a checkpoint not in the safe format (older or foreign): unpickling it can run code")
+    return parser
+
+
+def main(argv=None):
+    parser = arguments()
     args = parser.parse_args(argv)
 
     text_path = args.text or os.environ.get("DISPERSE_WIKITEXT")

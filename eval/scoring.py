@@ -127,10 +127,14 @@ def _forward(model, idx, kv_caches=None, past_lengths=None):
     return logits, lambda h: h
 
 
+PADDED_PASTS = True  # False: a pass holds tails of one past length only (bench/bench_eval.py times both plans)
+
+
 def _takes_padded_pasts(model):
     """Whether the model can run rows whose cached pasts differ in length (GPT.forward_cached's past_lengths)."""
     cached = getattr(model, "forward_cached", None)
-    return cached is not None and hasattr(model, "head") and "past_lengths" in inspect.signature(cached).parameters
+    return (PADDED_PASTS and cached is not None and hasattr(model, "head")
+            and "past_lengths" in inspect.signature(cached).parameters)
 
 
 class _RowCache(dict):

@@ -534,3 +534,44 @@ def record_text(rec, scale=1.0, digits=3):
         return f"{e:+.{digits}f} ({why}){star}"
     exact = f" (sign-flip {_g(rec['p_exact'])})" if math.isfinite(rec.get("p_exact", math.nan)) else ""
     return f"{e:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}] {tag}={_g(p)}{exact}{star}"
+
+
+# ---------------------------------------------------------------------- rank correlations
+
+def _average_ranks(a):
+    """1-based ranks of a; tied values all get the mean of the ranks they span."""
+    _, inverse, counts = np.unique(np.asarray(a, dtype=np.float64), return_inverse=True, return_counts=True)
+    last = np.cumsum(counts)  # rank of the last member of each group of equal values
+    return (last - (counts - 1) / 2.0)[inverse]
+
+
+def _check_pair(x, y):
+    x = np.asarray(x, dtype=np.float64).ravel()
+    y = np.asarray(y, dtype=np.float64).ravel()
+    if len(x) != len(y):
+        raise ValueError(f"x and y differ in length ({len(x)} vs {len(y)})")
+    return x, y
+
+
+def spearman(x, y):
+    """Spearman's rho: the Pearson correlation of the ranks (ties get average ranks).
+    nan when either input has fewer than 2 values or is constant."""
+    x, y = _check_pair(x, y)
+    if len(x) < 2:
+        return float("nan")
+    rx = _average_ranks(x) - (len(x) + 1) / 2.0  # average ranks always have mean (n+1)/2
+    ry = _average_ranks(y) - (len(y) + 1) / 2.0
+    denom = math.sqrt(float((rx * rx).sum() * (ry * ry).sum()))
+    return float((rx * ry).sum() / denom) if denom > 0 else float("nan")
+
+
+def kendall(x, y):
+    """Kendall's tau-b, which handles ties:
+        (concordant - discordant) / sqrt((pairs not tied in x) * (pairs not tied in y))
+    nan when either input is constant. O(n^2) time and memory: meant for curves over layers."""
+    x, y = _check_pair(x, y)
+    i, j = np.triu_indices(len(x), k=1)  # every unordered pair once
+    sx = np.sign(x[i] - x[j])  # 0 where the pair is tied in x
+    sy = np.sign(y[i] - y[j])
+    denom = math.sqrt(float(np.count_nonzero(sx)) * float(np.count_nonzero(sy)))
+    return float((sx * sy).sum() / denom) if denom > 0 else float("nan")

@@ -443,7 +443,7 @@ def control_and_angular_gradients(control, layers, weight, *args):
     """hidden_states() after backward of control(hidden, layers, weight, *args, tau=0.5)'s
     surrogate, its stats, and hidden_states() after backward of the angular term it copies."""
     hidden = hidden_states()
-    surrogate, stats, _ = control(hidden, layers, weight, *args, tau=0.5)
+    surrogate, stats, _, _ = control(hidden, layers, weight, *args, tau=0.5)
     surrogate.backward()
     reference = hidden_states()
     total, _ = dispersion_term(reference, 'angular', layers, weight, tau=0.5)
@@ -475,7 +475,7 @@ def test_random_direction_leaves_global_rng_alone():
 
 def test_random_direction_returns_the_angular_gradients():
     hidden = hidden_states()
-    _, _, angular_grads = random_direction_term(hidden, [2, 4], 0.7, torch.Generator().manual_seed(4), tau=0.5)
+    _, _, angular_grads, _ = random_direction_term(hidden, [2, 4], 0.7, torch.Generator().manual_seed(4), tau=0.5)
     reference = hidden_states()
     total, _ = dispersion_term(reference, 'angular', [2, 4], 0.7, tau=0.5)
     total.backward()
@@ -512,7 +512,7 @@ def test_rotated_angular_gradient_is_the_rotated_angular_gradient():
     weight, layers = 0.7, [1, 3, 4]
     rotation = random_rotation(8, torch.Generator().manual_seed(7))
     hidden, stats, reference = control_and_angular_gradients(rotated_angular_term, layers, weight, rotation)
-    _, _, angular_grads = rotated_angular_term(hidden_states(), layers, weight, rotation, tau=0.5)
+    _, _, angular_grads, _ = rotated_angular_term(hidden_states(), layers, weight, rotation, tau=0.5)
     assert hidden[0].grad is None and hidden[2].grad is None
     for i in layers:
         ours, target = hidden[i].grad, reference[i].grad
@@ -541,7 +541,7 @@ def test_rotation_keeps_the_weight_gradient_of_a_linear_map_into_the_hidden_stat
         if arm == 'angular':
             term, _ = dispersion_term(hidden, 'angular', [1], 0.5)
         else:
-            term, _, _ = rotated_angular_term(hidden, [1], 0.5, random_rotation(8, torch.Generator().manual_seed(10)))
+            term, _, _, _ = rotated_angular_term(hidden, [1], 0.5, random_rotation(8, torch.Generator().manual_seed(10)))
         term.backward()
         norms[arm] = (linear.weight.grad.norm().item(), linear.bias.grad.norm().item())
     assert norms['rotated'] == pytest.approx(norms['angular'], rel=1e-5)
@@ -560,7 +560,7 @@ def tiny_network(seed=11, B=2, T=6, C=8):
 def test_rotated_angular_with_params_matches_the_angular_parameter_gradient_norm():
     rotation = random_rotation(8, torch.Generator().manual_seed(12))
     hidden, params = tiny_network()
-    surrogate, stats, _ = rotated_angular_term(hidden, 'all', 0.3, rotation, params=params)
+    surrogate, stats, _, _ = rotated_angular_term(hidden, 'all', 0.3, rotation, params=params)
     surrogate.backward()
     control = torch.cat([p.grad.flatten() for p in params]).norm().item()
 
@@ -570,7 +570,7 @@ def test_rotated_angular_with_params_matches_the_angular_parameter_gradient_norm
     angular = torch.cat([p.grad.flatten() for p in params]).norm().item()
 
     hidden, params = tiny_network()
-    plain, _, _ = rotated_angular_term(hidden, 'all', 0.3, rotation)
+    plain, _, _, _ = rotated_angular_term(hidden, 'all', 0.3, rotation)
     plain.backward()
     rotated_only = torch.cat([p.grad.flatten() for p in params]).norm().item()
 
