@@ -76,17 +76,18 @@ def random_direction_term(hidden, layers, weight, generator, **angular_options):
     weaker than the angular term's (train.py logs the ratio, ctrl/param_grad_ratio);
     rotated_angular_term is the control matched in the parameters.
 
-    Returns (surrogate, stats, angular_grads): stats holds detached
+    Returns (surrogate, stats, angular_grads, {}): stats holds detached
     'ctrl/layer{i}/grad_norm', 'ctrl/layer{i}/angular' and 'ctrl/raw' (mean angular);
     angular_grads maps each selected layer i to g (float32, detached), the gradient
-    the angular term itself would have put on hidden[i]."""
+    the angular term itself would have put on hidden[i]; the last value is rotated_angular_term's
+    parameter-gradient vectors, none here."""
     chosen = disperse.layer_indices(len(hidden) - 1, layers)
     angular_grads, angular_values = _angular_gradients(hidden, chosen, weight, generator, angular_options)
     directions = {}
     for i, grad in angular_grads.items():
         r = torch.randn(grad.shape, generator=generator, device=generator.device).to(grad.device)  # (B, T, C)
         directions[i] = r * (torch.linalg.vector_norm(grad) / torch.linalg.vector_norm(r))
-    return _control_surrogate(hidden, directions), _control_stats(angular_grads, angular_values), angular_grads
+    return _control_surrogate(hidden, directions), _control_stats(angular_grads, angular_values), angular_grads, {}
 
 
 def random_rotation(C, generator):
@@ -98,17 +99,24 @@ def random_rotation(C, generator):
     return (q * torch.sign(torch.diagonal(r))[None, :]).float()  # column j times sign(r_jj)
 
 
-def param_grad_norm(outputs, grad_outputs, params):
-    """||d/d params of sum_k <outputs[k], grad_outputs[k]>||, the norm over all of params, by
-    torch.autograd.grad: the graph is kept and no .grad is written (one backward pass)."""
+def param_grad_vector(outputs, grad_outputs, params):
+    """d/d params of sum_k <outputs[k], grad_outputs[k]>, flattened into one float32 vector over all of
+    params (zeros where a parameter does not reach the outputs), by torch.autograd.grad: the graph is
+    kept and no .grad is written (one backward pass)."""
     grads = torch.autograd.grad(outputs, params, grad_outputs=grad_outputs, retain_graph=True, allow_unused=True)
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads if g is not None]))
+    return torch.cat([(g if g is not None else torch.zeros_like(p)).float().reshape(-1) for g, p in zip(grads, params)])
 
 
-def rotated_angular_term(hidden, layers, weight, rotation, *, params=None, generator=None, **angular_options):
+def param_grad_norm(outputs, grad_outputs, params):
+    """||param_grad_vector(outputs, grad_outputs, params)||: one backward pass."""
+    return torch.linalg.vector_norm(param_grad_vector(outputs, grad_outputs, params))
+
+
+def rotated_angular_term(hidden, layers, weight, rotation, *, params=None, scale=None, generator=None,
+                         **angular_options):
     """Control matched in the parameters: the angular term's own gradient on each selected
     layer's hidden states, with every token's gradient vector rotated by the same orthogonal
-    C x C matrix `rotation` (see random_rotation; train.py draws one per optimizer step),
+    C x C matrix `rotation` (see random_rotation; train.py draws one per run, or one per step),
     and, if the model's `params` are given, rescaled so that its gradient w.r.t. them has
     exactly the norm the angular term's has on this batch.
 
@@ -126,13 +134,15 @@ def rotated_angular_term(hidden, layers, weight, rotation, *, params=None, gener
     into few directions, rotation alone reaches the weights up to 5x more weakly
     (bench/bench_controls.py). Hence s = ||J^T g|| / ||J^T (g @ rotation)|| (J: the Jacobian
     of the selected hidden states w.r.t. params), one scalar for all layers, computed by two
-    extra backward passes from the hidden states; logged as 'ctrl/scale'. The price: at the
-    hidden states the control's gradient is s times the angular one's (every layer alike).
-    With params=None, s = 1 (rotation only, matched at the hidden states).
+    extra backward passes from the hidden states; logged as 'ctrl/scale'. A `scale` given (a
+    tensor held from an earlier step) is used instead, with no extra pass. With neither, s = 1
+    (rotation only, matched at the hidden states).
 
     The returned surrogate sum_layers sum(h * s * (g @ rotation)) has exactly that gradient
     w.r.t. h; its VALUE is meaningless: log the grad norms, never the surrogate.
-    Returns (surrogate, stats, angular_grads) like random_direction_term."""
+    Returns (surrogate, stats, angular_grads, vectors): as random_direction_term, and where the
+    scale was computed here, vectors = {'angular': J^T g, 'control': s J^T (g @ rotation)} (the two
+    terms' parameter gradients, flattened), else {}."""
     chosen = disperse.layer_indices(len(hidden) - 1, layers)
     C = hidden[chosen[0]].size(-1)
     if rotation.shape != (C, C):
@@ -141,15 +151,18 @@ def rotated_angular_term(hidden, layers, weight, rotation, *, params=None, gener
     angular_grads, angular_values = _angular_gradients(hidden, chosen, weight, generator, angular_options)
     rotation = rotation.float()
     rotated = {i: grad @ rotation.to(grad.device) for i, grad in angular_grads.items()}  # (B, T, C)
-    stats = _control_stats(angular_grads, angular_values)
-    if params is not None:
+    stats, vectors = _control_stats(angular_grads, angular_values), {}
+    if scale is None and params is not None:
         outputs = [hidden[i] for i in chosen]
-        angular_norm = param_grad_norm(outputs, [angular_grads[i].to(hidden[i].dtype) for i in chosen], params)
-        rotated_norm = param_grad_norm(outputs, [rotated[i].to(hidden[i].dtype) for i in chosen], params)
-        scale = angular_norm / rotated_norm.clamp_min(1e-30)  # both 0 only when the angular gradient is 0
+        angular = param_grad_vector(outputs, [angular_grads[i].to(hidden[i].dtype) for i in chosen], params)
+        control = param_grad_vector(outputs, [rotated[i].to(hidden[i].dtype) for i in chosen], params)
+        # both 0 only when the angular gradient is 0
+        scale = torch.linalg.vector_norm(angular) / torch.linalg.vector_norm(control).clamp_min(1e-30)
+        vectors = {"angular": angular, "control": control * scale}
+    if scale is not None:
         rotated = {i: grad * scale for i, grad in rotated.items()}
         stats['ctrl/scale'] = scale.detach()
-    return _control_surrogate(hidden, rotated), stats, angular_grads
+    return _control_surrogate(hidden, rotated), stats, angular_grads, vectors
 
 
 def neftune_noise(shape, alpha, generator=None, device="cpu", dtype=torch.float32):
@@ -182,47 +195,104 @@ def distillation_loss(student_logits, teacher_logits, temperature):
 
 # ----------------------------------------------------------------------------- the term in a training step
 
+def run_rotation(seed, C, device):
+    """The rotated_angular control's rotation for a whole run (the default): one Haar-random orthogonal
+    matrix keyed by the run's seed, shared by every layer, step, micro-step and rank. A fixed rotation
+    keeps the control's parameter gradients as coherent from step to step as the angular term's own
+    (which the optimizer's momentum sums over about ten steps); a fresh one per step makes them
+    uncorrelated, and their push over ten steps is far weaker (step_rotation; docs/dispersion.md).
+    Shared across layers, because only a shared rotation keeps the angular gradients' Gram matrix
+    across layers (independent ones reach the weights 1.1-1.7x more weakly, bench/bench_controls.py).
+    Its generator is its own: no RNG stream moves, and a resumed run draws the same one."""
+    generator = torch.Generator().manual_seed(int(np.random.default_rng([seed, 3]).integers(2**62)))
+    return random_rotation(C, generator).to(device)
+
+
 def step_rotation(seed, step, C, device):
-    """The rotated_angular control's rotation for one optimizer step: shared by every layer, micro-step
-    and rank (the weights sum the gradients of all of them, and only a shared rotation keeps the
-    angular gradients' Gram matrix across layers; independent ones per layer reach the weights
-    1.1-1.7x more weakly, bench/bench_controls.py). Its generator is keyed by (seed, step), like the
-    batches: no RNG stream moves (data order, dropout masks, the auxiliary generator) and a resumed run
-    draws the same ones."""
+    """A fresh rotation for each optimizer step (dispersion_rotation='step'), keyed by (seed, step)
+    like the batches, so a resumed run draws the same ones."""
     generator = torch.Generator().manual_seed(int(np.random.default_rng([seed, 3, step]).integers(2**62)))
     return random_rotation(C, generator).to(device)
 
 
 def auxiliary_term(hidden, variant, layers, weight, options, generator, rotation=None, params=None,
-                   match_params=True, with_ratio=False):
-    """The auxiliary term of one micro-step on the hidden states: (term, logged, stats). term enters
-    the backward pass; logged is the part that enters the logged loss (none of a control's surrogate);
-    stats holds detached per-layer figures. variant: a disperse.VARIANTS name or one of CONTROLS;
-    options: the loss options (tau, eps, clamp, margin, norm_weight, max_tokens); generator: the
-    auxiliary generator (subsampling, random directions); rotation: rotated_angular's matrix;
+                   match_params=True, scale=None, with_ratio=False, with_vectors=False):
+    """The auxiliary term of one micro-step on the hidden states: (term, logged, stats, vectors). term
+    enters the backward pass; logged is the part that enters the logged loss (none of a control's
+    surrogate); stats holds detached per-layer figures. variant: a disperse.VARIANTS name or one of
+    CONTROLS; options: the loss options (tau, eps, clamp, margin, norm_weight, max_tokens); generator:
+    the auxiliary generator (subsampling, random directions); rotation: rotated_angular's matrix;
     params: the model's trainable parameters (the gradient controls need them); match_params:
-    rotated_angular rescaled to the angular term's parameter-gradient norm (else rotated only);
-    with_ratio: also log ctrl/param_grad_ratio (two extra backward passes)."""
+    rotated_angular rescaled to the angular term's parameter-gradient norm (else rotated only), by
+    `scale` where one is given (held from an earlier step), else computed here (two extra backward
+    passes; stats['ctrl/scale'] holds it). with_ratio: also log ctrl/param_grad_ratio.
+    with_vectors: vectors = {'aux': the term's parameter gradient, flattened; and for a control
+    'angular': the angular term's on the same micro-batch} (an extra backward pass each, unless the
+    rescaling computed them), else None: what the strength meter (Push) sums over steps."""
+    vectors = None
     if variant not in CONTROLS:
         term, stats = disperse.dispersion_term(hidden, variant, layers, weight, generator=generator, **options)
-        return term, term.detach().float(), stats
+        if with_vectors:
+            vectors = {"aux": param_grad_vector([term], None, params)}
+        return term, term.detach().float(), stats, vectors
     if variant == "random_direction":
-        surrogate, stats, angular_grads = random_direction_term(hidden, layers, weight, generator, **options)
+        surrogate, stats, angular_grads, found = random_direction_term(hidden, layers, weight, generator, **options)
     else:
-        surrogate, stats, angular_grads = rotated_angular_term(hidden, layers, weight, rotation,
-                                                               params=params if match_params else None,
-                                                               generator=generator, **options)
-    if with_ratio:
-        stats["ctrl/param_grad_ratio"] = param_grad_ratio(surrogate, hidden, angular_grads, params)
-    return surrogate, surrogate.new_zeros(()), stats
+        surrogate, stats, angular_grads, found = rotated_angular_term(
+            hidden, layers, weight, rotation, params=params if match_params else None,
+            scale=scale if match_params else None, generator=generator, **options)
+    if with_ratio or with_vectors:
+        layers_ = list(angular_grads)
+        control = found.get("control")
+        if control is None:
+            control = param_grad_vector([surrogate], None, params)
+        angular = found.get("angular")
+        if angular is None:
+            angular = param_grad_vector([hidden[i] for i in layers_],
+                                        [angular_grads[i].to(hidden[i].dtype) for i in layers_], params)
+        if with_ratio:
+            stats["ctrl/param_grad_ratio"] = torch.linalg.vector_norm(control) / torch.linalg.vector_norm(angular)
+        if with_vectors:
+            vectors = {"aux": control, "angular": angular}
+    return surrogate, surrogate.new_zeros(()), stats, vectors
 
 
-def param_grad_ratio(surrogate, hidden, angular_grads, params):
-    """||d control / d params|| / ||d (weight * angular) / d params|| on the same micro-batch. The
-    angular term's parameter gradient is the backward pass of its hidden-state gradients, which the
-    control computed anyway; both go through torch.autograd.grad, so .grad (the real step) is untouched.
-    Cost: two extra backward passes through the model."""
-    layers = list(angular_grads)
-    control = param_grad_norm([surrogate], None, params)
-    angular = param_grad_norm([hidden[i] for i in layers], [angular_grads[i].to(hidden[i].dtype) for i in layers], params)
-    return control / angular
+class Push:
+    """How hard the auxiliary term pushes the weights over a window of optimizer steps, measured on its
+    parameter gradients a_t (per step, the mean over micro-steps: what enters the update). For each
+    window of W steps: push = ||sum_t a_t|| (what momentum, which sums about ten steps, sees), step_norm
+    = mean_t ||a_t||, coherence = push / (W step_norm) (1: every step pushes the same way; about
+    1/sqrt(W) for unrelated directions), step_cos = the mean cosine of consecutive a_t. Kept per name:
+    'aux' (the term itself) and, for a control, 'angular' (what the angular term would have pushed on
+    the same batches), so a control's match is checked over time, not only within a step."""
+
+    def __init__(self, window):
+        self.window = window
+        self.sums, self.previous, self.norms, self.cosines, self.steps = {}, {}, {}, {}, 0
+
+    def add_step(self, vectors):
+        """vectors: {name: a_t} of one optimizer step. Returns the window's figures when it closes, else None."""
+        for name, v in vectors.items():
+            self.sums[name] = self.sums[name] + v if name in self.sums else v.clone()
+            self.norms.setdefault(name, []).append(torch.linalg.vector_norm(v))
+            if name in self.previous:
+                cos = torch.dot(v, self.previous[name]) / (self.norms[name][-1] * torch.linalg.vector_norm(
+                    self.previous[name])).clamp_min(1e-30)
+                self.cosines.setdefault(name, []).append(cos)
+            self.previous[name] = v
+        self.steps += 1
+        if self.steps < self.window:
+            return None
+        out = {}
+        for name, total in self.sums.items():
+            prefix = "strength/" if name == "aux" else f"strength/{name}_"
+            push, step_norm = torch.linalg.vector_norm(total), torch.stack(self.norms[name]).mean()
+            out[prefix + "push"] = push
+            out[prefix + "step_norm"] = step_norm
+            out[prefix + "coherence"] = push / (self.steps * step_norm).clamp_min(1e-30)
+            if self.cosines.get(name):
+                out[prefix + "step_cos"] = torch.stack(self.cosines[name]).mean()
+        if "angular" in self.sums:
+            out["strength/push_ratio"] = out["strength/push"] / out["strength/angular_push"].clamp_min(1e-30)
+        self.sums, self.previous, self.norms, self.cosines, self.steps = {}, {}, {}, {}, 0
+        return out

@@ -48,13 +48,15 @@ import shlex
 import sys
 
 import grid
-from configurator import ConfigError, load_config, parse_value
+from configurator import ConfigError, HelpSource, load_config, parse_value
 from errors import InputError, run_cli
+from eval.compare import PRIMARY_CHOICES
 from eval.report import build_report
 from eval.report import main as report_main
 from files import write_json
 
 REPO = os.path.dirname(os.path.abspath(__file__))
+REPORT_HELP = "python experiment.py report EXP_DIR rebuilds the report of EXP_DIR from its finished runs."
 
 # -----------------------------------------------------------------------------
 # experiment settings and their defaults (a config file and --key=value replace them)
@@ -63,11 +65,13 @@ DEFAULTS = dict(
     base_overrides={},  # train.py settings applied to every arm, after base_config
     base_run={},  # train.py settings of a pretraining stage: one base GPT trained with CE into EXP/base/, which
     #               every arm then mid-trains (init_from); it may set seed. {}: no base stage
-    arms={"ce": {}, "angular": {"dispersion": "angular", "dispersion_weight": 0.1}},
+    base_per_seed=False,  # with base_run: one base per seed S (EXP/base/seed<S>, pretrained with seed S) that the runs
+    #                       of seed S mid-train, so every interval includes pretraining variance (S times the cost)
+    arms={"ce": {}, "angular": {"dispersion": "angular", "dispersion_weight": 0.1}},  # arm name -> its train.py settings
     baseline="ce",  # the arm every other arm is compared with, paired by (seed, item)
     baselines={},  # arm -> the arm it is compared with instead of `baseline` (e.g. each width's own CE arm)
-    seeds=[0, 1],
-    exp_dir="out-experiment",
+    seeds=[0, 1],  # every arm runs once per seed (the seeds pair the arms' runs)
+    exp_dir="out-experiment",  # the experiment's folder: one subfolder per run, then the report
     launcher="python",  # how train.py is started, e.g. "torchrun --standalone --nproc_per_node=8"
     select_by_val=True,  # also evaluate the checkpoint with the lowest val loss
     keep_going=False,  # after a failed run, go on with the others (default: stop; a rerun resumes)
@@ -76,23 +80,25 @@ DEFAULTS = dict(
     #             with other jobs, 1 avoids threads stalling on each other (measured 3.7x faster on 2 busy cores)
     dry_run=False,  # check everything and print the commands, run nothing
     # benchmarks (eval/benchmarks.py)
-    tasks="paper10",
+    tasks="paper10",  # benchmarks (names or groups, comma-separated)
     eval_limit=None,  # score the first N documents of each task (of each MMLU subject); None: all
     eval_limits={},  # task or group name -> its own limit (None: all), e.g. {"lambada_openai": None, "mmlu": 5}
-    num_fewshot=0,
+    num_fewshot=0,  # shots per question
     paper_protocol=False,  # 0-shot for six tasks, num_fewshot shots for ARC-E/C, MedMCQA, MMLU (the paper's)
     eval_data_dir="",  # folder of <dataset>/<split>.jsonl; "" = $DISPERSE_BENCHMARKS
     eval_device="auto",  # auto: cuda if available, else cpu
     eval_dtype="float32",  # autocast dtype for scoring on cuda
-    eval_batch_size=16,
+    eval_batch_size=16,  # sequences per scoring batch
     # condensation probe (eval/condensation.py)
     probe_text="",  # text (or prepared .bin) file to draw sequences from; "" = $DISPERSE_WIKITEXT
-    probe_n_seq=100,
+    probe_n_seq=100,  # sequences the probe averages over
     probe_seq_len=512,  # capped at the model's block_size
-    probe_batch_size=8,
-    # statistics
+    probe_batch_size=8,  # sequences per probe batch
+    # statistics (docs/statistics.md)
+    primary=["val_loss", "avg_acc", "mean_cos_last"],  # each arm's primary comparisons with its baseline: their stars
+    #        Holm-corrected over arms and metrics; every other comparison is exploratory (Benjamini-Hochberg)
     n_boot=2000,  # bootstrap replicates for the confidence intervals
-    boot_seed=0,
+    boot_seed=0,  # seed of the item bootstrap
 )
 TYPES = {"eval_limit": (int, type(None))}
 # train.py settings the runner sets itself: an arm may not set them
@@ -145,7 +151,7 @@ def load_experiment(argv):
     the base run and every arm checked against train.py's settings. Returns (cfg, plan); plan: one
     spec per arm (with base_run, each names the base it starts from)."""
     try:
-        cfg = load_config(DEFAULTS, argv, TYPES)
+        cfg = load_config(DEFAULTS, argv, TYPES, help=HelpSource(__file__, "DEFAULTS", epilog=REPORT_HELP))
     except ConfigError as e:
         raise ExperimentError(str(e)) from None
     problems = []
@@ -170,6 +176,13 @@ def load_experiment(argv):
             problems.append(f"arm name {name!r}: use letters, digits and _ . + - (it names a folder)")
         elif name == BASE and cfg["base_run"]:
             problems.append(f"arm name {BASE!r} is the base run's folder; call the arm something else")
+    unknown = [k for k in cfg["primary"] if k not in PRIMARY_CHOICES] if isinstance(cfg["primary"], list) else [1]
+    if unknown:
+        problems.append(f"primary={cfg['primary']!r}: a list of {', '.join(PRIMARY_CHOICES)}")
+    if cfg["base_per_seed"] and not cfg["base_run"]:
+        problems.append("base_per_seed=True needs base_run (the pretraining stage to repeat per seed)")
+    if cfg["base_per_seed"] and "seed" in cfg["base_run"]:
+        problems.append("base_run sets seed, but with base_per_seed=True each base takes its runs' seed; drop it")
     if cfg["threads"] < 0:
         problems.append(f"threads={cfg['threads']} must be 0 (torch's default) or more")
     for key in ("jobs", "eval_batch_size", "probe_n_seq", "probe_seq_len", "probe_batch_size", "n_boot"):
@@ -309,7 +322,7 @@ def run_spec(cfg, plan, arm, seed):
     text = resolve_probe_text(cfg, required=False)
     if arm == BASE:
         source = next(iter(plan.values()))["base"]
-        seed = source["seed"]
+        seed = seed if cfg["base_per_seed"] else source["seed"]
     else:
         source = plan[arm]
     spec = {"arm": arm, "seed": seed, "base_config": source["base_config"], "settings": source["settings"],
@@ -322,6 +335,8 @@ def run_spec(cfg, plan, arm, seed):
         spec["eval"]["eval_limits"] = cfg["eval_limits"]
     if arm != BASE and "base" in source:
         spec["base"] = {k: v for k, v in source["base"].items() if k != "effective"}
+        if cfg["base_per_seed"]:
+            spec["base"] = {**spec["base"], "seed": seed, "per_seed": True}
     return spec
 
 
@@ -370,39 +385,47 @@ def train_command(cfg, spec, run_dir, resume, effective=None):
     if resume:
         args.append("--init_from=resume")
     elif "base" in spec:
-        args.append(f"--init_from={os.path.join(os.path.dirname(os.path.dirname(run_dir)), BASE)}")
+        exp_dir = os.path.dirname(os.path.dirname(run_dir))  # the arm's run is EXP/<arm>/seed<S>
+        args.append(f"--init_from={run_dir_of(exp_dir, BASE, spec['seed'] if cfg['base_per_seed'] else None)}")
     if spec["select_by_val"]:
         args.append("--keep_best=True")
     if effective and effective["wandb_log"]:
-        exp_dir = os.path.dirname(run_dir) if spec["arm"] == BASE else os.path.dirname(os.path.dirname(run_dir))
+        exp_dir = os.path.abspath(cfg["exp_dir"])
         if not effective["wandb_group"]:
             args.append(f"--wandb_group={os.path.basename(exp_dir)}")
         if not effective["wandb_run_name"]:
-            name = BASE if spec["arm"] == BASE else f"{spec['arm']}/seed{spec['seed']}"
+            name = (f"{BASE}/seed{spec['seed']}" if cfg["base_per_seed"] else BASE) if spec["arm"] == BASE \
+                else f"{spec['arm']}/seed{spec['seed']}"
             args.append(f"--wandb_run_name={name}")
     return launcher + [os.path.join(REPO, "train.py")] + args
 
 
 def run_dir_of(exp_dir, arm, seed):
-    return os.path.join(exp_dir, BASE) if arm == BASE else os.path.join(exp_dir, arm, f"seed{seed}")
+    """EXP/<arm>/seed<S>; the base run: EXP/base, or EXP/base/seed<S> for one base per seed (seed not None)."""
+    if arm == BASE:
+        return os.path.join(exp_dir, BASE) if seed is None else os.path.join(exp_dir, BASE, f"seed{seed}")
+    return os.path.join(exp_dir, arm, f"seed{seed}")
 
 
 def plan_runs(cfg, plan):
-    """(base, runs): the grid's runs as grid.py takes them (the base run, or None, and the arms x seeds in
-    seed-major order: after each seed every arm has a run at that seed, so even a grid that is stopped
-    half-way holds complete paired comparisons)."""
+    """(bases, runs): the grid's runs as grid.py takes them (the base runs: none, one, or one per seed;
+    and the arms x seeds in seed-major order: after each seed every arm has a run at that seed, so even
+    a grid that is stopped half-way holds complete paired comparisons)."""
     exp_dir = os.path.abspath(cfg["exp_dir"])
 
     def run(arm, seed):
         spec = run_spec(cfg, plan, arm, seed)
         effective = next(iter(plan.values()))["base"]["effective"] if arm == BASE else plan[arm]["effective"]
         run_dir = run_dir_of(exp_dir, arm, seed)
-        return {"arm": arm, "seed": seed, "name": "base run" if arm == BASE else f"{arm} seed {seed}", "dir": run_dir,
+        name = (f"base run, seed {seed}" if seed is not None else "base run") if arm == BASE else f"{arm} seed {seed}"
+        return {"arm": arm, "seed": seed, "name": name, "dir": run_dir,
                 "spec": spec, "max_iters": effective["max_iters"], "select_by_val": spec["select_by_val"],
                 "command": train_command(cfg, spec, run_dir, False, effective),
                 "resume_command": train_command(cfg, spec, run_dir, True, effective)}
-    base = run(BASE, None) if next(iter(plan.values())).get("base") else None
-    return base, [run(arm, seed) for seed in cfg["seeds"] for arm in cfg["arms"]]
+    bases = []
+    if next(iter(plan.values())).get("base"):
+        bases = [run(BASE, seed) for seed in cfg["seeds"]] if cfg["base_per_seed"] else [run(BASE, None)]
+    return bases, [run(arm, seed) for seed in cfg["seeds"] for arm in cfg["arms"]]
 
 
 def evaluation_settings(cfg):
@@ -423,12 +446,12 @@ def main(argv):
                 raise ExperimentError("usage: python experiment.py report EXP_DIR")
             return run_cli(report_main, argv[1:])  # eval/report.py's command line
         cfg, plan = load_experiment(argv)
-        base, runs = plan_runs(cfg, plan)
+        bases, runs = plan_runs(cfg, plan)
         if cfg["dry_run"]:
-            for run in ([base] if base else []) + runs:
+            for run in bases + runs:
                 print(shlex.join(run["command"]))
-            print(f"config OK: {'a base run, then ' if base else ''}{len(cfg['arms'])} arms × {len(cfg['seeds'])} seeds; "
-                  "nothing run (dry_run=True)")
+            print(f"config OK: {f'{len(bases)} base run(s), then ' if bases else ''}{len(cfg['arms'])} arms × "
+                  f"{len(cfg['seeds'])} seeds; nothing run (dry_run=True)")
             return 0
         preflight(cfg)
         exp_dir = os.path.abspath(cfg["exp_dir"])
@@ -436,9 +459,10 @@ def main(argv):
         write_json(os.path.join(exp_dir, "experiment.json"), {
             "config": cfg, "arms": plan, "argv": argv, "probe_text": resolve_probe_text(cfg),
             "benchmarks": resolve_data_dir(cfg), "task_limits": task_limits(cfg),
-            "base": {"dir": BASE, "spec": next(iter(plan.values()))["base"]} if base else None,
+            "base": {"dir": BASE, "spec": next(iter(plan.values()))["base"], "per_seed": cfg["base_per_seed"]}
+            if bases else None,
             "written": datetime.datetime.now().isoformat(timespec="seconds")})
-        outcome = grid.run_grid(exp_dir, base, runs, evaluation_settings(cfg), cfg["jobs"], cfg["threads"],
+        outcome = grid.run_grid(exp_dir, bases, runs, evaluation_settings(cfg), cfg["jobs"], cfg["threads"],
                                 cfg["keep_going"], argv)
         print(f"[experiment] wrote {build_report(exp_dir)}")
         return 1 if outcome["failed"] else 0

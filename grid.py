@@ -118,7 +118,8 @@ def run_one(run, evaluation, threads, say, quiet=False):
         say(f"{name}: benchmarks and probe of {ckpt}")
         try:
             seconds = evaluate_checkpoint(evaluation, os.path.join(run_dir, ckpt), os.path.join(run_dir, eval_name),
-                                          os.path.join(run_dir, probe_name), name, progress=not quiet)
+                                          os.path.join(run_dir, probe_name), name, progress=not quiet,
+                                          fresh_val=ckpt == "ckpt_best.pt")
         except Exception as e:  # noqa: BLE001  (reported, then the grid stops or goes on)
             say(f"{name}: evaluating {ckpt} FAILED: {type(e).__name__}: {e}")
             return "failed"
@@ -152,50 +153,64 @@ def _init_worker(threads):
         torch.set_num_threads(threads)  # for the evaluations, which run in the worker
 
 
-def run_grid(exp_dir, base, runs, evaluation, jobs=1, threads=0, keep_going=False, argv=()):
-    """The base run (or None) alone first, with every thread the parallel runs would have; then the
-    runs, `jobs` at a time. Returns {'done', 'skipped', 'failed'}: counts of runs."""
+def _run_stage(runs, evaluation, jobs, threads, keep_going, label):
+    """The runs, `jobs` at a time (each in its own process, `threads` threads) or one after the other
+    in this process. Returns {'done', 'skipped', 'failed'}."""
+    outcome = {"done": 0, "skipped": 0, "failed": 0}
+    if jobs == 1:
+        for i, run in enumerate(runs):
+            # numbered lines rather than a progress bar: the runs print their own tqdm bars
+            status = run_one(run, evaluation, threads, lambda m: print(f"[{label} {i + 1}/{len(runs)}] {m}", flush=True))
+            outcome[status] += 1
+            if status == "failed" and not keep_going:
+                print(f"[{label}] stopping (keep_going=False); rerun the same command to resume")
+                break
+        return outcome
+    if not runs:
+        return outcome
+    print(f"[{label}] {len(runs)} runs, {jobs} at a time; each one's output is in its train.log", flush=True)
+    # spawn, not fork: this process has torch loaded, and a forked copy of its thread pools can hang
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=_init_worker, initargs=(threads,)) as pool:
+        futures = {pool.submit(_run_in_worker, run, evaluation, threads): run for run in runs}
+        stopping = False
+        for n, future in enumerate(concurrent.futures.as_completed(futures), 1):
+            try:
+                status, messages = future.result()  # a GridError in a worker is raised here
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)  # the runs under way finish, no new one starts
+                raise
+            outcome[status] += 1
+            for message in (messages if status == "failed" else messages[-1:]):
+                print(f"[{label} {n}/{len(runs)}] {message}", flush=True)
+            if status == "failed" and not keep_going and not stopping:
+                stopping = True
+                print(f"[{label}] stopping after the runs under way (keep_going=False); rerun the same command "
+                      "to resume", flush=True)
+                for f in futures:
+                    f.cancel()
+    return outcome
+
+
+def run_grid(exp_dir, bases, runs, evaluation, jobs=1, threads=0, keep_going=False, argv=()):
+    """The base runs first (one alone gets every thread the parallel runs would have; one per seed run
+    `jobs` at a time), then the runs, `jobs` at a time. Returns {'done', 'skipped', 'failed'}: counts."""
     if threads:
         import torch
         torch.set_num_threads(threads)  # for the evaluations, which run in this process
     t0 = time.time()
     outcome = {"done": 0, "skipped": 0, "failed": 0}
-    if base:
-        status = run_one(base, evaluation, threads * jobs, lambda m: print(f"[experiment base] {m}", flush=True))
-        if status == "failed":
-            print("[experiment] stopping: the arms need the base run; rerun the same command to resume it")
+    if bases:
+        stage = _run_stage(bases, evaluation, jobs if len(bases) > 1 else 1, threads * jobs if len(bases) == 1 else threads,
+                           keep_going=False, label="experiment base")
+        for k in outcome:
+            outcome[k] += stage[k]
+        if stage["failed"]:
+            print("[experiment] stopping: the arms need the base runs; rerun the same command to resume them")
             runs = []
-            outcome["failed"] += 1
-    if jobs == 1:
-        for i, run in enumerate(runs):
-            # numbered lines rather than a progress bar: the runs print their own tqdm bars
-            status = run_one(run, evaluation, threads, lambda m: print(f"[experiment {i + 1}/{len(runs)}] {m}", flush=True))
-            outcome[status] += 1
-            if status == "failed" and not keep_going:
-                print("[experiment] stopping (keep_going=False); rerun the same command to resume")
-                break
-    elif runs:
-        print(f"[experiment] {len(runs)} runs, {jobs} at a time; each one's output is in its train.log", flush=True)
-        # spawn, not fork: this process has torch loaded, and a forked copy of its thread pools can hang
-        with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
-                                                    initializer=_init_worker, initargs=(threads,)) as pool:
-            futures = {pool.submit(_run_in_worker, run, evaluation, threads): run for run in runs}
-            stopping = False
-            for n, future in enumerate(concurrent.futures.as_completed(futures), 1):
-                try:
-                    status, messages = future.result()  # a GridError in a worker is raised here
-                except BaseException:
-                    pool.shutdown(wait=True, cancel_futures=True)  # the runs under way finish, no new one starts
-                    raise
-                outcome[status] += 1
-                for message in (messages if status == "failed" else messages[-1:]):
-                    print(f"[experiment {n}/{len(runs)}] {message}", flush=True)
-                if status == "failed" and not keep_going and not stopping:
-                    stopping = True
-                    print("[experiment] stopping after the runs under way (keep_going=False); rerun the same "
-                          "command to resume", flush=True)
-                    for f in futures:
-                        f.cancel()
+    stage = _run_stage(runs, evaluation, jobs, threads, keep_going, "experiment")
+    for k in outcome:
+        outcome[k] += stage[k]
     seconds = time.time() - t0
     with open(os.path.join(exp_dir, "invocations.jsonl"), "a") as f:
         f.write(json.dumps({"argv": list(argv), "finished": datetime.datetime.now().isoformat(timespec="seconds"),

@@ -40,12 +40,12 @@ def param_grad_norm(model, outputs, grad_outputs):
 def measure(model, hidden, layers, weight, draws, generator):
     """The three controls' ratios on one batch's hidden states, `draws` random draws each."""
     outputs = [hidden[i] for i in layers]
-    _, _, angular_grads = controls.rotated_angular_term(hidden, layers, weight, torch.eye(hidden[0].size(-1)))
+    _, _, angular_grads, _ = controls.rotated_angular_term(hidden, layers, weight, torch.eye(hidden[0].size(-1)))
     angular = param_grad_norm(model, outputs, [angular_grads[i] for i in layers])
     C = hidden[0].size(-1)
     ratios = {"random_direction": [], "rotated_angular": [], "rotated_angular/per_layer": []}
     for _ in range(draws):
-        surrogate, _, _ = controls.random_direction_term(hidden, layers, weight, generator)
+        surrogate, _, _, _ = controls.random_direction_term(hidden, layers, weight, generator)
         ratios["random_direction"].append(param_grad_norm(model, [surrogate], None) / angular)
         shared = controls.random_rotation(C, generator)
         ratios["rotated_angular"].append(param_grad_norm(model, outputs, [angular_grads[i] @ shared for i in layers]) / angular)

@@ -18,16 +18,19 @@ base_run = {
 }
 # mid-training (every arm; the architecture is the base's): 40 steps of 8 x 128 tokens, 20% warmup to
 # 1e-3 then cosine to 1e-4; the loss on every hidden state (HF indexing: blocks 1..4, the last after ln_f)
+# strength_window: how hard each auxiliary term pushes the weights, logged per window of 10 steps (the
+# report's strength table; an extra backward pass per micro-step for the dispersion arms, none for the control)
 base_overrides = {
     "max_iters": 40, "eval_interval": 40, "eval_iters": 5, "log_interval": 10,
     "learning_rate": 1e-3, "min_lr": 1e-4, "warmup_iters": 8,
-    "dispersion_layers": "all",
+    "dispersion_layers": "all", "strength_window": 10,
 }
 arms = {
     "ce": {},
     "angular_0.1": {"dispersion": "angular", "dispersion_weight": 0.1},
     "angular_1": {"dispersion": "angular", "dispersion_weight": 1.0},
-    # matched to angular_1 in the parameters (dispersion_match_params=True: 2 extra backward passes per step)
+    # matched to angular_1 in the parameters: its gradient turned by one rotation for the run, rescaled to the
+    # angular term's parameter-gradient norm (dispersion_match_params=True: 2 extra backward passes per micro-step)
     "rotated_angular": {"dispersion": "rotated_angular", "dispersion_weight": 1.0},
     "condense": {"dispersion": "condense", "dispersion_weight": 1.0},
 }

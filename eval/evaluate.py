@@ -17,9 +17,11 @@ from files import atomic_folder, write_json
 _probe_tokens = {}  # (text path, tokenizer) -> token ids, tokenised once per process
 
 
-def evaluate_checkpoint(settings, ckpt_path, eval_dir, probe_dir, label, progress=True):
+def evaluate_checkpoint(settings, ckpt_path, eval_dir, probe_dir, label, progress=True, fresh_val=False):
     """Benchmarks into eval_dir (results.json, items.jsonl) and the probe into probe_dir
-    (condensation.json), each skipped when already there. Returns the seconds each took."""
+    (condensation.json), each skipped when already there. fresh_val: also the checkpoint's val CE on
+    batches the run never evaluated (eval_dir/val_fresh.json; see fresh_val_loss). Returns the seconds
+    each took."""
     import torch
     from data.common import get_tokenizer
     from eval import benchmarks
@@ -61,6 +63,8 @@ def evaluate_checkpoint(settings, ckpt_path, eval_dir, probe_dir, label, progres
                              "ckpt": ckpt_path, "model": info, "paper_protocol": settings["paper_protocol"]}
         with atomic_folder(eval_dir) as tmp:
             benchmarks.write_outputs(tmp, results, items)
+            if fresh_val:
+                write_json(os.path.join(tmp, "val_fresh.json"), fresh_val_loss(model, ckpt_path, device))
         seconds["eval"], seconds["eval_cpu"] = time.time() - t0, time.process_time() - cpu0
     if not os.path.exists(os.path.join(probe_dir, "condensation.json")):
         t0, cpu0 = time.time(), time.process_time()
@@ -81,3 +85,25 @@ def evaluate_checkpoint(settings, ckpt_path, eval_dir, probe_dir, label, progres
     if device.startswith("cuda"):
         torch.cuda.empty_cache()  # give the memory back before the next training run
     return seconds
+
+
+def fresh_val_loss(model, ckpt_path, device):
+    """{'val_loss', 'batches'}: the checkpoint's mean CE on eval_iters val batches of its run's data that
+    train.py never evaluated (key stream 3; its evals use stream 2, the same batches every time). A
+    checkpoint selected for the lowest val loss was chosen by those very batches, so its logged value is
+    the minimum of noisy estimates, biased low; this one is not."""
+    import torch
+    import checkpoint
+    from data.common import open_split, read_meta, sample_batch
+    config = checkpoint.read(ckpt_path)["config"]
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    data_dir = config["dataset"] if os.path.isdir(config["dataset"]) else os.path.join(here, "data", config["dataset"])
+    data = open_split(data_dir, "val", config["block_size"], model.config.vocab_size, read_meta(data_dir))
+    model.eval()
+    losses = []
+    with torch.no_grad():
+        for k in range(config["eval_iters"]):
+            x, y = (torch.from_numpy(a).to(device) for a in sample_batch(data, config["batch_size"],
+                                                                         config["block_size"], (config["seed"], 3, k)))
+            losses.append(model(x, y)[1].item())
+    return {"val_loss": sum(losses) / len(losses), "batches": len(losses), "key_stream": 3}

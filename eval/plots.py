@@ -18,7 +18,6 @@ Usage:
     python -m eval.plots training run1/metrics.jsonl run2/metrics.jsonl --labels CE dispersion --out curves.png
 """
 
-import argparse
 import json
 import math
 import os
@@ -26,6 +25,7 @@ import re
 
 import numpy as np
 
+from configurator import ArgumentParser
 from errors import InputError, MissingFileError, run_cli
 from eval.stats import mean_std
 from files import read_metrics
@@ -232,7 +232,8 @@ def draw_figures(exp_dir, meta, runs, summary, doses):
         fig, (ax,) = new_figure(1, 6.0, 0.35 * len(rows) * max(1, len(others)) ** 0.5 + 1.5)
         for j, arm in enumerate(others):
             d = summary["deltas"][arm]
-            ests = [d["acc"].get(u) for u in rows[:-1]] + [d["avg_acc"]]
+            records = [d["acc"][u]["new_items"] if u in d["acc"] else None for u in rows[:-1]] + [d["avg_acc"]["new_items"]]
+            ests = [(r["estimate"], r["lo"], r["hi"]) if r else None for r in records]
             y = [i + (j - (len(others) - 1) / 2) * 0.8 / max(1, len(others)) for i in range(len(rows))]
             pts = [(yy, e) for yy, e in zip(y, ests) if e is not None]
             bar = lambda x: x if math.isfinite(x) else 0.0  # noqa: E731  (one seed: no interval, a point alone)
@@ -242,7 +243,7 @@ def draw_figures(exp_dir, meta, runs, summary, doses):
         ax.axvline(0.0, color="grey", lw=0.8)
         ax.set_yticks(range(len(rows)), rows)
         ax.invert_yaxis()
-        ax.set_xlabel(f"accuracy − {meta['config']['baseline']} (pp), 95% t-interval over seeds")
+        ax.set_xlabel(f"accuracy − {meta['config']['baseline']} (pp), 95% interval over seeds and items (new items)")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3, axis="x")
         figures["deltas"] = save_figure(fig, os.path.join(exp_dir, "deltas.png"))
@@ -292,13 +293,19 @@ def _load_result(path):
     return result
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m eval.plots", description="Condensation and training figures.")
+def arguments():
+    """The command line (configurator.ArgumentParser: the options' spellings and --help as in every tool)."""
+    parser = ArgumentParser(prog="python -m eval.plots", description=__doc__)
     parser.add_argument("kind", choices=("heatmap", "mean_cos", "training"),
                         help="heatmap / mean_cos: condensation.json files; training: metrics.jsonl files")
-    parser.add_argument("files", nargs="+")
+    parser.add_argument("files", nargs="+", help="the files to draw, one curve or panel each")
     parser.add_argument("--labels", nargs="+", default=None, help="one per file; default: from the files")
     parser.add_argument("--out", required=True, help="PNG to write")
+    return parser
+
+
+def main(argv=None):
+    parser = arguments()
     args = parser.parse_args(argv)
     if args.labels and len(args.labels) != len(args.files):
         parser.error(f"{len(args.labels)} labels for {len(args.files)} files")

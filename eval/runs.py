@@ -91,29 +91,48 @@ def collect_runs(exp_dir, meta):
             val = {r["iter"]: r["val_loss"] for r in metrics if "val_loss" in r}
             run = {"dir": run_dir, "final_iter": done["final_iter"], "val_loss": val.get(done["final_iter"]),
                    "seconds": done["seconds"], "hardware": done["hardware"], "finished": done["finished"],
-                   "metrics_path": os.path.join(run_dir, "metrics.jsonl")}
+                   "metrics_path": os.path.join(run_dir, "metrics.jsonl"), "metrics": metrics}
             run["final"] = read_checkpoint_results(run_dir, "eval", "condensation", run["val_loss"])
             if done["best"] is not None:
                 run["best_iter"], run["best_val_loss"] = done["best"]["iter"], done["best"]["val_loss"]
                 same = done["best"]["iter"] == done["final_iter"]
+                # the selected checkpoint's val CE on fresh batches (eval/evaluate.py): the value it was chosen by
+                # is the minimum of noisy estimates, so it is biased low
+                fresh = (read_json(os.path.join(run_dir, "eval_best", "val_fresh.json")) or {}).get("val_loss")
                 run["best"] = run["final"] if same else read_checkpoint_results(
-                    run_dir, "eval_best", "condensation_best", run["best_val_loss"])
+                    run_dir, "eval_best", "condensation_best", fresh)
+                run["best"] = {**run["best"], "val_loss_selection": run["best_val_loss"]}
             runs.setdefault(arm, {})[seed] = run
     return runs
 
 
 def read_base_run(exp_dir, meta):
-    """The base run's figures (the checkpoint every arm mid-trains from), or None when the
-    experiment has no base stage or the base is not finished and evaluated."""
+    """The base run's figures (the checkpoint every arm mid-trains from), or None when the experiment
+    has no base stage or its base is not finished and evaluated. With one base per seed, their mean
+    (numbers and the probe's per-layer mean_cos; 'n_bases' says how many)."""
     base = meta.get("base")
     if not base:
         return None
-    run_dir = os.path.join(exp_dir, base.get("dir") or "base") if isinstance(base, dict) else os.path.join(exp_dir, "base")
-    done = read_json(os.path.join(run_dir, "done.json"))
-    if done is None or not os.path.exists(os.path.join(run_dir, "condensation", "condensation.json")):
+    folder = os.path.join(exp_dir, base.get("dir") or "base") if isinstance(base, dict) else os.path.join(exp_dir, "base")
+    per_seed = isinstance(base, dict) and base.get("per_seed")
+    dirs = [os.path.join(folder, f"seed{s}") for s in meta["config"]["seeds"]] if per_seed else [folder]
+    found = []
+    for run_dir in dirs:
+        done = read_json(os.path.join(run_dir, "done.json"))
+        if done is None or not os.path.exists(os.path.join(run_dir, "condensation", "condensation.json")):
+            continue
+        val = {r["iter"]: r["val_loss"] for r in read_metrics(os.path.join(run_dir, "metrics.jsonl")) if "val_loss" in r}
+        out = read_checkpoint_results(run_dir, "eval", "condensation", val.get(done["final_iter"]))
+        found.append({**out, "dir": run_dir, "final_iter": done["final_iter"]})
+    if not found:
         return None
-    metrics = read_metrics(os.path.join(run_dir, "metrics.jsonl"))
-    val = {r["iter"]: r["val_loss"] for r in metrics if "val_loss" in r}
-    out = read_checkpoint_results(run_dir, "eval", "condensation", val.get(done["final_iter"]))
-    out.update(dir=run_dir, final_iter=done["final_iter"])
+    if len(found) == 1:
+        return {**found[0], "n_bases": 1}
+    mean = lambda key: float(np.mean([b[key] for b in found])) if all(b[key] is not None for b in found) else None  # noqa: E731
+    out = {**found[0], "dir": folder, "n_bases": len(found)}
+    out.update({key: mean(key) for key in ("val_loss", "mean_cos_last", "spearman", "wikitext_word_perplexity",
+                                           "lambada_perplexity", "lambada_acc")})
+    layers = [{"mean_cos": float(np.mean([b["probe"]["layers"][i]["mean_cos"] for b in found]))}
+              for i in range(len(found[0]["probe"]["layers"]))]
+    out["probe"] = {**found[0]["probe"], "layers": layers}
     return out

@@ -97,8 +97,8 @@ def test_tiny_grid_end_to_end(shared, tiny_dataset, tmp_path, capsys):
     data = json.loads((exp_dir / "report.json").read_text())
     final = data["summaries"]["final"]
     assert final["arms"]["angular"]["seeds"] == [0, 1] and len(final["arms"]["ce"]["acc"]["piqa"]) == 2
-    est, lo, hi = final["deltas"]["angular"]["avg_acc"]
-    assert lo <= est <= hi
+    record = final["deltas"]["angular"]["avg_acc"]["new_items"]
+    assert record["lo"] is None or record["lo"] <= record["estimate"] <= record["hi"]
     assert (exp_dir / "heatmaps.png").exists() and (exp_dir / "deltas.png").exists()
     # same-seed arms read the same batches: CE's and angular's first logged cross-entropy agree
     first_ce = {arm: [json.loads(line)["ce"] for line in open(exp_dir / arm / "seed0" / "metrics.jsonl") if '"ce"' in line][0]
@@ -142,8 +142,9 @@ def test_checkpoint_selected_by_val_loss_is_evaluated_too(shared, tiny_dataset, 
     for name, it in (("ckpt_best.pt", 2), ("ckpt.pt", 4)):
         torch.manual_seed(it)
         model = GPT(GPTConfig(**{k: TINY[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size")}))
+        data = {"dataset": str(tiny_dataset), "block_size": TINY["block_size"], "batch_size": 4, "seed": 0, "eval_iters": 2}
         checkpoint.write(str(run / name), {"model": model.state_dict(), "model_args": model_config_to_dict(model.config),
-                                                 "iter_num": it})
+                                           "iter_num": it, "config": data})
     (run / "metrics.jsonl").write_text('{"iter": 2, "val_loss": 5.0}\n{"iter": 4, "val_loss": 6.0}\n')
 
     assert experiment.main([config]) == 0
@@ -151,7 +152,10 @@ def test_checkpoint_selected_by_val_loss_is_evaluated_too(shared, tiny_dataset, 
     report = (tmp_path / "exp" / "report.md").read_text()
     assert "it is the final checkpoint in 0 of 1 runs" in report and "## Checkpoint selected by validation loss" in report
     best = json.loads((tmp_path / "exp" / "report.json").read_text())["summaries"]["best"]["arms"]["ce"]
-    assert best["val_loss"][0] == 5.0 and best["per_seed"]["0"]["iter"] == 2
+    # the selected checkpoint's val CE on batches it was not selected by, not the logged 5.0 it was chosen for
+    fresh = json.loads((run / "eval_best" / "val_fresh.json").read_text())
+    assert fresh["batches"] == 2 and fresh["val_loss"] > 0 and best["val_loss"][0] == pytest.approx(fresh["val_loss"])
+    assert best["per_seed"]["0"]["iter"] == 2 and "val CE (fresh batches)" in report
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (Path(experiment.REPO) / "config").glob("experiment_*.py")))

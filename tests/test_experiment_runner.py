@@ -182,3 +182,25 @@ def test_wandb_offline_run_of_the_base(tmp_path, tiny_dataset, shared, monkeypat
     # the run file holds the name and the group as strings (protobuf)
     assert b"tracked_exp" in log and b"base" in log
     assert metrics(tmp_path / "tracked_exp" / "base" / "metrics.jsonl")[-1]["iter"] == 2
+
+
+def test_one_base_per_seed_puts_pretraining_variance_in(tmp_path, tiny_dataset):
+    """base_per_seed=True: a base per seed, pretrained with that seed, and each seed's arms mid-train
+    their own seed's base (planned only: no training here)."""
+    no_seed = {"dataset": str(tiny_dataset), **{k: v for k, v in TINY_BASE.items() if k != "seed"}}
+    config = base_experiment(tmp_path, tiny_dataset, seeds=[0, 3], base_per_seed=True, base_run=no_seed)
+    cfg, plan = load_experiment([config])
+    bases, runs = experiment.plan_runs(cfg, plan)
+    exp = tmp_path / "exp"
+    assert [b["dir"] for b in bases] == [str(exp / "base" / "seed0"), str(exp / "base" / "seed3")]
+    assert [b["spec"]["seed"] for b in bases] == [0, 3] and "--seed=3" in bases[1]["command"]
+    for run in runs:
+        base_dir = exp / "base" / f"seed{run['seed']}"
+        assert f"--init_from={base_dir}" in run["command"]
+        assert run["spec"]["base"]["per_seed"] is True and run["spec"]["base"]["seed"] == run["seed"]
+    # base_run may not fix the seed then, and base_per_seed needs a base stage
+    bad = base_experiment(tmp_path, tiny_dataset, name="bad", base_per_seed=True)
+    with pytest.raises(ExperimentError, match="base_per_seed=True each base takes its runs' seed"):
+        load_experiment([bad])
+    with pytest.raises(ExperimentError, match="base_per_seed=True needs base_run"):
+        load_experiment([config, "--base_run={}"])

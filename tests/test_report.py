@@ -89,6 +89,11 @@ def build(exp):
     return (exp / "report.md").read_text(), json.loads((exp / "report.json").read_text())
 
 
+def triple(record):
+    """(estimate, lo, hi) of a comparison record (eval/stats.py), nan where report.json holds null."""
+    return [float("nan") if record[k] is None else record[k] for k in ("estimate", "lo", "hi")]
+
+
 def test_deltas_use_seed_t_intervals_and_the_seeds_both_arms_have(tmp_path):
     """The arm has seeds 0-2, the baseline 0-1: every delta pairs over 0, 1 only, says so, and its
     interval is the t-interval over the two per-seed differences (not a bootstrap)."""
@@ -104,9 +109,12 @@ def test_deltas_use_seed_t_intervals_and_the_seeds_both_arms_have(tmp_path):
     d = data["summaries"]["final"]["deltas"]["a"]
     assert d["seeds"] == [0, 1]
     expected = t_interval(np.array([4, 8]) / n)
-    assert d["avg_acc"] == pytest.approx([float(x) for x in expected])
-    assert d["acc"]["piqa"] == pytest.approx([float(x) for x in expected])
-    assert d["val_loss"] == pytest.approx([float(x) for x in t_interval([-0.1, -0.15])])
+    assert triple(d["avg_acc"]["these_items"]) == pytest.approx([float(x) for x in expected])
+    assert triple(d["acc"]["piqa"]["these_items"]) == pytest.approx([float(x) for x in expected])
+    assert triple(d["val_loss"]) == pytest.approx([float(x) for x in t_interval([-0.1, -0.15])])
+    # the new-items interval is never narrower than the these-items one
+    new = triple(d["avg_acc"]["new_items"])
+    assert new[1] <= expected[1] + 1e-12 and new[2] >= expected[2] - 1e-12
     # the item bootstrap is there, named, and never starred; the seed set is printed
     assert "Within-run (item) uncertainty" in text and "a (seeds 0, 1)" in text
     item_table = text.split("Within-run (item) uncertainty")[1]
@@ -129,8 +137,9 @@ def test_an_arm_with_its_own_baseline_is_paired_with_that_arm(tmp_path):
     text, data = build(exp)
     deltas = data["summaries"]["final"]["deltas"]
     assert deltas["a_narrow"]["vs"] == "ce_narrow" and deltas["ce_narrow"]["vs"] == "ce"
-    assert deltas["a_narrow"]["val_loss"] == pytest.approx([float(x) for x in t_interval([-0.1, -0.2])])
-    assert deltas["ce_narrow"]["val_loss"] == pytest.approx([float(x) for x in t_interval([1.0, 1.0])])
+    assert triple(deltas["a_narrow"]["val_loss"]) == pytest.approx([float(x) for x in t_interval([-0.1, -0.2])])
+    same = deltas["ce_narrow"]["val_loss"]  # +1.0 at both seeds: no spread, so no t-test and no star
+    assert same["estimate"] == pytest.approx(1.0) and same["star"] is False and same["lo"] is None
     assert "| vs ce_narrow; 0, 1 |" in text and "`a_narrow` vs `ce_narrow`" in text
 
 
@@ -150,7 +159,7 @@ def test_difference_of_effects_pairs_four_runs_per_seed(tmp_path):
     text, data = build(exp)
     eff = data["summaries"]["final"]["effect_differences"]
     assert eff["reference"] == "a" and list(eff["arms"]) == ["a_n"]
-    assert eff["arms"]["a_n"]["val_loss"] == pytest.approx([float(x) for x in t_interval([-0.2, -0.3])])
+    assert triple(eff["arms"]["a_n"]["val_loss"]) == pytest.approx([float(x) for x in t_interval([-0.2, -0.3])])
     assert "| (a_n − ce_n) − (a − ce) |" in text
 
 
@@ -160,8 +169,8 @@ def test_one_seed_gives_no_interval_no_star_and_says_why(tmp_path):
     write_run(exp, "ce", 0, {"piqa": [0] * 40})
     write_run(exp, "a", 0, {"piqa": [1] * 40}, ce=4.0)  # a huge difference, but one seed
     text, data = build(exp)
-    est, lo, hi = data["summaries"]["final"]["deltas"]["a"]["avg_acc"]
-    assert est == pytest.approx(1.0) and lo is None and hi is None  # nan -> null in report.json
+    record = data["summaries"]["final"]["deltas"]["a"]["avg_acc"]["new_items"]
+    assert record["estimate"] == pytest.approx(1.0) and record["lo"] is None and record["hi"] is None  # nan -> null
     assert "one seed cannot estimate run-to-run variance" in text
     assert "+100.0 (1 seed: no interval)" in text and "-1.000 (1 seed: no interval)" in text
     assert "] *" not in text and ") *" not in text  # a starred cell ends in ' *'
@@ -192,8 +201,9 @@ def test_language_modelling_table_and_condensation(tmp_path):
     text, data = build(exp)
     assert "### Language modelling" in text
     d = data["summaries"]["final"]["deltas"]["a"]
-    assert d["wikitext_word_perplexity"] == pytest.approx([float(x) for x in t_interval([-50.0, -48.0])])
-    assert d["lambada_perplexity"][0] == pytest.approx(-100.0) and d["lambada_acc"][0] == pytest.approx(0.01)
+    assert triple(d["wikitext_word_perplexity"]) == pytest.approx([float(x) for x in t_interval([-50.0, -48.0])])
+    assert d["lambada_perplexity"]["estimate"] == pytest.approx(-100.0)
+    assert d["lambada_acc"]["estimate"] == pytest.approx(0.01)
     lm_rows = text.split("### Language modelling")[1].split("\n\n")[2].splitlines()
     a_row = [c.strip() for c in next(r for r in lm_rows if r.startswith("| a |")).split("|")[1:-1]]
     assert a_row[1] == "5.300 ± 0.707" and a_row[3] == "951.5 ± 2.1" and a_row[-1] == "0, 1"
@@ -264,3 +274,75 @@ def test_the_header_gives_each_task_its_own_limit():
     assert report._limits_text(cfg, None) == "limit 20 per task (lambada_openai 500, mmlu 5 per subject, wikitext all)"
     # an older experiment.json without eval_limits: the per-task limits it recorded, where they differ
     assert report._limits_text({"eval_limit": None}, {"piqa": None, "arc_easy": 7}) == "full sets (arc_easy 7)"
+
+
+# ---------------------------------------------------------------------- stars and families (docs/statistics.md)
+
+def test_the_same_difference_at_every_seed_gets_no_star(tmp_path):
+    """20 items, 2 seeds, the arm 5 items ahead at both: the old rule starred its zero-width interval;
+    now there is no spread for a t-test and 2 seeds are too few for the exact test."""
+    exp = tmp_path / "exp"
+    write_experiment(exp, ["ce", "a"], [0, 1])
+    for seed in (0, 1):
+        write_run(exp, "ce", seed, {"piqa": [1] * 10 + [0] * 10}, ce=5.0 + seed)
+        write_run(exp, "a", seed, {"piqa": [1] * 15 + [0] * 5}, ce=5.0 + seed)
+    text, data = build(exp)
+    d = data["summaries"]["final"]["deltas"]["a"]
+    for record in (d["acc"]["piqa"]["these_items"], d["avg_acc"]["these_items"]):
+        assert record["estimate"] == pytest.approx(0.25) and record["star"] is False
+        assert record["p_exact"] == pytest.approx(0.5)  # 2 seeds: the exact sign-flip test's smallest p
+    assert "no spread over 2 seeds" in text
+
+
+def test_primary_comparisons_are_holm_corrected_and_the_rest_bh(tmp_path):
+    exp = tmp_path / "exp"
+    write_experiment(exp, ["ce", "a", "b"], [0, 1, 2])
+    for seed in (0, 1, 2):
+        write_run(exp, "ce", seed, {"piqa": [1] * 10 + [0] * 10}, ce=5.0 + seed)
+        write_run(exp, "a", seed, {"piqa": [1] * 11 + [0] * 9}, ce=4.5 + seed + 0.01 * seed, cos=(0.1, 0.2, 0.3 + 0.01 * seed))
+        write_run(exp, "b", seed, {"piqa": [1] * 9 + [0] * 11}, ce=5.1 + seed, cos=(0.1, 0.3, 0.5 - 0.01 * seed))
+    _, data = build(exp)
+    summary = data["summaries"]["final"]
+    assert summary["primary"] == ["val_loss", "avg_acc", "mean_cos_last"]
+    for arm in ("a", "b"):
+        d = summary["deltas"][arm]
+        assert d["val_loss"]["family"] == d["mean_cos_last"]["family"] == d["avg_acc"]["new_items"]["family"] == "holm"
+        assert d["val_loss"]["family_size"] == 6  # 3 primary metrics x 2 arms
+        assert d["spearman"]["family"] == d["avg_acc"]["these_items"]["family"] == "bh"
+        assert d["acc"]["piqa"]["new_items"]["family"] == "bh"
+    # val CE moves by -0.5 +- 0.01 at every seed for arm a: starred even after Holm
+    assert summary["deltas"]["a"]["val_loss"]["star"] is True
+    assert summary["deltas"]["a"]["val_loss"]["p_adj"] >= summary["deltas"]["a"]["val_loss"]["p"]
+
+
+def test_the_average_covers_the_tasks_every_run_scored(tmp_path):
+    """One run lacks arc: the arms' averages and the Δ average are over piqa alone, and the table says so."""
+    exp = tmp_path / "exp"
+    write_experiment(exp, ["ce", "a"], [0, 1])
+    for seed in (0, 1):
+        write_run(exp, "ce", seed, {"piqa": [1, 0, 1, 0], "arc": [1, 1, 1, 1]})
+        write_run(exp, "a", seed, {"piqa": [1, 1, 1, 0], **({"arc": [0, 0, 0, 0]} if seed == 0 else {})})
+    text, data = build(exp)
+    summary = data["summaries"]["final"]
+    assert summary["common_units"] == ["piqa"]
+    assert summary["arms"]["ce"]["avg_acc"][0] == pytest.approx(0.5) and summary["arms"]["a"]["avg_acc"][0] == pytest.approx(0.75)
+    assert summary["deltas"]["a"]["avg_acc"]["these_items"]["estimate"] == pytest.approx(0.25)
+    assert "**average, the 1 tasks every run scored**" in text
+
+
+def test_strength_figures_are_averaged_over_windows_and_seeds(tmp_path):
+    exp = tmp_path / "exp"
+    write_experiment(exp, ["ce", "ctrl"], [0, 1])
+    for seed in (0, 1):
+        write_run(exp, "ce", seed, {"piqa": [1, 0]})
+        write_run(exp, "ctrl", seed, {"piqa": [1, 0]})
+        with open(exp / "ctrl" / f"seed{seed}" / "metrics.jsonl", "a") as f:
+            for k, ratio in enumerate((0.9, 1.1)):
+                f.write(json.dumps({"iter": 4 + k, "strength/push": 1.0 + seed, "strength/coherence": 0.8,
+                                    "strength/step_cos": 0.7, "strength/push_ratio": ratio + 0.1 * seed,
+                                    "strength/angular_push": 1.0, "strength/angular_step_cos": 0.75}) + "\n")
+    text, data = build(exp)
+    figures = data["strength"]["ctrl"]
+    assert figures["strength/push"][0] == pytest.approx(1.5) and figures["strength/push_ratio"][0] == pytest.approx(1.05)
+    assert figures["windows"] == 2 and "ce" not in data["strength"]
+    assert "## How hard each term pushes the weights" in text and "| ctrl | 1.5000 ± 0.7071 |" in text

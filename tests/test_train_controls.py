@@ -85,11 +85,11 @@ def test_a_control_enters_the_step_as_its_gradient_and_the_log_as_zero(control, 
         if control == "random_direction":
             return controls.random_direction_term(hidden, "all", weight, torch.Generator().set_state(aux_gen.get_state()),
                                                   **LOSS_OPTIONS)
-        key = int(np.random.default_rng([1337, 3, 0]).integers(2**62))  # train.py's rotation of step 0
+        key = int(np.random.default_rng([1337, 3]).integers(2**62))  # train.py's rotation of the run (seed 1337)
         rotation = controls.random_rotation(32, torch.Generator().manual_seed(key))
         return controls.rotated_angular_term(hidden, "all", weight, rotation, params=params, **LOSS_OPTIONS)
 
-    surrogate, _, angular_grads = control_term(WEIGHT)
+    surrogate, _, angular_grads, _ = control_term(WEIGHT)
     # the logged loss is CE: the surrogate's value means nothing
     assert row["loss"] == row["ce"] and row["aux"] == 0.0
     assert row["ce"] == pytest.approx(ce.item(), abs=1e-5)
@@ -221,3 +221,40 @@ def test_wandb_missing_is_a_config_error_before_any_work(tiny_dataset, tmp_path)
     assert "wandb_log=True but wandb is not installed; pip install wandb, or set wandb_log=False" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()  # stopped before any work
+
+
+def test_strength_windows_and_the_rotation_schedules(tiny_dataset, tmp_path):
+    """strength_window=4 logs, per window of 4 steps, the push of the term's parameter gradients. With one
+    rotation per run the control pushes about as hard as the angular term over the window (push ratio
+    near 1) and its steps agree (step cos near the angular term's); with a fresh rotation per step they
+    do not add up (step cos near 0, push ratio well below 1)."""
+    common = [*TINY_MODEL, f"--dataset={tiny_dataset}", "--max_iters=16", "--eval_interval=16", "--eval_iters=1",
+              "--log_interval=8", "--learning_rate=3e-3", "--warmup_iters=2", "--dispersion_weight=1.0",
+              "--strength_window=4"]
+    windows = {}
+    for name, extra in (("angular", ["--dispersion=angular"]), ("run", ["--dispersion=rotated_angular"]),
+                        ("step", ["--dispersion=rotated_angular", "--dispersion_rotation=step"])):
+        run_train([*common, f"--out_dir={tmp_path / name}", *extra])
+        windows[name] = [r for r in read_metrics(tmp_path / name) if "strength/push" in r]
+        assert [r["iter"] for r in windows[name]] == [3, 7, 11, 15]
+    assert all(0 < w["strength/coherence"] <= 1 + 1e-6 for rows in windows.values() for w in rows)
+    assert "strength/push_ratio" not in windows["angular"][0]
+    later = lambda name, key: sum(w[key] for w in windows[name][1:]) / 3  # noqa: E731  (after the first window)
+    assert 0.8 < later("run", "strength/push_ratio") < 1.25
+    assert later("run", "strength/step_cos") > 0.5 and abs(later("step", "strength/step_cos")) < 0.3
+    assert later("step", "strength/push_ratio") < 0.8 * later("run", "strength/push_ratio")
+
+
+def test_a_held_rescaling_resumes_exactly(tiny_dataset, tmp_path):
+    """dispersion_match_interval=3 holds rotated_angular's scale between the steps that compute it; a run
+    resumed at iteration 4 (scale from iteration 3 held) repeats the uninterrupted one bit for bit."""
+    common = [*TINY_MODEL, f"--dataset={tiny_dataset}", "--eval_interval=4", "--eval_iters=1", "--log_interval=1",
+              "--dispersion=rotated_angular", "--dispersion_weight=1.0", "--dispersion_match_interval=3", "--dropout=0.1"]
+    run_train([*common, f"--out_dir={tmp_path / 'straight'}", "--max_iters=8"])
+    run_train([*common, f"--out_dir={tmp_path / 'resumed'}", "--max_iters=4"])
+    run_train([*common, f"--out_dir={tmp_path / 'resumed'}", "--max_iters=8", "--init_from=resume"])
+    straight = [r for r in read_metrics(tmp_path / "straight") if "loss" in r]
+    resumed = [r for r in read_metrics(tmp_path / "resumed") if "loss" in r]
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in straight]
+    scales = [r["ctrl/scale"] for r in straight]
+    assert scales[1] == scales[2] == scales[0] and scales[4] == scales[5] == scales[3] and scales[3] != scales[0]
