@@ -39,6 +39,7 @@ import sys
 import numpy as np
 import torch
 
+from configurator import ArgumentParser
 from errors import InputError, MissingFileError, run_cli
 from files import atomic
 
@@ -278,10 +279,24 @@ def keep_copy(path, copy_path):
     os.replace(tmp, copy_path)
 
 
+def arguments():
+    """The command line: python checkpoint.py upgrade OLD.pt NEW.pt (configurator.ArgumentParser, like every tool)."""
+    parser = ArgumentParser(prog="python checkpoint.py",
+                            description="Convert a checkpoint in no format (written before format 1, or by another "
+                                        f"program) to {FORMAT}, which opens without unpickling.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="what to do")
+    upgrade = commands.add_parser("upgrade", help="rewrite OLD.pt as NEW.pt in the safe format",
+                                  description="Rewrite OLD.pt as NEW.pt in the safe format. Reading OLD.pt "
+                                              "unpickles it, which runs any code it carries: only for a file you trust.")
+    upgrade.add_argument("old", metavar="OLD.pt", help="the checkpoint to convert (unpickled: only if you trust it)")
+    upgrade.add_argument("new", metavar="NEW.pt", help="the safe copy to write; not OLD.pt, so the original stays "
+                                                       "until you have checked the copy")
+    return parser
+
+
 def main(argv):
-    if len(argv) != 3 or argv[0] != "upgrade":
-        raise InputError("usage: python checkpoint.py upgrade OLD.pt NEW.pt (unpickles OLD.pt: only for a file you trust)")
-    old, new = argv[1], argv[2]
+    args = arguments().parse_args(argv)
+    old, new = args.old, args.new
     if os.path.abspath(old) == os.path.abspath(new):
         raise InputError("NEW.pt must differ from OLD.pt, so the original stays until you have checked the copy")
     write(new, to_plain(read(old, allow_unsafe_pickle=True)))

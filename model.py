@@ -54,7 +54,7 @@ class GPTConfig:
     rope_theta: float = 10000.0  # RoPE base; Llama 3 500000, Qwen3 1000000
     rope_scaling: dict | None = None  # None, or Llama 3's {"rope_type": "llama3", "factor", "low_freq_factor",
     #                                   "high_freq_factor", "original_max_position_embeddings"}
-    mlp: str = "gelu"  # "gelu" (GPT-2's tanh GELU) or "swiglu"
+    mlp: str = "gelu"  # "gelu" (GPT-2's tanh GELU), "gelu_exact" (erf GELU: nanoGPT's nn.GELU()) or "swiglu"
     n_kv_head: int | None = None  # key/value heads; None: n_head (no grouping)
     head_dim: int | None = None  # per-head width; None: n_embd // n_head
     qk_norm: bool = False  # RMSNorm over each head's queries and keys (Qwen3)
@@ -83,7 +83,7 @@ class GPTConfig:
         return 4 * self.n_embd
 
     def __post_init__(self):
-        choices = {"norm": ("layernorm", "rmsnorm"), "pos_emb": ("learned", "rope"), "mlp": ("gelu", "swiglu")}
+        choices = {"norm": ("layernorm", "rmsnorm"), "pos_emb": ("learned", "rope"), "mlp": ("gelu", "gelu_exact", "swiglu")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r}; choose one of {', '.join(allowed)}")
@@ -220,7 +220,8 @@ class MLP(nn.Module):
         self.swiglu = config.mlp == "swiglu"
         # SwiGLU's gate and up projections share one matmul: c_fc's first `width` outputs are the gate
         self.c_fc = nn.Linear(config.n_embd, 2 * width if self.swiglu else width, bias=config.bias)
-        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's "gelu_new"
+        # GPT-2's "gelu_new" is the tanh approximation; nanoGPT (and so its checkpoints) uses the exact erf form
+        self.gelu = nn.GELU(approximate="none" if config.mlp == "gelu_exact" else "tanh")
         self.c_proj = nn.Linear(width, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 import system
-from configurator import load_config
+from configurator import HelpSource, load_config
 from data.common import get_tokenizer
 from errors import InputError, MissingFileError, run_cli
 from load import load_model
@@ -24,22 +24,22 @@ from load import load_model
 @dataclass
 class Config:
     init_from: str = "resume"  # 'resume' (the checkpoint in out_dir), a hub name ('gpt2', 'Qwen/Qwen3-0.6B') or a local HF directory
-    out_dir: str = "out"
+    out_dir: str = "out"  # the run whose ckpt.pt to sample (init_from=resume)
     start: str = "\n"  # the prompt; "FILE:prompt.txt" reads it from a file
-    num_samples: int = 3
-    max_new_tokens: int = 200
+    num_samples: int = 3  # samples to draw
+    max_new_tokens: int = 200  # tokens per sample
     temperature: float = 0.8  # 1.0 samples the model's distribution, lower is more conservative, 0 is greedy
     top_k: int = 200  # keep only the top_k most likely tokens; 0 keeps all
-    seed: int = 1337
-    device: str = "auto"
+    seed: int = 1337  # of the sampling generator
+    device: str = "auto"  # auto, cpu, cuda, cuda:1, mps
     dtype: str = "auto"  # auto: bfloat16 on CUDA where supported, else float32
-    compile: bool = False
+    compile: bool = False  # torch.compile the per-token forward pass
     tokenizer: str = ""  # empty: the checkpoint's (train.py records it) or the HF model's own; else gpt2, an HF folder or hub name
     allow_unsafe_pickle: bool = False  # open checkpoints not in the safe format (older or foreign files): that can run code
 
 
 def main(argv):
-    cfg = Config(**load_config(dataclasses.asdict(Config()), argv))
+    cfg = Config(**load_config(dataclasses.asdict(Config()), argv, help=HelpSource(__file__, "Config")))
     if cfg.dtype not in ("auto", "float32", "bfloat16", "float16"):
         raise InputError(f"dtype={cfg.dtype!r}; choose auto, float32, bfloat16 or float16")
     dev = system.resolve_device(cfg.device)

@@ -32,7 +32,7 @@ import checkpoint
 import controls
 import disperse
 import system
-from configurator import load_config
+from configurator import HelpSource, load_config
 from data.common import get_tokenizer, open_split, read_meta, sample_batch
 from errors import InputError, MissingFileError, run_cli
 from files import trim_metrics
@@ -44,40 +44,42 @@ from model import GPT, GPTConfig, model_config_from_dict, model_config_to_dict
 class Config:
     """train.py's settings. The defaults: GPT-2 (124M) from scratch on OpenWebText, 8 GPUs (nanoGPT's)."""
     # I/O
-    out_dir: str = "out"
-    eval_interval: int = 2000
-    log_interval: int = 1
+    out_dir: str = "out"  # where ckpt.pt and metrics.jsonl go
+    eval_interval: int = 2000  # evaluate (and save a checkpoint) every this many iterations
+    log_interval: int = 1  # log (and read the loss back from the device) every this many iterations
     eval_iters: int = 200  # batches per loss estimate, split across ranks
     eval_only: bool = False  # evaluate once and exit
     always_save_checkpoint: bool = True  # save at every eval, not only when val loss improves
     keep_best: bool = False  # also keep the checkpoint of the lowest val loss as ckpt_best.pt (selection by val, never test)
     init_from: str = "scratch"  # 'scratch', 'resume' (from out_dir), or weights only (fresh optimizer, iteration 0) from
     #                             another run's out_dir or ckpt.pt, a hub name ('gpt2'..'gpt2-xl') or a local HF directory
+    overwrite: bool = False  # let a new run (init_from not 'resume') replace the checkpoint and log already in out_dir
     allow_unsafe_pickle: bool = False  # open checkpoints not in the safe format (older or foreign files): that can run code
-    seed: int = 1337
+    seed: int = 1337  # init, dropout, batch order and the auxiliary losses' random numbers
     # data
     dataset: str = "openwebtext"  # a folder under data/ or a path to a prepared folder (train.bin, val.bin, meta.json);
     #                               meta.json names the tokenizer, which the checkpoint records (no meta.json: GPT-2's)
     gradient_accumulation_steps: int = 5 * 8  # micro-steps per optimizer step, summed over all ranks
     batch_size: int = 12  # sequences per micro-step per rank
-    block_size: int = 1024
+    block_size: int = 1024  # context length: tokens per sequence
     # model
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
+    n_layer: int = 12  # transformer blocks
+    n_head: int = 12  # attention heads
+    n_embd: int = 768  # width of the residual stream
     n_inner: int | None = None  # MLP width; None is 4 * n_embd
     dropout: float = 0.0  # 0 for pretraining; 0.1 for GPT-2 mid-training as in the paper
     bias: bool = False  # biases in Linears and LayerNorms (a pretrained GPT-2 always has them)
-    vocab_size: int = 50257
+    vocab_size: int | None = None  # None: the data's (meta.json, or a nanoGPT folder's meta.pkl), or with init_from the
+    #                               model's; a larger one leaves ids unused
     # the block's variant (model.py GPTConfig); the defaults are GPT-2's. With init_from our ckpt.pt or a Hugging
     # Face GPT-2 / Llama / Qwen2 / Qwen3 directory or hub name ('Qwen/Qwen3-0.6B'), the model settings come from it.
     # A Qwen3-shaped model from scratch:
     # norm=rmsnorm pos_emb=rope mlp=swiglu n_kv_head=8 head_dim=128 qk_norm=True bias=False rope_theta=1e6
     norm: str = "layernorm"  # layernorm or rmsnorm
-    norm_eps: float = 1e-5
+    norm_eps: float = 1e-5  # the norms' epsilon
     pos_emb: str = "learned"  # learned positions or rope
-    rope_theta: float = 10000.0
-    mlp: str = "gelu"  # gelu, or swiglu (n_inner wide; None: 8/3 * n_embd rounded up to a multiple of 256)
+    rope_theta: float = 10000.0  # RoPE base (pos_emb=rope)
+    mlp: str = "gelu"  # gelu (tanh, GPT-2), gelu_exact (erf, nanoGPT), or swiglu (n_inner wide; None: 8/3 * n_embd, to 256)
     n_kv_head: int | None = None  # grouped-query attention: key/value heads; None: n_head
     head_dim: int | None = None  # per-head width; None: n_embd // n_head
     qk_norm: bool = False  # RMSNorm on each head's queries and keys
@@ -85,22 +87,22 @@ class Config:
     tie_embeddings: bool = True  # output head shares the token embedding
     gradient_checkpointing: bool = False  # recompute each block's activations in backward: less memory, ~30% more compute
     # optimizer: AdamW
-    learning_rate: float = 6e-4
-    max_iters: int = 600000
-    weight_decay: float = 1e-1
-    beta1: float = 0.9
-    beta2: float = 0.95
+    learning_rate: float = 6e-4  # peak learning rate
+    max_iters: int = 600000  # optimizer steps in all
+    weight_decay: float = 1e-1  # AdamW weight decay (2-D weights only)
+    beta1: float = 0.9  # AdamW beta1
+    beta2: float = 0.95  # AdamW beta2
     grad_clip: float = 1.0  # 0 disables clipping
     # learning rate schedule: linear warmup, then cosine decay to min_lr
-    decay_lr: bool = True
-    warmup_iters: int = 2000
+    decay_lr: bool = True  # False: learning_rate throughout
+    warmup_iters: int = 2000  # linear warmup steps
     lr_decay_iters: int | None = None  # None: max_iters
-    min_lr: float = 6e-5
+    min_lr: float = 6e-5  # the cosine decay's end
     # dispersion loss (disperse.py): total = CE + dispersion_weight * mean over layers
     dispersion: str = "none"  # none, angular, decorrelation, l2_repel, orthogonalization, or a control:
     #                           condense, cross_sequence, norm_penalty, random_direction, rotated_angular
-    dispersion_weight: float = 0.1
-    dispersion_tau: float = 1.0
+    dispersion_weight: float = 0.1  # lambda: the term's weight beside CE
+    dispersion_tau: float = 1.0  # temperature of the angular loss (and of l2_repel)
     dispersion_layers: str | int | list = "all"  # all, last, early_half, late_half, or HF hidden-state indices "1,6,12"
     dispersion_max_tokens: int | None = None  # sample this many positions per sequence and layer; None: all
     dispersion_clamp: float = 0.1  # straight-through clamp of cosines to [-1+t, 1-t] before arccos
@@ -110,21 +112,27 @@ class Config:
     dispersion_last_pre_ln: bool = False  # last layer before ln_f instead of after (HF indexing is after)
     dispersion_warmup_iters: int = 0  # linear warmup of the weight; 0: constant, as in the paper
     dispersion_match_params: bool = True  # rotated_angular: rescale it to the angular term's parameter-gradient norm
-    #                                       at every micro-step (2 extra backward passes); False: rotation only
+    #                                       (2 extra backward passes each time it is computed); False: rotation only
+    dispersion_match_interval: int = 1  # rotated_angular: compute that scale at every micro-step of every this
+    #                                     many steps, and hold the last one in between
+    dispersion_rotation: str = "run"  # rotated_angular: one rotation for the whole run ('run'), or a fresh one per
+    #                                   optimizer step ('step', whose pushes do not add up over steps)
+    strength_window: int = 0  # > 0: log how hard the auxiliary term pushes the weights over windows of this many
+    #                           steps (strength/*; an extra backward pass per micro-step, fewer for the controls)
     # other controls (controls.py)
     neftune_alpha: float = 0.0  # NEFTune: uniform noise alpha/sqrt(T*C) on the token embeddings
     distill_from: str | None = None  # teacher: a checkpoint or Hugging Face GPT-2 directory
     distill_weight: float = 0.0  # total += distill_weight * KL(teacher || student)
-    distill_temperature: float = 1.0
+    distill_temperature: float = 1.0  # softmax temperature of teacher and student
     # benchmarks and condensation probes at eval steps
     eval_tasks: str = ""  # e.g. "arc_easy,piqa"; needs eval_data_dir
-    eval_limit: int = 200
+    eval_limit: int = 200  # documents per benchmark task at eval steps
     eval_data_dir: str = ""  # folder of <task>/<split>.jsonl
-    eval_num_fewshot: int = 0
+    eval_num_fewshot: int = 0  # shots per benchmark question
     probe_interval: int = 0  # probe condensation every this many iterations (multiple of eval_interval); 0: never
     probe_text: str = ""  # text file for the probe (e.g. wikitext-103 valid); empty: the dataset's val.bin
-    probe_n_seq: int = 16
-    probe_seq_len: int = 256
+    probe_n_seq: int = 16  # sequences the probe averages over
+    probe_seq_len: int = 256  # tokens per probe sequence (capped at block_size)
     # system
     backend: str = "auto"  # DDP: nccl on CUDA, gloo on CPU
     device: str = "auto"  # auto, cpu, cuda, cuda:1, mps
@@ -133,8 +141,8 @@ class Config:
     peak_flops: float | None = None  # one device's peak FLOP/s for MFU; None: look it up (system.PEAK_FLOPS)
     malloc_tuning: bool = True  # glibc (Linux): keep freed memory for reuse instead of handing it back to the OS every step
     # experiment tracking: Weights & Biases gets the records of metrics.jsonl (which stays the source of truth)
-    wandb_log: bool = False
-    wandb_project: str = "disperse-gpt"
+    wandb_log: bool = False  # send the log records to Weights & Biases too
+    wandb_project: str = "disperse-gpt"  # its project
     wandb_run_name: str = ""  # empty: wandb picks a name
     wandb_group: str = ""  # e.g. the experiment, so that its arms and seeds show together
 
@@ -144,12 +152,13 @@ TYPES = {f.name: typing.get_args(f.type) or (f.type,) for f in dataclasses.field
 
 
 def main(argv):
-    cfg = Config(**load_config(DEFAULTS, argv, TYPES))
+    cfg = Config(**load_config(DEFAULTS, argv, TYPES, help=HelpSource(__file__, "Config")))
     check_settings(cfg)
     data_dir = cfg.dataset if os.path.isdir(cfg.dataset) else os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                                          "data", cfg.dataset)
     meta = read_meta(data_dir)  # names the data's tokenizer, which the benchmarks and the probe text are encoded with
-    tokenizer = check_eval_inputs(cfg, meta["tokenizer"])
+    if cfg.vocab_size is None and cfg.init_from == "scratch":
+        cfg.vocab_size = meta["vocab_size"]  # the data's: nanoGPT's character data gets a 65-way head, not 50257
     if cfg.malloc_tuning:
         system.tune_malloc()
 
@@ -181,6 +190,13 @@ def main(argv):
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls and convolutions on Ampere and newer
         torch.backends.cudnn.allow_tf32 = True
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
+    metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
+    if cfg.init_from != "resume" and not cfg.eval_only and not cfg.overwrite:
+        taken = [p for p in (ckpt_path, metrics_path) if os.path.exists(p)]
+        if taken:
+            raise InputError(f"out_dir={cfg.out_dir!r} already holds a run ({', '.join(os.path.basename(p) for p in taken)}); "
+                             "continue it with --init_from=resume, choose another --out_dir, or replace it with "
+                             "--overwrite=True")
     if master:
         os.makedirs(cfg.out_dir, exist_ok=True)
         for name in ("ckpt.pt.tmp", "ckpt_best.pt.tmp", "metrics.jsonl.tmp"):  # left by a run killed mid-write
@@ -220,6 +236,11 @@ def main(argv):
     if model.config.vocab_size != cfg.vocab_size:
         raise InputError(f"the model has vocab_size={model.config.vocab_size} but vocab_size={cfg.vocab_size}; "
                          "set vocab_size to the model's")
+    if cfg.vocab_size is None:  # the model's (init_from): the data are checked against it now
+        cfg.vocab_size = model.config.vocab_size
+        train_data = open_split(data_dir, "train", cfg.block_size, cfg.vocab_size, meta)
+        val_data = open_split(data_dir, "val", cfg.block_size, cfg.vocab_size, meta)
+    tokenizer = check_eval_inputs(cfg, meta["tokenizer"])  # before any step, and before out_dir is touched further
     model.to(dev)
     raw_model = model  # the module whose state_dict has clean names: no _orig_mod. or module. prefixes
     raw_model.gradient_checkpointing = cfg.gradient_checkpointing
@@ -242,9 +263,9 @@ def main(argv):
     if cfg.compile:
         if master:
             print("compiling the model...")
-        if cfg.dispersion in controls.CONTROLS:
-            # their gradient ratio (log steps) runs backward through the graph more than once (retain_graph),
-            # which a compiled backward that reuses ("donates") its saved buffers refuses
+        if cfg.dispersion in controls.CONTROLS or cfg.strength_window:
+            # their parameter gradients run backward through the graph more than once (retain_graph), which a
+            # compiled backward that reuses ("donates") its saved buffers refuses
             torch._functorch.config.donated_buffer = False
         model = torch.compile(model)
     if ddp:
@@ -267,6 +288,13 @@ def main(argv):
                        max_tokens=cfg.dispersion_max_tokens)
     disp_layers = disperse.layer_indices(raw_model.config.n_layer, cfg.dispersion_layers) if use_hidden else []
     trainable = [p for p in raw_model.parameters() if p.requires_grad]
+    rotation = None
+    if cfg.dispersion == "rotated_angular" and cfg.dispersion_rotation == "run":
+        rotation = controls.run_rotation(cfg.seed, raw_model.config.n_embd, dev)
+    # rotated_angular's rescaling, held between the steps that compute it (a resumed run holds the saved one)
+    match_scale = ckpt.get("controls", {}).get("match_scale") if ckpt is not None else None
+    match_scale = match_scale.to(dev) if match_scale is not None else None
+    push = controls.Push(cfg.strength_window) if cfg.strength_window and use_hidden and master else None
 
     @torch.no_grad()
     def estimate_loss():
@@ -288,8 +316,8 @@ def main(argv):
         return out
 
     probe_set = make_probe_set(cfg, tokenizer, val_data) if cfg.probe_interval and master else None
-    metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
     if master:
+        print(describe_auxiliary(cfg, disp_layers))
         trim_metrics(metrics_path, keep_before=iter_num)  # a resumed run rewrites what followed its checkpoint
     peak = cfg.peak_flops or system.device_peak_flops(dev)
     flops_per_iter = raw_model.flops_per_token(cfg.block_size) * tokens_per_iter
@@ -310,7 +338,8 @@ def main(argv):
             "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
             "model_args": model_config_to_dict(raw_model.config), "iter_num": iter_num,
             "best_val_loss": best_val_loss, "config": dataclasses.asdict(cfg), "rng": rng_states,
-            "data": {"seed": cfg.seed, "next_step": iter_num}, "tokenizer": meta["tokenizer"]})
+            "data": {"seed": cfg.seed, "next_step": iter_num}, "tokenizer": meta["tokenizer"],
+            "controls": {"match_scale": match_scale.cpu() if match_scale is not None else None}})
 
     # ------------------------------------------------------------------ the loop
     from tqdm import tqdm
@@ -336,6 +365,7 @@ def main(argv):
                      "--init_from=resume, perhaps with a lower learning_rate or dtype=bfloat16).")
 
     t_mark, timed = time.perf_counter(), 0  # iterations timed since t_mark (eval and checkpoint time excluded)
+    t_start, first_iter, last_eval, saved = time.time(), iter_num, None, None
     while True:
         lr = lr_at(cfg, iter_num)
         for group in optimizer.param_groups:
@@ -353,7 +383,8 @@ def main(argv):
             if master:
                 record = {"iter": iter_num, "val_loss": losses["val"], "train_loss_eval": losses["train"],
                           "tokens": tokens_seen, **bench}
-                bar.write(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+                bar.write(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+                last_eval = (iter_num, losses["val"])
                 if not math.isfinite(losses["val"]):
                     sys.exit(f"error: val loss is {losses['val']} at iteration {iter_num}; stopping. "
                              f"The last good checkpoint in {ckpt_path} is left as it was.")
@@ -362,6 +393,8 @@ def main(argv):
                 if changed and not cfg.eval_only and (improved or cfg.always_save_checkpoint):
                     best_val_loss = min(best_val_loss, losses["val"])
                     save_checkpoint(rng_states)
+                    bar.write(f"saving checkpoint to {ckpt_path} (iteration {iter_num})")
+                    saved = iter_num
                     if cfg.keep_best and improved:
                         checkpoint.keep_copy(ckpt_path, os.path.join(cfg.out_dir, "ckpt_best.pt"))
                 if probe_set is not None and iter_num % cfg.probe_interval == 0:
@@ -379,9 +412,10 @@ def main(argv):
         sums = torch.zeros(3, device=dev)  # total loss, cross-entropy, auxiliary term: summed over micro-steps
         stats_sum, stats_count = {}, {}
         log_step = iter_num % cfg.log_interval == 0  # every rank reads its figures back then (master writes them)
-        rotation = None
-        if cfg.dispersion == "rotated_angular":
+        if cfg.dispersion == "rotated_angular" and cfg.dispersion_rotation == "step":
             rotation = controls.step_rotation(cfg.seed, iter_num, raw_model.config.n_embd, dev)
+        rescale = iter_num % cfg.dispersion_match_interval == 0  # compute rotated_angular's scale at this step
+        step_vectors = {}  # the auxiliary term's parameter gradients, for the strength meter
         aux_weight = cfg.dispersion_weight * (min(1.0, (iter_num + 1) / cfg.dispersion_warmup_iters)
                                               if cfg.dispersion_warmup_iters else 1.0)
         for micro_step in range(accum_per_rank):
@@ -395,9 +429,14 @@ def main(argv):
                 with autocast:
                     if use_hidden:
                         logits, ce, hidden = model(x, y, return_hidden=True, emb_noise=noise)
-                        aux, aux_value, stats = controls.auxiliary_term(
+                        aux, aux_value, stats, vectors = controls.auxiliary_term(
                             hidden, cfg.dispersion, disp_layers, aux_weight, aux_options, aux_gen, rotation, trainable,
-                            cfg.dispersion_match_params, with_ratio=master and log_step and micro_step == 0)
+                            cfg.dispersion_match_params, scale=None if rescale else match_scale,
+                            with_ratio=master and log_step and micro_step == 0, with_vectors=push is not None)
+                        if rescale and "ctrl/scale" in stats:
+                            match_scale = stats["ctrl/scale"]
+                        for name, v in (vectors or {}).items():
+                            step_vectors[name] = step_vectors.get(name, 0.0) + v / accum_per_rank
                     else:
                         logits, ce = model(x, y, emb_noise=noise)
                         aux, aux_value, stats = torch.zeros((), device=dev), torch.zeros((), device=dev), {}
@@ -432,6 +471,9 @@ def main(argv):
         optimizer.zero_grad(set_to_none=True)
         tokens_seen += tokens_per_iter
         timed += 1
+        window = push.add_step(step_vectors) if push is not None else None
+        if window is not None:  # a window of strength_window steps closed: its figures get their own record
+            log({"iter": iter_num, **{k: v.item() for k, v in window.items()}})
 
         # log
         if log_step:
@@ -450,16 +492,49 @@ def main(argv):
                 # per-layer figures from this rank's micro-steps (computing them costs one no-grad pass over the pairs)
                 record.update({k: v.item() / stats_count[k] for k, v in stats_sum.items()})
             log(record)
-            bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", ms=f"{dt * 1000:.0f}",
-                            mfu=f"{mfu * 100:.1f}%" if mfu else "n/a")
+            losses_shown = {"ce": f"{mean_ce:.4f}", "aux": f"{mean_aux:+.4f}"} if (use_hidden or teacher) else \
+                {"loss": f"{mean_loss:.4f}"}
+            bar.set_postfix(**losses_shown, lr=f"{lr:.2e}", ms=f"{dt * 1000:.0f}", mfu=f"{mfu * 100:.1f}%" if mfu else "n/a")
         bar.update(1)
         iter_num += 1
 
     bar.close()
+    if master:
+        print(summary_line(cfg, iter_num - first_iter, time.time() - t_start, best_val_loss, last_eval, saved, ckpt_path,
+                           metrics_path))
     if wandb_run is not None:
         wandb_run.finish()
     if ddp:
         dist.destroy_process_group()
+
+
+def describe_auxiliary(cfg, layers):
+    """One line on what is added to the cross-entropy, printed at the start of a run."""
+    parts = []
+    if cfg.dispersion != "none":
+        where = f"hidden states {layers[0]}..{layers[-1]}" if layers == list(range(layers[0], layers[-1] + 1)) \
+            else f"hidden states {layers}"
+        positions = f"{cfg.dispersion_max_tokens} sampled positions" if cfg.dispersion_max_tokens else "all positions"
+        what = "control" if cfg.dispersion in controls.CONTROLS else "loss"
+        parts.append(f"{cfg.dispersion} {what} x {cfg.dispersion_weight} on {where} ({positions}, tau {cfg.dispersion_tau}, "
+                     f"clamp {cfg.dispersion_clamp}" + (f", warmup {cfg.dispersion_warmup_iters} iters" if
+                                                      cfg.dispersion_warmup_iters else "") + ")")
+    if cfg.neftune_alpha > 0:
+        parts.append(f"NEFTune noise alpha {cfg.neftune_alpha}")
+    if cfg.distill_from:
+        parts.append(f"distillation from {cfg.distill_from} x {cfg.distill_weight} (T {cfg.distill_temperature})")
+    return "auxiliary terms: " + ("; ".join(parts) if parts else "none (cross-entropy only)")
+
+
+def summary_line(cfg, iters, seconds, best_val_loss, last_eval, saved, ckpt_path, metrics_path):
+    """The end-of-run line: what ran, how long, the losses, and where it all is."""
+    text = f"done: {iters} iterations in {seconds / 60:.1f} min"
+    if last_eval:
+        text += f"; val loss {last_eval[1]:.4f} at step {last_eval[0]}"
+    if math.isfinite(best_val_loss):
+        text += f" (best {best_val_loss:.4f})"
+    text += f"; checkpoint {ckpt_path} (iteration {saved})" if saved is not None else "; no checkpoint written this run"
+    return text + f"; log {metrics_path}"
 
 
 def lr_at(cfg, it):
@@ -495,11 +570,16 @@ def check_settings(cfg):
     if cfg.eval_tasks and not cfg.eval_data_dir:
         problems.append("eval_tasks needs eval_data_dir (the folder of <task>/<split>.jsonl files)")
     try:
-        model_config_from_dict(dataclasses.asdict(cfg))  # the model settings' own checks (n_embd % n_head, ...)
+        model_config_from_dict({**dataclasses.asdict(cfg), "vocab_size": cfg.vocab_size or 1})  # n_embd % n_head, ...
     except ValueError as e:
         problems.append(str(e))
     if cfg.distill_weight > 0 and not cfg.distill_from:
         problems.append("distill_weight > 0 needs distill_from (a teacher checkpoint or HF directory)")
+    if cfg.dispersion_rotation not in ("run", "step"):
+        problems.append(f"dispersion_rotation={cfg.dispersion_rotation!r}; choose run or step")
+    if cfg.dispersion_match_interval < 1 or cfg.strength_window < 0:
+        problems.append(f"dispersion_match_interval={cfg.dispersion_match_interval} must be at least 1 and "
+                        f"strength_window={cfg.strength_window} at least 0")
     if cfg.wandb_log and not system.module_available("wandb"):
         problems.append("wandb_log=True but wandb is not installed; pip install wandb, or set wandb_log=False")
     if problems:

@@ -19,7 +19,6 @@ MedMCQA train offline), they come from the scored split without the scored docum
 task's results say so (`fewshot_matches_lm_eval: false`).
 """
 
-import argparse
 import json
 import math
 import os
@@ -29,6 +28,7 @@ from dataclasses import replace
 
 import torch
 
+from configurator import ArgumentParser
 from errors import InputError, MissingFileError, run_cli
 from eval import tasks as T
 from eval.scoring import (encode, encode_pair, rolling_windows, score_items, mean, mean_stderr, pooled_stderr,
@@ -287,8 +287,10 @@ def write_outputs(out_dir, results, items):
             f.write(json.dumps(rec) + "\n")
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def arguments():
+    """The command line: every option spelled with - or _ (--data-dir, --data_dir), yes/no options also as
+    --allow_unsafe_pickle=True, as train.py writes them (configurator.ArgumentParser)."""
+    p = ArgumentParser(prog="python -m eval.benchmarks", description=__doc__)
     p.add_argument("--ckpt", required=True, help="our ckpt.pt, an out_dir holding it, or a Hugging Face model dir")
     p.add_argument("--tokenizer", default=None,
                    help="the model's tokenizer (gpt2, a Hugging Face folder or hub name); default: the one the "
@@ -301,21 +303,27 @@ def main(argv=None):
     p.add_argument("--out", default=None, help="output folder for results.json and items.jsonl")
     p.add_argument("--num-fewshot", type=int, default=None,
                    help="shots for every task (default 0); with --paper-protocol, for the 4 few-shot tasks (default 1)")
-    p.add_argument("--paper-protocol", action="store_true",
-                   help="0-shot anli_r2, lambada_openai, openbookqa, piqa, truthfulqa_mc2, winogrande; "
-                        "--num-fewshot (default 1, GPT-2) for arc_easy, arc_challenge, medmcqa, mmlu")
-    p.add_argument("--limit", type=int, default=None, help="score the first N docs per task (per MMLU subject)")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_flag("--paper-protocol",
+               help="0-shot anli_r2, lambada_openai, openbookqa, piqa, truthfulqa_mc2, winogrande; "
+                    "--num-fewshot (default 1, GPT-2) for arc_easy, arc_challenge, medmcqa, mmlu")
+    p.add_argument("--limit", type=int, default=None,
+                   help="score the first N docs per task (per MMLU subject); default: all")
+    p.add_argument("--batch-size", type=int, default=16, help="items (documents) per batch")
     p.add_argument("--max-batch-tokens", type=int, default=8192,
                    help="cap on batch rows x prefix tokens (activations and key/value caches grow with it)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cpu, cuda, cuda:1, mps")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="autocast dtype on cuda (log-softmax stays float32)")
-    p.add_argument("--seed", type=int, default=1234, help="few-shot sampling seed (lm-eval's default 1234)")
-    p.add_argument("--no-download", action="store_true", help="never fetch missing files from the hub")
-    p.add_argument("--allow-unsafe-pickle", action="store_true",
-                   help="open a checkpoint not in the safe format (older or foreign): unpickling it can run code")
-    args = p.parse_args(argv)
+    p.add_argument("--seed", type=int, default=1234, help="few-shot sampling seed (lm-eval's default too)")
+    p.add_flag("--no-download", help="never fetch missing files from the hub")
+    p.add_flag("--allow-unsafe-pickle",
+               help="open a checkpoint not in the safe format (older or foreign): unpickling it can run code")
+    return p
+
+
+def main(argv=None):
+    args = arguments().parse_args(argv)
     try:  # the cheap checks first: nothing is loaded before the inputs are known to be there
         T.expand(args.tasks)
     except KeyError as e:

@@ -265,8 +265,14 @@ def token_ids_beyond_the_vocabulary(ctx):
     ids = np.fromfile(data / "train.bin", dtype=np.uint16)
     ids[len(ids) // 3] = 200
     ids.tofile(data / "train.bin")
-    out = copy_run(ctx["base"], ctx["tmp"])  # its ckpt.pt and metrics.jsonl must survive
-    return train_args(data, out), f"{data / 'train.bin'} holds token id 200"
+    out = copy_run(ctx["base"], ctx["tmp"])  # its ckpt.pt and metrics.jsonl must survive, even told to overwrite
+    return train_args(data, out, "--overwrite=True"), f"{data / 'train.bin'} holds token id 200"
+
+
+@case("train")
+def new_run_into_an_out_dir_that_holds_one(ctx):
+    out = copy_run(ctx["base"], ctx["tmp"])
+    return train_args(ctx["data"], out), ("already holds a run", "--init_from=resume", "--overwrite=True")
 
 
 # train.py: resuming

@@ -10,7 +10,6 @@ documents of consecutive paragraphs (about --doc_chars characters each); the las
 is never interleaved with training text of the same file.
 """
 
-import argparse
 import os
 import re
 import sys
@@ -18,6 +17,7 @@ import sys
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from data.common import get_tokenizer, prepare_from_documents
+from configurator import ArgumentParser
 from errors import InputError, MissingFileError, run_cli
 
 
@@ -53,14 +53,23 @@ def split_into_documents(text, doc_chars):
     return docs
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def arguments():
+    """The command line: --out_dir and --out-dir alike (configurator.ArgumentParser)."""
+    parser = ArgumentParser(prog="python -m data.local.prepare", description=__doc__)
     parser.add_argument("--input", nargs="+", required=True, help="text files and/or folders of *.txt files")
-    parser.add_argument("--out_dir", default=os.path.join("data", "local"))
-    parser.add_argument("--val_fraction", type=float, default=0.05)
-    parser.add_argument("--doc_chars", type=int, default=4000)
+    parser.add_argument("--out_dir", default=os.path.join("data", "local"),
+                        help="folder for train.bin, val.bin and meta.json")
+    parser.add_argument("--val_fraction", type=float, default=0.05,
+                        help="the last this fraction of each file's documents is held out for validation")
+    parser.add_argument("--doc_chars", type=int, default=4000,
+                        help="about this many characters of consecutive paragraphs make one document")
     parser.add_argument("--tokenizer", default="gpt2",
                         help="gpt2 (tiktoken), or a Hugging Face tokenizer folder or hub name (e.g. Qwen/Qwen3-0.6B)")
+    return parser
+
+
+def main(argv=None):
+    parser = arguments()
     args = parser.parse_args(argv)
     if not 0 < args.val_fraction < 1:
         parser.error(f"--val_fraction must be between 0 and 1, got {args.val_fraction}")

@@ -9,7 +9,6 @@ parallel processes (--tokenizer, default gpt2) and written as uint16 memmaps (tr
 0.05% of the documents are held out for validation, as in nanoGPT.
 """
 
-import argparse
 import os
 import sys
 
@@ -18,6 +17,7 @@ import numpy as np
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from data.common import get_tokenizer, max_token_id, remove_leftovers, token_dtype, write_meta, write_tokens
+from configurator import ArgumentParser
 from errors import InputError, MissingFileError, run_cli
 
 NUM_PROC = max(1, (os.cpu_count() or 2) // 2)
@@ -41,14 +41,21 @@ def write_hf_split(dset, path, dtype):
                         dtype=dtype)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input", help="folder of .txt documents (default: Hugging Face openwebtext)")
-    parser.add_argument("--out_dir", default=os.path.dirname(os.path.abspath(__file__)))
-    parser.add_argument("--num_proc", type=int, default=NUM_PROC)
+def arguments():
+    """The command line: --out_dir and --out-dir alike (configurator.ArgumentParser)."""
+    parser = ArgumentParser(prog="python -m data.openwebtext.prepare", description=__doc__)
+    parser.add_argument("--input", help="folder of .txt documents, one document each "
+                                        "(default: Hugging Face openwebtext)")
+    parser.add_argument("--out_dir", default=os.path.dirname(os.path.abspath(__file__)),
+                        help="folder for train.bin, val.bin and meta.json")
+    parser.add_argument("--num_proc", type=int, default=NUM_PROC, help="processes that download and tokenize")
     parser.add_argument("--tokenizer", default="gpt2",
                         help="gpt2 (tiktoken), or a Hugging Face tokenizer folder or hub name (e.g. Qwen/Qwen3-0.6B)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = arguments().parse_args(argv)
     enc = get_tokenizer(args.tokenizer)  # a bad name stops here, before any download
     dtype = token_dtype(enc.vocab_size)
     try:

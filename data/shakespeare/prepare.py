@@ -5,7 +5,6 @@ Tiny Shakespeare (1 MB), GPT-2 tokens (or --tokenizer's); the first 90% for trai
     python -m data.shakespeare.prepare --input input.txt      # offline, from a local copy
 """
 
-import argparse
 import os
 import sys
 import urllib.request
@@ -13,18 +12,25 @@ import urllib.request
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from data.common import get_tokenizer, prepare_from_documents
+from configurator import ArgumentParser
 from errors import InputError, MissingFileError, run_cli
 
 URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input", help="local copy of tinyshakespeare input.txt (default: download it)")
-    parser.add_argument("--out_dir", default=os.path.dirname(os.path.abspath(__file__)))
+def arguments():
+    """The command line: --out_dir and --out-dir alike (configurator.ArgumentParser)."""
+    parser = ArgumentParser(prog="python -m data.shakespeare.prepare", description=__doc__)
+    parser.add_argument("--input", help="local copy of tinyshakespeare input.txt (default: download it into --out_dir)")
+    parser.add_argument("--out_dir", default=os.path.dirname(os.path.abspath(__file__)),
+                        help="folder for train.bin, val.bin and meta.json")
     parser.add_argument("--tokenizer", default="gpt2",
                         help="gpt2 (tiktoken), or a Hugging Face tokenizer folder or hub name (e.g. Qwen/Qwen3-0.6B)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = arguments().parse_args(argv)
     get_tokenizer(args.tokenizer)  # a bad name stops here, before any reading or downloading
     if args.input is None:
         args.input = os.path.join(args.out_dir, "input.txt")

@@ -12,7 +12,6 @@ $DISPERSE_SHARED/corpus/tinyshakespeare.txt when DISPERSE_SHARED is set (the off
 folder), else to input.txt in --out_dir, downloaded when it is not there yet.
 """
 
-import argparse
 import os
 import pickle
 import sys
@@ -23,6 +22,7 @@ import numpy as np
 if __package__ in (None, ""):  # run by path, as nanoGPT's README does: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from data.common import char_tokenizer, remove_leftovers, write_meta, write_tokens
+from configurator import ArgumentParser
 from errors import InputError, MissingFileError, run_cli
 
 URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -53,12 +53,18 @@ def find_input(out_dir):
     return path
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def arguments():
+    """The command line: --out_dir and --out-dir alike (configurator.ArgumentParser)."""
+    parser = ArgumentParser(prog="python data/shakespeare_char/prepare.py", description=__doc__)
     parser.add_argument("--input", help="the text (default: $DISPERSE_SHARED/corpus/tinyshakespeare.txt, "
                                         "else download tinyshakespeare input.txt into --out_dir)")
-    parser.add_argument("--out_dir", default=os.path.dirname(os.path.abspath(__file__)))
-    args = parser.parse_args(argv)
+    parser.add_argument("--out_dir", default=os.path.dirname(os.path.abspath(__file__)),
+                        help="folder for train.bin, val.bin, meta.pkl and meta.json")
+    return parser
+
+
+def main(argv=None):
+    args = arguments().parse_args(argv)
     path = args.input or find_input(args.out_dir)
     if not os.path.isfile(path):
         raise MissingFileError(f"--input {path}: no such file")

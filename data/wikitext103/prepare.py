@@ -12,7 +12,6 @@ only valid/test raw files at hand), --train_from_valid trains on the validation 
 tests only: the val loss is then not held out.
 """
 
-import argparse
 import os
 import re
 import sys
@@ -20,6 +19,7 @@ import sys
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from data.common import get_tokenizer, prepare_from_documents
+from configurator import ArgumentParser
 from errors import InputError, MissingFileError, run_cli
 
 HEADING = re.compile(r"^ = [^=].* = $")
@@ -49,14 +49,21 @@ def read_local(folder, split):
     return None
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def arguments():
+    """The command line: --out_dir and --out-dir alike (configurator.ArgumentParser)."""
+    parser = ArgumentParser(prog="python -m data.wikitext103.prepare", description=__doc__)
     parser.add_argument("--input", help="folder with the raw WikiText-103 files (default: Hugging Face hub)")
-    parser.add_argument("--out_dir", default=os.path.dirname(os.path.abspath(__file__)))
-    parser.add_argument("--train_from_valid", action="store_true", help="smoke tests only: train on valid text")
+    parser.add_argument("--out_dir", default=os.path.dirname(os.path.abspath(__file__)),
+                        help="folder for train.bin, val.bin and meta.json")
+    parser.add_flag("--train_from_valid", help="smoke tests only: with --input and no train file, train on the "
+                                               "validation text")
     parser.add_argument("--tokenizer", default="gpt2",
                         help="gpt2 (tiktoken), or a Hugging Face tokenizer folder or hub name (e.g. Qwen/Qwen3-0.6B)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = arguments().parse_args(argv)
     get_tokenizer(args.tokenizer)  # a bad name stops here, before any reading or downloading
     if args.input:
         train_lines, val_lines = read_local(args.input, "train"), read_local(args.input, "valid")
