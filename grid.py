@@ -175,6 +175,8 @@ def _run_stage(runs, evaluation, jobs, threads, keep_going, label):
         futures = {pool.submit(_run_in_worker, run, evaluation, threads): run for run in runs}
         stopping = False
         for n, future in enumerate(concurrent.futures.as_completed(futures), 1):
+            if future.cancelled():  # not started: keep_going=False stopped the grid after a failure
+                continue
             try:
                 status, messages = future.result()  # a GridError in a worker is raised here
             except BaseException:

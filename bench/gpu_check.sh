@@ -26,7 +26,7 @@
 #                       run compares eager with a 2-process CPU torchrun instead (no compile: too slow on a CPU)
 #   6. eval/bench_eval.json  with --scorer: scorer items/s, ours vs lm-eval's hf model (bench_eval.py)
 #   7. summary.json     the figures above in one place, also printed
-# MFU uses model.PEAK_FLOPS by device name; set PEAK_FLOPS=<flop/s> for a GPU the table lacks.
+# MFU uses system.PEAK_FLOPS by device name; set PEAK_FLOPS=<flop/s> for a GPU the table lacks.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 

@@ -8,6 +8,7 @@ import shutil
 import pytest
 
 import experiment
+from eval.evaluate import task_limits
 from experiment import ExperimentError, load_experiment
 from test_experiment import fake_benchmarks, write_config
 
@@ -121,7 +122,7 @@ def test_each_task_gets_its_own_limit(grids):
 def test_task_limits_a_task_beats_its_group():
     cfg = {"tasks": "mmlu_anatomy,mmlu_virology,piqa", "eval_limit": 20,
            "eval_limits": {"mmlu_anatomy": None, "mmlu": 5}}
-    assert experiment.task_limits(cfg) == {"mmlu_anatomy": None, "mmlu_virology": 5, "piqa": 20}
+    assert task_limits(cfg) == {"mmlu_anatomy": None, "mmlu_virology": 5, "piqa": 20}
 
 
 @pytest.mark.parametrize("settings, message", [
@@ -152,7 +153,7 @@ def test_arms_keep_the_base_architecture(tmp_path, tiny_dataset):
     assert spec["base"]["settings"]["max_iters"] == 4 and "effective" not in spec["base"]
 
 
-def test_every_run_is_named_for_wandb(tmp_path, tiny_dataset, capsys):
+def test_every_run_is_named_for_wandb(tmp_path, tiny_dataset, shared, capsys):
     config = base_experiment(tmp_path, tiny_dataset, dry_run=True, seeds=[0, 3])
     tracked = [config, f"--base_run={ {**TINY_BASE, 'dataset': str(tiny_dataset), 'wandb_log': True}!r}",
                f"--base_overrides={ {**TINY_MIDTRAIN, 'dataset': str(tiny_dataset), 'wandb_log': True}!r}"]
@@ -204,3 +205,15 @@ def test_one_base_per_seed_puts_pretraining_variance_in(tmp_path, tiny_dataset):
         load_experiment([bad])
     with pytest.raises(ExperimentError, match="base_per_seed=True needs base_run"):
         load_experiment([config, "--base_run={}"])
+
+
+def test_a_failed_run_stops_a_parallel_grid_without_a_traceback(tmp_path, tiny_dataset, capsys):
+    """jobs=2, keep_going=False: the runs not yet started are cancelled, and the grid says so and exits 1."""
+    diverge = {"learning_rate": 1e30, "warmup_iters": 0}  # a non-finite loss: each run fails in training
+    arms = {"ce": dict(diverge), **{name: dict(diverge) for name in ("a", "b")}}
+    config = base_experiment(tmp_path, tiny_dataset, jobs=2, arms=arms)
+    assert experiment.main([config]) != 0
+    err = capsys.readouterr()
+    text = err.out + err.err
+    assert "training FAILED" in text and "rerun the same command to resume" in text
+    assert "Traceback" not in text and "CancelledError" not in text
