@@ -1,7 +1,7 @@
 """
 The pair losses of disperse.py (angular and condense, orthogonalization, cross_sequence) computed
 in PyTorch without keeping any T x T matrix for backward: two engines, beside the Triton one
-(disperse_triton.py). disperse._PairLoss drives them; each provides
+(disperse_triton.py). disperse.dispersion_loss drives them (through its autograd Function); each provides
 
     pair_totals(z_hat, kind, tau, clamp, margin)           -> (N,) per-sequence log-sum-exp over the
                                                                pairs (for orthogonalization: the sum

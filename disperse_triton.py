@@ -1,6 +1,6 @@
 """
 The tiled pair losses of disperse.py (angular, orthogonalization, cross_sequence) as fused Triton
-kernels: the same formulas as disperse._TorchTiles, over square tiles, but each block's
+kernels: the same formulas as disperse_torch.Tiles, over square tiles, but each block's
 cosines, angles and pair terms live in registers, never in memory.
 
   forward    one program per (sequence, row-block of TILE rows): for each column tile on or above
@@ -159,7 +159,7 @@ def backward_kernel(rows_ptr, cols_ptr, total_ptr, grad_rows_ptr, grad_cols_ptr,
         valid = (r_idx[:, None] < T) & (c_idx[None, :] < T)
         if SYMMETRIC:
             valid = valid & (r_idx[:, None] != c_idx[None, :])
-        # slope: -d(pair term)/d(angle) over the sequence's normaliser, as in disperse._TorchTiles
+        # slope: -d(pair term)/d(angle) over the sequence's normaliser, as in disperse_torch.Tiles
         if KIND == 1:
             slope = tl.maximum(margin - angle, 0.0) * pair_scale
         else:
@@ -200,7 +200,7 @@ def _launch_options(z_hat, kind, clamp, tau, margin):
 
 def pair_totals(z_hat, kind, tau, clamp, margin):
     """Per-sequence log-sum-exp (angular, cross_sequence) or hinge sum (orthogonalization) over the
-    pairs of float32 unit rows z_hat (B, T, C); the same as disperse._TorchTiles.pair_totals."""
+    pairs of float32 unit rows z_hat (B, T, C); the same as disperse_torch.Tiles.pair_totals."""
     B, T, C = z_hat.shape
     rows, cols, n_blocks, options = _launch_options(z_hat, kind, clamp, tau, margin)
     partial = torch.empty(B, n_blocks, device=z_hat.device, dtype=torch.float32)  # one per (sequence, row-block)
