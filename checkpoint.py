@@ -40,8 +40,10 @@ import numpy as np
 import torch
 
 from configurator import ArgumentParser
+from data.common import nanogpt_char_tokenizer
 from errors import InputError, MissingFileError, run_cli
 from files import atomic
+from model import GPTConfig, model_config_to_dict
 
 FORMAT = "disperse-gpt-checkpoint/1"
 UNSAFE_HINT = ("if you made this file yourself or trust its source, open it with the allow-unsafe-pickle "
@@ -100,7 +102,8 @@ def read(path, allow_unsafe_pickle=False, require_checksum=True):
     after checking its format and checksum. The file is only read, never changed.
     require_checksum=False lets a file of plain tensors without a checksum (written by other
     code; opening it runs nothing) through with a warning: fine for looking at a model, not
-    for resuming a run that will overwrite it."""
+    for resuming a run that will overwrite it. A checkpoint written by nanoGPT's train.py (which
+    has no checksum) comes back in this project's entries (from_nanogpt), with a note."""
     if not os.path.isfile(path):
         raise MissingFileError(f"no checkpoint file at {path}")
     with open(path, "rb") as f:
@@ -126,6 +129,8 @@ def read(path, allow_unsafe_pickle=False, require_checksum=True):
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path} holds a {type(ckpt).__name__}, not a checkpoint (a dict with 'model', "
                               "'model_args', ...); it was not written by this project's train.py")
+    if is_nanogpt(ckpt):
+        return from_nanogpt(ckpt, path)
     if "sha256" not in ckpt:
         if require_checksum and not allow_unsafe_pickle:
             raise CheckpointError(f"{path} has no checksum (format {ckpt.get('format', 'none')!r}), so its contents "
@@ -191,9 +196,107 @@ def to_plain(obj):
     return obj
 
 
+# ---------------------------------------------------------------------- nanoGPT's checkpoints
+# nanoGPT's train.py saves {model, optimizer, model_args, iter_num, best_val_loss, config} with
+# torch.save: tensors and plain types, so torch.load(weights_only=True) opens it safely. Its model is
+# ours with the exact (erf) GELU, and the same parameter names in the same order (so its AdamW state
+# lines up with ours); what differs is converted by from_nanogpt.
+
+NANOGPT_ENTRIES = {"model", "optimizer", "model_args", "iter_num", "best_val_loss", "config"}
+NANOGPT_MODEL_ARGS = {"n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "dropout"}
+# what nanoGPT's config records about the machine it ran on (device='cuda', dtype='bfloat16') and its
+# tracking, not about the run: a resumed nanoGPT run uses this machine's settings instead
+NANOGPT_MACHINE = ("backend", "device", "dtype", "compile", "wandb_log", "wandb_project", "wandb_run_name")
+
+
+def is_nanogpt(ckpt):
+    """Whether ckpt, a dict read from a file, is what nanoGPT's train.py saves."""
+    return ({"model", "model_args"} <= set(ckpt) <= NANOGPT_ENTRIES and isinstance(ckpt["model_args"], dict)
+            and set(ckpt["model_args"]) <= NANOGPT_MODEL_ARGS)
+
+
+def _pad_rows(tensor, rows):
+    return torch.cat([tensor, tensor.new_zeros(rows - tensor.size(0), *tensor.shape[1:])])
+
+
+def from_nanogpt(ckpt, path):
+    """A nanoGPT checkpoint in this project's entries:
+      model       its weights, without torch.compile's '_orig_mod.' prefix and without the causal-mask
+                  buffer ('.attn.bias') nanoGPT keeps when it has no flash attention; a vocabulary that
+                  is not a multiple of 64 (65 characters) gets zero rows up to it, as our model pads
+                  (the padding columns never reach a logit or the loss)
+      model_args  GPTConfig's, with mlp='gelu_exact' (nanoGPT's nn.GELU is the erf form)
+      optimizer   its AdamW state, the token embedding's moments padded the same way
+      config      its settings, but those of its machine and tracking (NANOGPT_MACHINE)
+      tokenizer   the characters of data/<dataset>/meta.pkl, else GPT-2's (nanoGPT_tokenizer)
+    It holds no random-generator or GradScaler state: a resumed run starts fresh ones."""
+    try:
+        config = GPTConfig(**ckpt["model_args"], mlp="gelu_exact")
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: a nanoGPT checkpoint whose model_args {ckpt['model_args']} do not describe "
+                              f"a model ({e})") from None
+    V, padded = config.vocab_size, config.padded_vocab_size
+    state = {}
+    for name, value in ckpt["model"].items():
+        name = name.removeprefix("_orig_mod.")
+        if not name.endswith(".attn.bias"):
+            state[name] = value
+    for name in ("transformer.wte.weight", "lm_head.weight"):
+        if isinstance(state.get(name), torch.Tensor) and state[name].dim() == 2 and state[name].size(0) == V < padded:
+            state[name] = _pad_rows(state[name], padded)
+    out = {"model": state, "model_args": model_config_to_dict(config), "iter_num": ckpt.get("iter_num", 0)}
+    optimizer = ckpt.get("optimizer")
+    if optimizer is not None:
+        try:  # the token embedding is the first parameter of the first group, in nanoGPT's AdamW as in ours
+            first = optimizer["param_groups"][0]["params"][0]
+            moments = optimizer["state"].get(first, {})
+        except (KeyError, IndexError, TypeError, AttributeError):
+            raise CheckpointError(f"{path}: a nanoGPT checkpoint whose optimizer entry is not an AdamW state") from None
+        for key, value in list(moments.items()):
+            if isinstance(value, torch.Tensor) and value.dim() == 2 and value.size(0) == V < padded:
+                moments[key] = _pad_rows(value, padded)
+        out["optimizer"] = optimizer
+    best = ckpt.get("best_val_loss", float("inf"))
+    out["best_val_loss"] = best.item() if isinstance(best, torch.Tensor) else float(best)  # nanoGPT saves a tensor
+    saved = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+    out["config"] = {**{k: v for k, v in saved.items() if k not in NANOGPT_MACHINE},
+                     **out["model_args"]}  # the model settings as they are (vocab_size from model_args)
+    out["tokenizer"] = nanogpt_tokenizer(path, saved.get("dataset"), V)
+    out["converted_from"] = "nanoGPT"
+    tokenizer = "GPT-2's" if out["tokenizer"] == "gpt2" else f"the {V} characters of data/{saved['dataset']}/meta.pkl"
+    print(f"note: {path} is a nanoGPT checkpoint (iteration {out['iter_num']}), read with nanoGPT's parameter names "
+          f"and exact GELU; tokenizer: {tokenizer}; it has no checksum, so damage in it cannot be detected",
+          file=sys.stderr, flush=True)
+    return out
+
+
+def nanogpt_tokenizer(path, dataset, vocab_size):
+    """The tokenizer of the nanoGPT checkpoint at path, found as nanoGPT's sample.py finds it: the
+    characters of data/<dataset>/meta.pkl when that file exists (read safely) and has the model's
+    vocab_size; looked for in the repository the checkpoint sits in (nanoGPT/out-x/ckpt.pt ->
+    nanoGPT/data/<dataset>), in the working directory, and in this repository. Else GPT-2's."""
+    if isinstance(dataset, str) and dataset:
+        here = os.path.dirname(os.path.abspath(__file__))
+        folders = [dataset] + [os.path.join(root, "data", dataset) for root in
+                               (os.path.dirname(os.path.dirname(os.path.abspath(path))), os.getcwd(), here)]
+        for folder in folders:
+            meta = os.path.join(folder, "meta.pkl")
+            if os.path.isfile(meta):
+                enc = nanogpt_char_tokenizer(meta)
+                if enc.vocab_size == vocab_size:
+                    return enc.name
+    if vocab_size < 50257:
+        print(f"note: {path} is a nanoGPT checkpoint with vocab_size={vocab_size}, but no data/{dataset}/meta.pkl "
+              "with as many characters was found beside it, in the working directory or in this repository; "
+              "its tokenizer is taken to be GPT-2's (sample.py: pass --tokenizer=... to choose it)",
+              file=sys.stderr, flush=True)
+    return "gpt2"
+
+
 # ---------------------------------------------------------------------- resuming a run
 
-RESUME_ENTRIES = ("model", "optimizer", "scaler", "model_args", "iter_num", "best_val_loss", "rng")
+# a checkpoint without "scaler" and "rng" (nanoGPT's) resumes with fresh ones, and train.py says so
+RESUME_ENTRIES = ("model", "optimizer", "model_args", "iter_num", "best_val_loss")
 
 
 def read_for_resume(path, allow_unsafe_pickle=False):
@@ -206,7 +309,8 @@ def read_for_resume(path, allow_unsafe_pickle=False):
     missing = [k for k in RESUME_ENTRIES if k not in ckpt]
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {missing}; it was not written by this train.py")
-    if not isinstance(ckpt["iter_num"], int) or ckpt["iter_num"] < 0 or not isinstance(ckpt["rng"], list) or not ckpt["rng"]:
+    rng = ckpt.get("rng", [None])
+    if not isinstance(ckpt["iter_num"], int) or ckpt["iter_num"] < 0 or not isinstance(rng, list) or not rng:
         raise CheckpointError(f"checkpoint {path}: iter_num={ckpt['iter_num']!r} or its RNG states are malformed")
     check_finite({"model": ckpt["model"], "optimizer": ckpt["optimizer"]["state"]}, path)
     return ckpt

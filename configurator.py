@@ -117,11 +117,18 @@ def _override(argv, i, config):
 def load_config(defaults, argv, types_=None, help=None):
     """defaults: {key: default value}. types_: {key: tuple of allowed types} for keys whose
     default (None, say) does not tell the type. argv: config file paths, --key=value and
-    --key value overrides, in the order given.
+    --key value overrides, in the order given. Returns the settings, {key: value}.
 
     -h or --help anywhere in argv prints the help and exits (SystemExit(0)) before anything is read.
     help: what that prints: a HelpSource (the settings' comments in their source), a string, a
     function returning one, or None (the settings and their defaults alone)."""
+    return load_settings(defaults, argv, types_, help)[0]
+
+
+def load_settings(defaults, argv, types_=None, help=None):
+    """load_config's settings, and which of them argv gave: (config, given), given being
+    {key: where its value came from, "command line" or a config file's path}. A resumed run
+    (train.py) takes every setting it was not given from its checkpoint."""
     if any(arg in HELP_FLAGS for arg in argv):
         try:
             print(help_text(help, defaults, types_), flush=True)
@@ -130,7 +137,7 @@ def load_config(defaults, argv, types_=None, help=None):
         raise SystemExit(0)
     allowed = {k: (type(v),) for k, v in defaults.items()}
     allowed.update(types_ or {})
-    config = dict(defaults)
+    config, given = dict(defaults), {}
     i = 0
     while i < len(argv):
         arg = argv[i]
@@ -140,6 +147,7 @@ def load_config(defaults, argv, types_=None, help=None):
             if str in allowed[key] and not isinstance(value, tuple(allowed[key])):
                 value = text  # --out_dir=2024 means the string "2024"
             config[key] = _check(key, value, allowed[key], "command line")
+            given[key] = "command line"
             continue
         i += 1
         if not os.path.isfile(arg):
@@ -153,7 +161,8 @@ def load_config(defaults, argv, types_=None, help=None):
             if key not in config:
                 raise _unknown(key, config, arg)
             config[key] = _check(key, value, allowed[key], arg)
-    return config
+            given[key] = arg
+    return config, given
 
 
 # ---------------------------------------------------------------------- --help

@@ -296,3 +296,22 @@ class Push:
             out["strength/push_ratio"] = out["strength/push"] / out["strength/angular_push"].clamp_min(1e-30)
         self.sums, self.previous, self.norms, self.cosines, self.steps = {}, {}, {}, {}, 0
         return out
+
+
+def describe(cfg, layers):
+    """One line on what train.py adds to the cross-entropy (cfg: its settings; layers: the hidden states the
+    term acts on), printed at the start of a run."""
+    parts = []
+    if cfg.dispersion != "none":
+        where = f"hidden states {layers[0]}..{layers[-1]}" if layers == list(range(layers[0], layers[-1] + 1)) \
+            else f"hidden states {layers}"
+        positions = f"{cfg.dispersion_max_tokens} sampled positions" if cfg.dispersion_max_tokens else "all positions"
+        what = "control" if cfg.dispersion in CONTROLS else "loss"
+        parts.append(f"{cfg.dispersion} {what} x {cfg.dispersion_weight} on {where} ({positions}, tau {cfg.dispersion_tau}, "
+                     f"clamp {cfg.dispersion_clamp}" + (f", warmup {cfg.dispersion_warmup_iters} iters" if
+                                                      cfg.dispersion_warmup_iters else "") + ")")
+    if cfg.neftune_alpha > 0:
+        parts.append(f"NEFTune noise alpha {cfg.neftune_alpha}")
+    if cfg.distill_from:
+        parts.append(f"distillation from {cfg.distill_from} x {cfg.distill_weight} (T {cfg.distill_temperature})")
+    return "auxiliary terms: " + ("; ".join(parts) if parts else "none (cross-entropy only)")

@@ -13,6 +13,7 @@ keeps its traceback. The classes subclass ValueError (and FileNotFoundError for 
 file), so callers that catch those keep working.
 """
 
+import difflib
 import sys
 
 
@@ -24,9 +25,24 @@ class MissingFileError(InputError, FileNotFoundError):
     """An input file or folder that is not there."""
 
 
+def did_you_mean(name, known):
+    """'; did you mean a, b?' with up to three close matches of a mistyped name among `known`, else ''."""
+    close = difflib.get_close_matches(name, list(known), n=3)
+    return f"; did you mean {', '.join(close)}?" if close else ""
+
+
 def run_cli(main, argv=None):
     """main(argv), with an InputError turned into one line on stderr and exit status 1."""
     try:
         return main(argv)
     except InputError as e:
+        close_progress_bars()
         sys.exit(f"error: {e}")
+
+
+def close_progress_bars():
+    """End the open tqdm bars (e.g. train.py's, when an error stops the loop), so that the message that
+    follows starts on a line of its own."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", None) or ()):
+        bar.close()

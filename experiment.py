@@ -5,7 +5,7 @@ probed for condensation, then one report with honest statistics.
     python experiment.py config/experiment_cpu.py                  # the CPU default grid (~14 min, 2 cores)
     python experiment.py config/experiment_cpu.py --seeds=[0,1,2] --eval_limit=10
     python experiment.py config/experiment_midtrain_gpt2.py        # the paper's setting: 8 GPUs, torchrun
-    python experiment.py config/experiment_cpu.py --dry_run=True   # check the config, print the commands
+    python experiment.py config/experiment_cpu.py --dry_run=True   # check config and inputs, print the commands
     python experiment.py report out-experiment-cpu                 # rebuild the report from finished runs
 
 An experiment config is plain Python, read and checked like train.py's configs (configurator.py):
@@ -18,30 +18,27 @@ An experiment config is plain Python, read and checked like train.py's configs (
             "random_direction": {"dispersion": "random_direction", "dispersion_weight": 0.1}}
     seeds = [0, 1]
 
-plus the settings in DEFAULTS below. An unknown key, an arm setting train.py does not have, or a
-value of the wrong type stops the experiment before any work, naming the arm and the close matches.
+plus the settings in DEFAULTS below. An unknown key, an arm setting train.py does not have, a value
+of the wrong type, or a missing input (data, tokenizer, benchmark files, probe text) stops the
+experiment before any work, dry_run too, naming the arm and the close matches.
 
-With base_run (the paper's protocol: mid-training a pretrained model), one base GPT is first
-pretrained with cross-entropy into EXP/base/ (`train.py <base_config> --<base_run>`), benchmarked and
-probed like a run (the "no mid-training" row), and every arm then starts from its weights
-(init_from=EXP/base: weights only, a fresh optimizer, iteration 0). The arms keep the base's
-architecture; base_overrides and the arms set the mid-training (steps, learning rate, dispersion).
-The base is trained once: a rerun reuses it, a base made with other settings is an error, and an
-interrupted one resumes.
+With base_run (the paper's protocol: mid-training a pretrained model), one base GPT is first pretrained
+with cross-entropy into EXP/base/ (`train.py <base_config> --<base_run>`), benchmarked and probed like a
+run (the "no mid-training" row); every arm then starts from its weights (init_from=EXP/base: weights
+only, a fresh optimizer, iteration 0), keeps its architecture and sets the mid-training (steps, learning
+rate, dispersion). The base is trained once: a rerun reuses it, resumes it, or refuses other settings.
 
 Each run (arm, seed) trains in EXP/<arm>/seed<S>/ (`<launcher> train.py <base_config> --<base_overrides>
---<arm settings> --seed=S --out_dir=...`), then its final checkpoint (and, with select_by_val, the one of
-the lowest val loss, never a test score) is benchmarked and probed; grid.py runs them and says what each
-folder holds. At one seed every arm reads the same batches (train.py keys them by (seed, step,
-micro-batch) and gives the auxiliary losses their own RNG), so arms differ only by their settings. A
-rerun skips finished runs and resumes unfinished ones; a folder made with other settings is an error.
-With jobs=N, N runs go at once. With wandb_log=True in the train.py settings, every run (the base too) is
-logged with group = the experiment folder's name and name = <arm>/seed<S> (unless set). Then
-EXP/report.md, report.json and PNGs (eval/report.py).
+--<arm settings> --seed=S --out_dir=...`); its final checkpoint (and with select_by_val the one of the
+lowest val loss, never a test score) is then benchmarked and probed. grid.py runs them (jobs=N: N at
+once), skips finished runs, resumes unfinished ones and refuses a folder made with other settings. At
+one seed every arm reads the same batches (train.py keys them by (seed, step, micro-batch); the
+auxiliary losses have their own RNG), so arms differ only by their settings. With wandb_log=True, runs
+are logged in group <experiment folder>, named <arm>/seed<S> (unless set). Then EXP/report.md,
+report.json and PNGs (eval/report.py).
 """
 
 import datetime
-import difflib
 import os
 import re
 import shlex
@@ -49,14 +46,15 @@ import sys
 
 import grid
 from configurator import ConfigError, HelpSource, load_config, parse_value
-from errors import InputError, run_cli
+from data.common import dataset_dir, get_tokenizer, open_split, read_meta
+from errors import InputError, did_you_mean, run_cli
+from eval import report, tasks
 from eval.compare import PRIMARY_CHOICES
-from eval.report import build_report
-from eval.report import main as report_main
+from eval.evaluate import check_eval_limits, check_inputs, evaluation_settings
+from eval.runs import BASE, run_dir_of
 from files import write_json
 
 REPO = os.path.dirname(os.path.abspath(__file__))
-REPORT_HELP = "python experiment.py report EXP_DIR rebuilds the report of EXP_DIR from its finished runs."
 
 # -----------------------------------------------------------------------------
 # experiment settings and their defaults (a config file and --key=value replace them)
@@ -103,7 +101,6 @@ DEFAULTS = dict(
 TYPES = {"eval_limit": (int, type(None))}
 # train.py settings the runner sets itself: an arm may not set them
 RESERVED = ("seed", "out_dir", "always_save_checkpoint", "eval_only", "keep_best")
-BASE = "base"  # the base run's folder in EXP (so no arm may be called that)
 # train.py's model settings: an arm that mid-trains the base has the base's (its weights say so); of these
 # an arm may change only dropout, and block_size downwards (train.py crops the position embeddings)
 MODEL_KEYS = ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "dropout", "bias", "n_inner", "norm",
@@ -111,23 +108,16 @@ MODEL_KEYS = ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "dropou
               "tie_embeddings")
 
 
-class ExperimentError(ValueError):
-    pass
+class ExperimentError(InputError):
+    """A setting of the experiment that cannot work; the message names it and says why."""
 
 
 # ---------------------------------------------------------------------- config
 
-def _closest(key, known):
-    close = difflib.get_close_matches(key, known, n=3)
-    return f"; did you mean {', '.join(close)}?" if close else ""
-
-
 def _cli_value(value):
     """How a setting is written on train.py's command line so configurator.py reads it back
     exactly: strings as they are unless they would parse as something else ("1,6,12" is a tuple)."""
-    if isinstance(value, str) and isinstance(parse_value(value), str):
-        return value
-    return repr(value)
+    return value if isinstance(value, str) and isinstance(parse_value(value), str) else repr(value)
 
 
 def train_args(spec, out_dir):
@@ -151,7 +141,7 @@ def load_experiment(argv):
     the base run and every arm checked against train.py's settings. Returns (cfg, plan); plan: one
     spec per arm (with base_run, each names the base it starts from)."""
     try:
-        cfg = load_config(DEFAULTS, argv, TYPES, help=HelpSource(__file__, "DEFAULTS", epilog=REPORT_HELP))
+        cfg = load_config(DEFAULTS, argv, TYPES, help=HelpSource(__file__, "DEFAULTS", epilog=report.USAGE))
     except ConfigError as e:
         raise ExperimentError(str(e)) from None
     problems = []
@@ -176,8 +166,7 @@ def load_experiment(argv):
             problems.append(f"arm name {name!r}: use letters, digits and _ . + - (it names a folder)")
         elif name == BASE and cfg["base_run"]:
             problems.append(f"arm name {BASE!r} is the base run's folder; call the arm something else")
-    unknown = [k for k in cfg["primary"] if k not in PRIMARY_CHOICES] if isinstance(cfg["primary"], list) else [1]
-    if unknown:
+    if not isinstance(cfg["primary"], list) or any(k not in PRIMARY_CHOICES for k in cfg["primary"]):
         problems.append(f"primary={cfg['primary']!r}: a list of {', '.join(PRIMARY_CHOICES)}")
     if cfg["base_per_seed"] and not cfg["base_run"]:
         problems.append("base_per_seed=True needs base_run (the pretraining stage to repeat per seed)")
@@ -194,48 +183,15 @@ def load_experiment(argv):
         problems.append("launcher is empty")
     if cfg["base_config"] and not os.path.isfile(_find_file(cfg["base_config"])):
         problems.append(f"base_config {cfg['base_config']!r} not found")
-    from eval import tasks as T
     try:
-        names = T.expand(cfg["tasks"])
+        problems += check_eval_limits(cfg["eval_limits"], tasks.expand(cfg["tasks"]))
     except KeyError as e:
         problems.append(f"tasks={cfg['tasks']!r}: {e.args[0]}")
-    else:
-        problems += _check_eval_limits(cfg["eval_limits"], names)
     if problems:
         raise ExperimentError("; ".join(problems))
     base = base_spec(cfg) if cfg["base_run"] else None
     plan = {name: arm_spec(cfg, name, base) for name in cfg["arms"]}
     return cfg, plan
-
-
-def _check_eval_limits(limits, names):
-    """eval_limits: keys are tasks or groups among the experiment's tasks, values ints >= 1 or None."""
-    from eval import tasks as T
-    problems = []
-    for key, limit in limits.items():
-        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
-            problems.append(f"eval_limits[{key!r}]={limit!r} must be an int >= 1 or None (all documents)")
-        try:
-            leaves = T.expand(key)
-        except (KeyError, TypeError):
-            problems.append(f"eval_limits: {key!r} is not a task or group{_closest(str(key), list(T.TASKS) + list(T.GROUPS))}")
-            continue
-        if not set(leaves) <= set(names):
-            problems.append(f"eval_limits: {key!r} is not among tasks; add it to tasks or drop its limit")
-    return problems
-
-
-def task_limits(cfg):
-    """The limit of each task scored: eval_limits' entry (a task's own before its group's), else eval_limit."""
-    from eval import tasks as T
-    names = T.expand(cfg["tasks"])
-    limits = {name: cfg["eval_limit"] for name in names}
-    # groups first, then single tasks, so that {"mmlu": 5, "mmlu_anatomy": 20} gives anatomy 20
-    for key in sorted(cfg["eval_limits"], key=lambda k: len(T.expand(k)), reverse=True):
-        for leaf in T.expand(key):
-            if leaf in limits:
-                limits[leaf] = cfg["eval_limits"][key]
-    return limits
 
 
 def _check_keys(where, overrides, reserved):
@@ -246,7 +202,7 @@ def _check_keys(where, overrides, reserved):
         if key in reserved:
             raise ExperimentError(f"{where}: {key!r} is set by the experiment runner, not by an arm")
         if key not in train.DEFAULTS:
-            raise ExperimentError(f"{where}: {key!r} is not a train.py setting{_closest(key, train.DEFAULTS)}")
+            raise ExperimentError(f"{where}: {key!r} is not a train.py setting{did_you_mean(key, train.DEFAULTS)}")
 
 
 def _effective(where, base_config, settings):
@@ -319,7 +275,7 @@ def run_spec(cfg, plan, arm, seed):
     """Everything that determines what a run's folder holds. Paths that may move with a machine
     (the data folders) are left out; the probe text is named by its file name and size. An arm's
     runs name their base run (its settings), so a changed base is not mixed in either."""
-    text = resolve_probe_text(cfg, required=False)
+    text = evaluation_settings(cfg)["probe"]["text"]
     if arm == BASE:
         source = next(iter(plan.values()))["base"]
         seed = seed if cfg["base_per_seed"] else source["seed"]
@@ -340,34 +296,24 @@ def run_spec(cfg, plan, arm, seed):
     return spec
 
 
-def resolve_probe_text(cfg, required=True):
-    text = cfg["probe_text"] or os.environ.get("DISPERSE_WIKITEXT", "")
-    if required and not (text and os.path.isfile(text)):
-        raise ExperimentError(f"probe text {text!r} not found: set probe_text (a text or .bin file) or "
-                              "DISPERSE_WIKITEXT (wikitext-103's valid.raw)")
-    return text
-
-
-def resolve_data_dir(cfg):
-    return cfg["eval_data_dir"] or os.environ.get("DISPERSE_BENCHMARKS", "")
-
-
-def preflight(cfg):
-    """The checks that need the data: done before the first run, so a missing file does not
-    surface after hours of training."""
-    from eval import tasks as T
-    data_dir = resolve_data_dir(cfg)
-    raw_wikitext = os.path.isfile(os.environ.get("DISPERSE_WIKITEXT_TEST", ""))  # eval/benchmarks.py reads it
-    missing = [f"{T.TASKS[n].dataset}/{T.TASKS[n].split}.jsonl" for n in T.expand(cfg["tasks"])
-               if not (n == "wikitext" and raw_wikitext) and not T.has_split(T.TASKS[n], T.TASKS[n].split, data_dir)]
-    if missing and T.hub_reachable():
-        print(f"[experiment] not found locally, will be downloaded from the hub: {', '.join(sorted(set(missing)))}")
-    elif missing:
-        hint = (" (for wikitext, DISPERSE_WIKITEXT_TEST may name the raw WikiText-103 test file instead)"
-                if "wikitext" in T.expand(cfg["tasks"]) and not raw_wikitext else "")
-        raise ExperimentError(f"benchmark data missing in {data_dir or '<unset>'}: {', '.join(sorted(set(missing)))}. "
-                              f"Set eval_data_dir or DISPERSE_BENCHMARKS to a folder of <dataset>/<split>.jsonl files{hint}")
-    resolve_probe_text(cfg)
+def preflight(plan, evaluation):
+    """What the runs will read, checked before the first one and by dry_run, with the messages train.py
+    and the evaluation give: each run's data folder (meta, train.bin, val.bin) and tokenizer, train.py's
+    own eval inputs, the benchmark files and the probe text. So "config OK" means none is missing."""
+    import train
+    base = next(iter(plan.values())).get("base")
+    for where, spec in ([("base_run", base)] if base else []) + [(f"arm {a!r}", spec) for a, spec in plan.items()]:
+        effective, data_dir = spec["effective"], dataset_dir(spec["effective"]["dataset"])
+        try:
+            meta = read_meta(data_dir)
+            for split in ("train", "val"):
+                open_split(data_dir, split, effective["block_size"], meta=meta)
+            get_tokenizer(meta["tokenizer"])  # the checkpoints': the benchmarks and probe text are encoded with it
+            vocab_size = effective["vocab_size"] or meta["vocab_size"]
+            train.check_eval_inputs(train.Config(**{**effective, "vocab_size": vocab_size}), meta["tokenizer"])
+        except InputError as e:
+            raise ExperimentError(f"{where}: {e}") from None
+    check_inputs(evaluation)
 
 
 # ---------------------------------------------------------------------- the runs
@@ -381,30 +327,20 @@ def train_command(cfg, spec, run_dir, resume, effective=None):
     if launcher[0] in ("python", "python3"):
         launcher[0] = sys.executable  # the interpreter running this, with its packages
     spec = {**spec, "base_config": _find_file(spec["base_config"]) if spec["base_config"] else ""}
+    exp_dir = os.path.abspath(cfg["exp_dir"])
     args = train_args(spec, run_dir)
     if resume:
         args.append("--init_from=resume")
     elif "base" in spec:
-        exp_dir = os.path.dirname(os.path.dirname(run_dir))  # the arm's run is EXP/<arm>/seed<S>
         args.append(f"--init_from={run_dir_of(exp_dir, BASE, spec['seed'] if cfg['base_per_seed'] else None)}")
     if spec["select_by_val"]:
         args.append("--keep_best=True")
     if effective and effective["wandb_log"]:
-        exp_dir = os.path.abspath(cfg["exp_dir"])
         if not effective["wandb_group"]:
             args.append(f"--wandb_group={os.path.basename(exp_dir)}")
-        if not effective["wandb_run_name"]:
-            name = (f"{BASE}/seed{spec['seed']}" if cfg["base_per_seed"] else BASE) if spec["arm"] == BASE \
-                else f"{spec['arm']}/seed{spec['seed']}"
-            args.append(f"--wandb_run_name={name}")
+        if not effective["wandb_run_name"]:  # base, base/seed<S> or <arm>/seed<S>: the run's folder in EXP
+            args.append(f"--wandb_run_name={os.path.relpath(run_dir, exp_dir).replace(os.sep, '/')}")
     return launcher + [os.path.join(REPO, "train.py")] + args
-
-
-def run_dir_of(exp_dir, arm, seed):
-    """EXP/<arm>/seed<S>; the base run: EXP/base, or EXP/base/seed<S> for one base per seed (seed not None)."""
-    if arm == BASE:
-        return os.path.join(exp_dir, BASE) if seed is None else os.path.join(exp_dir, BASE, f"seed{seed}")
-    return os.path.join(exp_dir, arm, f"seed{seed}")
 
 
 def plan_runs(cfg, plan):
@@ -428,45 +364,34 @@ def plan_runs(cfg, plan):
     return bases, [run(arm, seed) for seed in cfg["seeds"] for arm in cfg["arms"]]
 
 
-def evaluation_settings(cfg):
-    """What eval/evaluate.py needs of the experiment's settings to evaluate a checkpoint."""
-    return {"tasks": cfg["tasks"], "limit": cfg["eval_limit"], "limits": task_limits(cfg),
-            "data_dir": resolve_data_dir(cfg), "num_fewshot": cfg["num_fewshot"], "paper_protocol": cfg["paper_protocol"],
-            "device": cfg["eval_device"], "dtype": cfg["eval_dtype"], "batch_size": cfg["eval_batch_size"],
-            "probe": {"text": resolve_probe_text(cfg), "n_seq": cfg["probe_n_seq"], "seq_len": cfg["probe_seq_len"],
-                      "batch_size": cfg["probe_batch_size"]}}
-
-
 # ---------------------------------------------------------------------- command line
 
 def main(argv):
     try:
         if argv and argv[0] == "report":
-            if len(argv) != 2:
-                raise ExperimentError("usage: python experiment.py report EXP_DIR")
-            return run_cli(report_main, argv[1:])  # eval/report.py's command line
+            return run_cli(report.main, argv[1:])  # eval/report.py's command line (it says its usage)
         cfg, plan = load_experiment(argv)
         bases, runs = plan_runs(cfg, plan)
+        evaluation = evaluation_settings(cfg)
+        preflight(plan, evaluation)  # in a dry run too: its "config OK" promises the inputs are there
         if cfg["dry_run"]:
             for run in bases + runs:
                 print(shlex.join(run["command"]))
             print(f"config OK: {f'{len(bases)} base run(s), then ' if bases else ''}{len(cfg['arms'])} arms × "
                   f"{len(cfg['seeds'])} seeds; nothing run (dry_run=True)")
             return 0
-        preflight(cfg)
         exp_dir = os.path.abspath(cfg["exp_dir"])
         os.makedirs(exp_dir, exist_ok=True)
         write_json(os.path.join(exp_dir, "experiment.json"), {
-            "config": cfg, "arms": plan, "argv": argv, "probe_text": resolve_probe_text(cfg),
-            "benchmarks": resolve_data_dir(cfg), "task_limits": task_limits(cfg),
+            "config": cfg, "arms": plan, "argv": argv, "probe_text": evaluation["probe"]["text"],
+            "benchmarks": evaluation["data_dir"], "task_limits": evaluation["limits"],
             "base": {"dir": BASE, "spec": next(iter(plan.values()))["base"], "per_seed": cfg["base_per_seed"]}
             if bases else None,
             "written": datetime.datetime.now().isoformat(timespec="seconds")})
-        outcome = grid.run_grid(exp_dir, bases, runs, evaluation_settings(cfg), cfg["jobs"], cfg["threads"],
-                                cfg["keep_going"], argv)
-        print(f"[experiment] wrote {build_report(exp_dir)}")
+        outcome = grid.run_grid(exp_dir, bases, runs, evaluation, cfg["jobs"], cfg["threads"], cfg["keep_going"], argv)
+        print(f"[experiment] wrote {report.build_report(exp_dir)}")
         return 1 if outcome["failed"] else 0
-    except (ExperimentError, grid.GridError) as e:
+    except InputError as e:  # ExperimentError, grid.GridError, a missing input file
         print(f"experiment error: {e}", file=sys.stderr)
         return 2
 

@@ -7,9 +7,10 @@ metrics log the project writes.
     write_json(path, obj)        # the same, for a JSON object (nan and inf as null)
     with atomic_folder(path) as tmp:   # a whole folder, renamed into place when complete
         ...
+    append_line(path, json.dumps(record))   # one log line, whole or not at all
 
-A write that fails because the disk is full says so, with the path and the space left, and leaves
-the previous file (or folder) as it was.
+A write that fails because the disk is full says so, with the path, the space it needs and the space
+left, and leaves the previous file (or folder) as it was.
 """
 
 import contextlib
@@ -23,19 +24,43 @@ from errors import InputError
 
 
 class DiskFullError(InputError):
-    """A write ran out of space; the file it was replacing is untouched."""
+    """A write ran out of space; the file it was replacing is untouched. cause: the error the writer raised."""
+
+    def __init__(self, message, cause=None):
+        super().__init__(message)
+        self.cause = cause
 
 
-def disk_full_message(path, error=None):
-    """One line naming the path, the free space where it is written, and the cause."""
+def disk_full_message(path, error=None, needed=None):
+    """One line naming the path, the space it needs (needed: bytes, or a phrase), the free space where it
+    is written, and the cause."""
     folder = os.path.dirname(os.path.abspath(path))
     try:
-        free = f"{shutil.disk_usage(folder).free / 2**20:.1f} MB free"
+        free = f"{_size(shutil.disk_usage(folder).free)} free"
     except OSError:
         free = "free space unknown"
+    need = "" if needed is None else f"it needs {needed if isinstance(needed, str) else 'about ' + _size(needed)}; "
     cause = f" ({type(error).__name__}: {str(error).splitlines()[0][:120]})" if error is not None else ""
-    return (f"no space left on the device to write {path} ({free} in {folder}){cause}; the previous file is "
+    return (f"no space left on the device to write {path} ({need}{free} in {folder}){cause}; the previous file is "
             "left as it was. Free some space (or point the output elsewhere) and run the same command again")
+
+
+def _size(n):
+    return f"{n} bytes" if n < 2**20 else f"{n / 2**20:.1f} MB"
+
+
+def space_needed(path, tmp):
+    """What writing path takes, for the message of a full disk: about the size of the file (or folder) it
+    replaces, or, for a new one, more than what was written of it (tmp) before the disk filled."""
+    def size(p):
+        if os.path.isdir(p):
+            return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(p) for f in files)
+        return os.path.getsize(p) if os.path.exists(p) else 0
+    try:
+        previous, written = size(path), size(tmp)
+    except OSError:
+        return None
+    return previous if previous else f"more than the {_size(written)} written before the disk filled"
 
 
 def is_disk_full(error, path):
@@ -75,10 +100,12 @@ def atomic(path, mode="w", encoding=None):
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
+        full = isinstance(e, Exception) and not isinstance(e, InputError) and is_disk_full(e, path)
+        needed = space_needed(path, tmp) if full else None  # before tmp goes
         with contextlib.suppress(OSError):
             os.remove(tmp)
-        if isinstance(e, Exception) and not isinstance(e, InputError) and is_disk_full(e, path):
-            raise DiskFullError(disk_full_message(path, e)) from None
+        if full:
+            raise DiskFullError(disk_full_message(path, e, needed), e) from None
         raise
     fsync_folder(path)
 
@@ -93,9 +120,11 @@ def atomic_folder(path):
     try:
         yield tmp
     except BaseException as e:
+        full = isinstance(e, Exception) and not isinstance(e, InputError) and is_disk_full(e, path)
+        needed = space_needed(path, tmp) if full else None
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, Exception) and not isinstance(e, InputError) and is_disk_full(e, path):
-            raise DiskFullError(disk_full_message(path, e)) from None
+        if full:
+            raise DiskFullError(disk_full_message(path, e, needed), e) from None
         raise
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
@@ -116,6 +145,31 @@ def write_json(path, obj, indent=1):
     """obj as a JSON file, written atomically; nan and inf as null."""
     with atomic(path) as f:
         json.dump(json_safe(obj), f, indent=indent)
+
+
+def append_line(path, line):
+    """Append one line (a metrics.jsonl record) to path, whole or not at all: if the write fails, the file
+    is cut back to where it was, so no half record is left behind; a full disk becomes DiskFullError."""
+    data = (line.rstrip("\n") + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        start = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            _write_all(fd, data)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, start)
+            if is_disk_full(e, path):
+                raise DiskFullError(disk_full_message(path, e, len(data)), e) from None
+            raise
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def read_json(path):

@@ -40,7 +40,8 @@ reshards on load. To get the project's single file, or a Hugging Face folder (on
     python fsdp.py to-hf out/ckpt_dcp hf_model/
     python fsdp.py from-ckpt out/ckpt.pt out/ckpt_dcp      # a one-process or DDP run, to go on under FSDP
 
-docs/distributed.md says how to launch it (torchrun, SLURM) and what each layout costs in memory.
+train.py --parallel=fsdp does all of this (and unsupported(cfg) says which of its settings cannot run
+sharded); docs/distributed.md says how to launch it (torchrun, SLURM) and what each layout costs in memory.
 """
 
 import contextlib
@@ -62,7 +63,7 @@ from torch.distributed.tensor import DTensor
 
 import checkpoint
 from errors import InputError, MissingFileError, run_cli
-from files import DiskFullError, disk_full_message, fsync_folder, is_disk_full
+from files import DiskFullError, disk_full_message, fsync_folder, is_disk_full, space_needed
 from model import GPT, model_config_from_dict
 
 EXTRA = "extra.pt"  # the non-tensor state, beside DCP's files
@@ -121,6 +122,9 @@ def shard_model(model, param_dtype=None, reduce_dtype=torch.float32, compile=Fal
     if not (dist.is_available() and dist.is_initialized()):
         raise RuntimeError("shard_model needs a process group: launch with torchrun and call "
                            "dist.init_process_group first")
+    if param_dtype == torch.float16:
+        raise InputError("FSDP in float16 would need a sharded gradient scaler, which this trainer does not have; "
+                         "use dtype=bfloat16 (or float32)")
     device_type = device_type or next(model.parameters()).device.type
     mesh = init_device_mesh(device_type, (dist.get_world_size(),))
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
@@ -254,7 +258,8 @@ def save(folder, model, optimizer, extra):
     failed = _gather(error is not None)  # every rank learns of every failure, and raises
     if any(failed):
         if error is not None and (isinstance(error, DiskFullError) or is_disk_full(error, tmp)):
-            error = DiskFullError(disk_full_message(folder, error))  # asked before the space is freed
+            cause = getattr(error, "cause", None) or error  # the writer's own error, not extra.pt's DiskFullError
+            error = DiskFullError(disk_full_message(folder, cause, space_needed(folder, tmp)), cause)  # before tmp goes
         if rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
         if error is None:
@@ -394,6 +399,46 @@ def _check_finite(folder, model, optimizer):
 
 def _local(t):
     return t.to_local() if isinstance(t, DTensor) else t.detach()
+
+
+def keep_copy(folder, copy_folder):
+    """copy_folder becomes a copy of the checkpoint folder (train.py's keep_best): hard links where the file
+    system allows (save() replaces the folder whole, so the links keep the old files at no cost), else
+    copies; one process (rank 0) calls it."""
+    tmp = os.path.normpath(copy_folder) + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(folder, tmp, copy_function=_link_or_copy)
+    _swap(tmp, os.path.normpath(copy_folder))
+
+
+def _link_or_copy(src, dst):
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+# ---------------------------------------------------------------------- train.py's settings
+
+def unsupported(cfg):
+    """What train.py's settings (its Config) ask of parallel=fsdp that a sharded model cannot do: one
+    problem per line, each with the way out."""
+    problems = []
+    if cfg.dtype == "float16":
+        problems.append("parallel=fsdp with dtype=float16: that needs a sharded gradient scaler, which this trainer "
+                        "does not have; use dtype=bfloat16 (or float32)")
+    weights = "differentiates with respect to the weights, which FSDP keeps out of the graph (sharded)"
+    if cfg.dispersion == "rotated_angular" and cfg.dispersion_match_params:
+        problems.append(f"parallel=fsdp with dispersion=rotated_angular and dispersion_match_params=True: its "
+                        f"rescaling {weights}; set dispersion_match_params=False, or parallel=ddp")
+    if cfg.strength_window:
+        problems.append(f"parallel=fsdp with strength_window={cfg.strength_window}: the strength meter {weights}; "
+                        "set strength_window=0, or parallel=ddp")
+    if cfg.eval_tasks:
+        problems.append("parallel=fsdp with eval_tasks: the benchmarks give the ranks unequal numbers of forward "
+                        "passes, which sharded weights cannot run; score the checkpoint after training (python "
+                        "fsdp.py to-ckpt OUT/ckpt_dcp OUT/ckpt.pt, then python -m eval.benchmarks --ckpt OUT/ckpt.pt)")
+    return problems
 
 
 # ---------------------------------------------------------------------- conversion (one process)

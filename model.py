@@ -492,27 +492,32 @@ class GPT(nn.Module):
     # ------------------------------------------------------------------ generation
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None):
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None, on_token=None):
         """Sample max_new_tokens tokens after the prompt idx (B, T), with a KV cache: each new
-        token costs one position's forward pass. temperature 0 means greedy decoding."""
+        token costs one position's forward pass. temperature 0 means greedy decoding.
+        on_token: called with no argument after each new token (sample.py's progress bar)."""
         if idx.size(1) + max_new_tokens > self.config.block_size:
             # the cache cannot slide past the last position; fall back to re-encoding a window
-            return self.generate_windowed(idx, max_new_tokens, temperature, top_k, generator)
+            return self.generate_windowed(idx, max_new_tokens, temperature, top_k, generator, on_token)
         kv_caches = [dict() for _ in range(self.config.n_layer)]
         logits = self.head(self.forward_cached(idx, kv_caches)[:, -1])  # (B, V)
         for _ in range(max_new_tokens):
             idx_next = sample_next(logits, temperature, top_k, generator)
             idx = torch.cat((idx, idx_next), dim=1)
+            if on_token is not None:
+                on_token()
             logits = self.head(self.forward_cached(idx_next, kv_caches)[:, -1])
         return idx
 
     @torch.no_grad()
-    def generate_windowed(self, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None):
+    def generate_windowed(self, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None, on_token=None):
         """generate() without a cache: each new token re-reads the last block_size tokens."""
         for _ in range(max_new_tokens):
             idx_cond = idx[:, -self.config.block_size:]
             logits, _ = self(idx_cond)
             idx = torch.cat((idx, sample_next(logits[:, -1, :], temperature, top_k, generator)), dim=1)
+            if on_token is not None:
+                on_token()
         return idx
 
 

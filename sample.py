@@ -71,12 +71,17 @@ def main(argv):
     x = torch.tensor(ids, dtype=torch.long, device=dev)[None, ...]  # (1, T)
     generator = torch.Generator(device=dev).manual_seed(cfg.seed)
     autocast = torch.autocast(device_type=device_type, dtype=ptdtype) if ptdtype != torch.float32 else torch.no_grad()
+    # progress on stderr, over every token of every sample; off when stderr is not a terminal (disable=None)
+    from tqdm import tqdm
+    bar = tqdm(total=cfg.num_samples * cfg.max_new_tokens, desc="sampling", unit="tok", disable=None,
+               dynamic_ncols=True, leave=False)
     with torch.no_grad(), autocast:
         for _ in range(cfg.num_samples):
             y = model.generate(x, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k or None,
-                               generator=generator)
-            print(enc.decode(y[0].tolist()))
-            print("---------------")
+                               generator=generator, on_token=lambda: bar.update(1))
+            bar.write(enc.decode(y[0].tolist()), file=sys.stdout)  # above the bar, which stays at the bottom
+            bar.write("---------------", file=sys.stdout)
+    bar.close()
 
 
 if __name__ == "__main__":

@@ -1,15 +1,24 @@
 """
-The machine: which device to use, its peak FLOP/s (for MFU), its memory, glibc's allocator, and a
-description of the hardware for reports.
+The machine: which device to use, its peak FLOP/s (for MFU), its memory, glibc's allocator, a
+description of the hardware for reports, and the processes: a scheduler's signal to stop (StopSignals),
+and another rank of the run lost (lost_rank_reported).
 """
 
+import contextlib
 import ctypes
 import importlib.util
 import os
 import platform
+import re
+import signal
 import sys
+import threading
+import weakref
 
 import torch
+import torch.distributed as dist
+
+from errors import close_progress_bars
 
 # Dense bf16/fp16 tensor-core peak FLOP/s per device (no sparsity), from vendor data sheets.
 PEAK_FLOPS = {
@@ -88,3 +97,80 @@ def hardware():
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
     return {"cpu": cpu, "cpu_count": os.cpu_count(), "gpus": gpus, "torch": torch.__version__,
             "python": platform.python_version(), "platform": platform.platform()}
+
+
+# ---------------------------------------------------------------------- processes
+
+class StopSignals:
+    """A scheduler's notice to stop: SIGTERM (preemption, scancel, torchrun passing on its own) or SIGUSR1
+    (what SLURM's --signal=USR1@SECONDS sends before the time limit). The handler only notes the signal;
+    train.py asks requested() at each step boundary, saves a checkpoint and exits 0. A second signal
+    while that happens is noted and changes nothing, so it cannot cut a save short.
+
+    requested() is the same on every rank: the flags are all-reduced (max) on the CPU every step, through
+    a gloo group beside NCCL's, so that every rank stops, and saves, at the same step without waiting
+    for the GPU. One process reads its own flag."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self):
+        self.name, self.previous, self.group = None, {}, None
+        if dist.is_available() and dist.is_initialized() and dist.get_backend() != "gloo":
+            self.group = dist.new_group(backend="gloo")  # a collective: every rank builds its StopSignals
+        me = weakref.ref(self)  # the handlers go back to what they were when this object goes (see __del__)
+
+        def note(signum, frame):
+            stop = me()
+            if stop is not None and stop.name is None:  # a second signal changes nothing
+                stop.name = signal.Signals(signum).name
+        if threading.current_thread() is threading.main_thread():  # Python sets handlers there only
+            for sig in self.SIGNALS:
+                self.previous[sig] = signal.signal(sig, note)
+
+    def requested(self):
+        """Whether any rank has been told to stop (self.name: the signal); every rank calls it at the same point."""
+        if not (dist.is_available() and dist.is_initialized()):
+            return self.name is not None
+        number = torch.tensor([signal.Signals[self.name].value if self.name else 0], dtype=torch.int32)
+        dist.all_reduce(number, op=dist.ReduceOp.MAX, group=self.group)
+        number = int(number[0])  # the same on every rank (a signal that comes after the reduction: next step)
+        if number and self.name is None:  # another rank's signal
+            self.name = signal.Signals(number).name
+        return number > 0
+
+    def restore(self):
+        """The handlers as they were: at the end of train.main, or when it raised and let go of this object,
+        so that a process that called it (a test, a notebook) ends on SIGTERM again."""
+        if threading.current_thread() is threading.main_thread():
+            for sig, handler in self.previous.items():
+                signal.signal(sig, handler)
+            self.previous = {}
+
+    __del__ = restore
+
+
+LOST_RANK = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "timed out", "Timed out",
+             "gloo", "NCCL")  # what a collective's error says when another rank died or stopped answering
+
+
+@contextlib.contextmanager
+def lost_rank_reported():
+    """In a run of several processes, a collective that fails because another rank died (its sockets
+    close: the error comes at once) or stopped answering (after dist_timeout_s) ends this rank with one
+    line saying so, not a traceback. Anything else propagates."""
+    try:
+        yield
+    except SystemExit:  # an error already said (errors.run_cli): end the process group first, or its threads
+        if dist.is_available() and dist.is_initialized():  # (FSDP's, DCP's) may abort the exit (SIGABRT)
+            dist.destroy_process_group()
+        raise
+    except Exception as e:
+        several = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        if not several or not (isinstance(e, dist.DistError) or any(s in str(e) for s in LOST_RANK)):
+            raise
+        # gloo's "[.../pair.cc:537] Read error [host]:port: Connection reset by peer. This is typically ...": the middle
+        said = re.sub(r"^\[[^\]]*\] ", "", str(e).strip().split("\n")[0]).split(". ")[0][:200]
+        close_progress_bars()
+        sys.exit(f"error: rank {dist.get_rank()}: another process of this run died or stopped answering "
+                 f"({type(e).__name__}: {said}); this one stops too. The last checkpoint written is intact: "
+                 "continue with --init_from=resume")

@@ -7,6 +7,9 @@ One process (CPU, one GPU, or Apple MPS):
 DDP on one node with 8 GPUs:
     torchrun --standalone --nproc_per_node=8 train.py config/train_gpt2.py
 DDP on two nodes: torchrun's own flags (--nnodes, --node_rank, --master_addr, --master_port).
+FSDP (weights, gradients and AdamW state sharded across the ranks): the same with --parallel=fsdp.
+SIGTERM or SIGUSR1 (preemption, a time limit near): a checkpoint at the next step boundary, then exit 0.
+docs/distributed.md: launching on several nodes and under SLURM, and what survives which fault.
 
 The settings are the fields of Config below; config files and --key=value overrides replace them,
 and are checked (configurator.py, check_settings) before any work starts. main() reads in nanoGPT's
@@ -16,9 +19,11 @@ checkpoint, micro-steps, clipping, optimizer step, log).
 
 import contextlib
 import dataclasses
+import datetime
 import json
 import math
 import os
+import shutil
 import sys
 import time
 import typing
@@ -32,10 +37,11 @@ import checkpoint
 import controls
 import disperse
 import system
-from configurator import HelpSource, load_config
-from data.common import get_tokenizer, open_split, read_meta, sample_batch
+from configurator import HelpSource, load_settings
+from data.common import open_split, read_meta, sample_batch
 from errors import InputError, MissingFileError, run_cli
-from files import trim_metrics
+from eval.hooks import check_eval_inputs, make_probe_set, score_benchmarks
+from files import append_line, trim_metrics
 from load import load_model
 from model import GPT, GPTConfig, model_config_from_dict, model_config_to_dict
 
@@ -134,7 +140,11 @@ class Config:
     probe_n_seq: int = 16  # sequences the probe averages over
     probe_seq_len: int = 256  # tokens per probe sequence (capped at block_size)
     # system
-    backend: str = "auto"  # DDP: nccl on CUDA, gloo on CPU
+    backend: str = "auto"  # under torchrun: nccl on CUDA, gloo on CPU
+    parallel: str = "ddp"  # under torchrun: ddp (every rank holds the whole model) or fsdp (weights, gradients and AdamW
+    #                        state sharded across the ranks, checkpoints as the folder ckpt_dcp: fsdp.py)
+    fsdp_low_memory: bool = False  # fsdp: reduce-scatter the gradients at every micro-step (memory 1/N between them)
+    dist_timeout_s: int = 600  # under torchrun: how long a rank waits in a collective for the others before it stops
     device: str = "auto"  # auto, cpu, cuda, cuda:1, mps
     dtype: str = "auto"  # auto (bfloat16 where supported, else float16 on CUDA, float32 on CPU), float32, bfloat16, float16
     compile: bool = True  # torch.compile the model
@@ -150,9 +160,30 @@ class Config:
 DEFAULTS = dataclasses.asdict(Config())
 TYPES = {f.name: typing.get_args(f.type) or (f.type,) for f in dataclasses.fields(Config)}  # what configurator accepts
 
+# Resuming (init_from='resume') continues the run as it was: every setting comes from the checkpoint,
+# then the settings given (config files and the command line) replace those of this list; any other
+# setting given with a value other than the checkpoint's defines another run, and is refused
+# (resume_settings). These change how long the run goes, how fast it learns from here on, what is
+# measured and how often, and the machine, not what the run is:
+RESUME_FOUND_BY = ("out_dir", "init_from", "overwrite", "allow_unsafe_pickle")  # as given: never from the checkpoint
+RESUME_MAY_CHANGE = RESUME_FOUND_BY + (
+    "max_iters", "learning_rate", "decay_lr", "warmup_iters", "lr_decay_iters", "min_lr", "grad_clip",
+    "eval_interval", "log_interval", "eval_iters", "eval_only", "always_save_checkpoint", "keep_best",
+    "eval_tasks", "eval_limit", "eval_data_dir", "eval_num_fewshot",
+    "probe_interval", "probe_text", "probe_n_seq", "probe_seq_len",
+    "backend", "device", "dtype", "compile", "peak_flops", "malloc_tuning", "gradient_checkpointing",
+    "parallel", "fsdp_low_memory", "dist_timeout_s",
+    "wandb_log", "wandb_project", "wandb_run_name", "wandb_group",
+)
+
 
 def main(argv):
-    cfg = Config(**load_config(DEFAULTS, argv, TYPES, help=HelpSource(__file__, "Config")))
+    settings, given = load_settings(DEFAULTS, argv, TYPES, help=HelpSource(__file__, "Config"))
+    cfg, ckpt, changed = Config(**settings), None, []
+    if cfg.init_from == "resume":  # the run's settings are in its checkpoint
+        ckpt_path, ckpt = read_for_resume(cfg, given)  # ckpt.pt, or an FSDP run's folder ckpt_dcp; verified
+        cfg, changed = resume_settings(cfg, given, ckpt, ckpt_path)
+        cfg.parallel = "fsdp" if ckpt_path.endswith("ckpt_dcp") else "ddp"  # as the checkpoint was written
     check_settings(cfg)
     data_dir = cfg.dataset if os.path.isdir(cfg.dataset) else os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                                          "data", cfg.dataset)
@@ -170,11 +201,16 @@ def main(argv):
             dev = f"cuda:{int(os.environ['LOCAL_RANK'])}"
             torch.cuda.set_device(dev)
         backend = ("nccl" if dev.startswith("cuda") else "gloo") if cfg.backend == "auto" else cfg.backend
-        dist.init_process_group(backend=backend)
+        # the timeout bounds how long the others wait for a rank that hangs (one that dies is noticed at once)
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=cfg.dist_timeout_s))
         rank, world = dist.get_rank(), dist.get_world_size()
     else:
         rank, world = 0, 1
     master = rank == 0
+    sharded = ddp and cfg.parallel == "fsdp"  # weights, gradients and AdamW state split across the ranks
+    if cfg.parallel == "fsdp":
+        import fsdp  # only when asked for: FSDP2 and DCP take a second to import
+    stop = system.StopSignals()  # SIGTERM, SIGUSR1: a checkpoint at the next step boundary, then exit
     device_type = "cuda" if dev.startswith("cuda") else "mps" if dev.startswith("mps") else "cpu"
     if cfg.gradient_accumulation_steps % world != 0:
         raise InputError(f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} must be a multiple of "
@@ -185,11 +221,12 @@ def main(argv):
     if dtype_name == "auto":
         dtype_name = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if device_type == "cuda" else "float32"
     ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype_name]
-    autocast = contextlib.nullcontext() if ptdtype == torch.float32 else torch.autocast(device_type, dtype=ptdtype)
+    autocast = contextlib.nullcontext() if ptdtype == torch.float32 or sharded else \
+        torch.autocast(device_type, dtype=ptdtype)  # FSDP computes in its policy's dtype itself
     if device_type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls and convolutions on Ampere and newer
         torch.backends.cudnn.allow_tf32 = True
-    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
+    ckpt_path = os.path.join(cfg.out_dir, "ckpt_dcp" if cfg.parallel == "fsdp" else "ckpt.pt")
     metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
     if cfg.init_from != "resume" and not cfg.eval_only and not cfg.overwrite:
         taken = [p for p in (ckpt_path, metrics_path) if os.path.exists(p)]
@@ -202,6 +239,8 @@ def main(argv):
         for name in ("ckpt.pt.tmp", "ckpt_best.pt.tmp", "metrics.jsonl.tmp"):  # left by a run killed mid-write
             if os.path.exists(os.path.join(cfg.out_dir, name)):
                 os.remove(os.path.join(cfg.out_dir, name))
+        for name in ("ckpt_dcp.tmp", "ckpt_best_dcp.tmp"):  # folders of a save cut short (fsdp)
+            shutil.rmtree(os.path.join(cfg.out_dir, name), ignore_errors=True)
         print(f"{world} process(es) on {device_type}, {dtype_name}; {tokens_per_iter:,} tokens per iteration "
               f"({cfg.gradient_accumulation_steps} micro-steps x {cfg.batch_size} x {cfg.block_size})")
 
@@ -211,29 +250,38 @@ def main(argv):
 
     def get_batch(data, key):
         """Inputs and targets (B, T) on the device; key: see data.common.sample_batch."""
-        x, y = (torch.from_numpy(a) for a in sample_batch(data, cfg.batch_size, cfg.block_size, key))
+        x, y = (torch.from_numpy(a) for a in sample_batch(data, cfg.batch_size, cfg.block_size, key, cfg.vocab_size))
         if device_type == "cuda":  # pinned, so the copy runs while the device works
             return x.pin_memory().to(dev, non_blocking=True), y.pin_memory().to(dev, non_blocking=True)
         return x.to(dev), y.to(dev)
 
     # ------------------------------------------------------------------ model
-    torch.manual_seed(cfg.seed + rank)  # dropout masks differ across ranks; the init is broadcast from rank 0 by DDP
-    iter_num, best_val_loss, ckpt = 0, float("inf"), None
+    # dropout masks differ across ranks; DDP broadcasts rank 0's init, FSDP shards each rank's: all build rank 0's
+    torch.manual_seed(cfg.seed + (0 if sharded else rank))
+    iter_num, best_val_loss = 0, float("inf")
     if cfg.init_from == "scratch":
         model = GPT(model_config_from_dict(dataclasses.asdict(cfg)))  # the model settings above
-    elif cfg.init_from == "resume":
-        ckpt = checkpoint.read_for_resume(ckpt_path, cfg.allow_unsafe_pickle)  # checksum verified, every number finite
+    elif cfg.init_from == "resume":  # ckpt: read (and verified) with the settings, above
         with checkpoint.fits(ckpt_path, "model"):
             model = GPT(GPTConfig(**{**ckpt["model_args"], "dropout": cfg.dropout}))
-            model.load_state_dict(ckpt["model"])
+            if cfg.parallel != "fsdp":  # a DCP folder is read into the model once it is sharded (fsdp.load, below)
+                model.load_state_dict(ckpt["model"])
         iter_num, best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]
         if master:
-            print(f"resuming from {ckpt_path} at iteration {iter_num}")
+            print(f"resuming from {ckpt_path} at step {iter_num}" +
+                  (f"; changed: {', '.join(changed)}" if changed else ", with the settings it was saved with"))
+        if master and ckpt.get("converted_from") == "nanoGPT":
+            kept = os.path.join(cfg.out_dir, "ckpt_nanogpt.pt")
+            if not os.path.exists(kept):  # this run saves ckpt.pt in its own format, which nanoGPT cannot read
+                checkpoint.keep_copy(ckpt_path, kept)
+            print(f"note: nanoGPT's checkpoint holds no random-generator state, so from here on the batches and "
+                  f"dropout masks will not match nanoGPT's own resumed run (the weights and AdamW state continue "
+                  f"exactly); its file is kept as {kept}")
     else:  # weights only: a pretrained model to mid-train
         model, _ = load_model(cfg.init_from, dropout=cfg.dropout, allow_unsafe_pickle=cfg.allow_unsafe_pickle)
     if cfg.block_size < model.config.block_size:
         model.crop_block_size(cfg.block_size)
-    if model.config.vocab_size != cfg.vocab_size:
+    if cfg.vocab_size is not None and model.config.vocab_size != cfg.vocab_size:
         raise InputError(f"the model has vocab_size={model.config.vocab_size} but vocab_size={cfg.vocab_size}; "
                          "set vocab_size to the model's")
     if cfg.vocab_size is None:  # the model's (init_from): the data are checked against it now
@@ -241,7 +289,12 @@ def main(argv):
         train_data = open_split(data_dir, "train", cfg.block_size, cfg.vocab_size, meta)
         val_data = open_split(data_dir, "val", cfg.block_size, cfg.vocab_size, meta)
     tokenizer = check_eval_inputs(cfg, meta["tokenizer"])  # before any step, and before out_dir is touched further
-    model.to(dev)
+    if sharded:  # in place: each block, then the rest (compiled per block, before sharding)
+        fsdp.shard_model(model, None if ptdtype == torch.float32 else ptdtype, compile=cfg.compile, device_type=device_type)
+        if rank:
+            torch.manual_seed(cfg.seed + rank)  # each rank its own dropout masks from here
+    else:
+        model.to(dev)
     raw_model = model  # the module whose state_dict has clean names: no _orig_mod. or module. prefixes
     raw_model.gradient_checkpointing = cfg.gradient_checkpointing
     raw_model.last_hidden_before_ln = cfg.dispersion_last_pre_ln
@@ -251,16 +304,19 @@ def main(argv):
     # ------------------------------------------------------------------ optimizer
     scaler = torch.amp.GradScaler(device_type, enabled=(ptdtype == torch.float16))
     optimizer = raw_model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type)
-    if ckpt is not None:
+    if ckpt is not None and cfg.parallel == "fsdp":
+        fsdp.load(ckpt_path, raw_model, optimizer)  # every rank its shards, on any number of ranks (DCP reshards)
+    elif ckpt is not None:
         with checkpoint.fits(ckpt_path, "optimizer state"):
             optimizer.load_state_dict(ckpt["optimizer"])
-            scaler.load_state_dict(ckpt["scaler"])
+            if "scaler" in ckpt:  # nanoGPT's checkpoints have none: a fresh one
+                scaler.load_state_dict(ckpt["scaler"])
             checkpoint.check_state(raw_model, ckpt["model"], optimizer)
     teacher = None
     if cfg.distill_from:
         teacher, _ = load_model(cfg.distill_from, device=dev, allow_unsafe_pickle=cfg.allow_unsafe_pickle)
         teacher.eval().requires_grad_(False)
-    if cfg.compile:
+    if cfg.compile and not sharded:  # (sharded: compiled per block, above)
         if master:
             print("compiling the model...")
         if cfg.dispersion in controls.CONTROLS or cfg.strength_window:
@@ -268,14 +324,14 @@ def main(argv):
             # compiled backward that reuses ("donates") its saved buffers refuses
             torch._functorch.config.donated_buffer = False
         model = torch.compile(model)
-    if ddp:
+    if ddp and not sharded:
         model = DDP(model, device_ids=[int(os.environ["LOCAL_RANK"])] if device_type == "cuda" else None)
 
     # the auxiliary losses draw random numbers from their own generator, so switching them on
     # changes neither the data order nor the dropout masks of a run with the same seed
     aux_gen = torch.Generator(device=dev if device_type == "cuda" else "cpu")
     aux_gen.manual_seed(cfg.seed * 1000 + 7 + rank)
-    if ckpt is not None:
+    if ckpt is not None and "rng" in ckpt:  # nanoGPT's checkpoints have none: the generators start from seed
         states = ckpt["rng"]  # one entry per rank
         if len(states) != world and master:
             print(f"warning: the checkpoint holds RNG states of {len(states)} ranks, this run has {world}; "
@@ -299,16 +355,19 @@ def main(argv):
     @torch.no_grad()
     def estimate_loss():
         """Mean loss over eval_iters fixed batches per split (the same batches at every eval),
-        shared out across ranks."""
+        shared out across ranks. Sharded, every rank runs as many forwards (each one is a collective):
+        the last round is padded with batches that count for nothing."""
         out = {}
         model.eval()
+        rounds = -(-cfg.eval_iters // world) * world if sharded else cfg.eval_iters
         for split, data, stream in (("train", train_data, 1), ("val", val_data, 2)):
             total = torch.zeros(2, device=dev)  # loss sum, batch count
-            for k in range(rank, cfg.eval_iters, world):
-                x, y = get_batch(data, (cfg.seed, stream, k))
+            for k in range(rank, rounds, world):
+                x, y = get_batch(data, (cfg.seed, stream, k % cfg.eval_iters))
                 with autocast:
                     _, loss = raw_model(x, y)
-                total += torch.stack([loss.float(), torch.ones((), device=dev)])
+                if k < cfg.eval_iters:
+                    total += torch.stack([loss.float(), torch.ones((), device=dev)])
             if ddp:
                 dist.all_reduce(total)
             out[split] = (total[0] / total[1]).item()
@@ -317,7 +376,7 @@ def main(argv):
 
     probe_set = make_probe_set(cfg, tokenizer, val_data) if cfg.probe_interval and master else None
     if master:
-        print(describe_auxiliary(cfg, disp_layers))
+        print(controls.describe(cfg, disp_layers))
         trim_metrics(metrics_path, keep_before=iter_num)  # a resumed run rewrites what followed its checkpoint
     peak = cfg.peak_flops or system.device_peak_flops(dev)
     flops_per_iter = raw_model.flops_per_token(cfg.block_size) * tokens_per_iter
@@ -328,18 +387,26 @@ def main(argv):
                                group=cfg.wandb_group or None, config=dataclasses.asdict(cfg))
 
     def log(record):
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_line(metrics_path, json.dumps(record))  # whole or not at all; a full disk: one line naming the file
         if wandb_run is not None:
             wandb_run.log(record, step=record["iter"])
 
-    def save_checkpoint(rng_states):
-        checkpoint.write(ckpt_path, {
-            "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-            "model_args": model_config_to_dict(raw_model.config), "iter_num": iter_num,
-            "best_val_loss": best_val_loss, "config": dataclasses.asdict(cfg), "rng": rng_states,
-            "data": {"seed": cfg.seed, "next_step": iter_num}, "tokenizer": meta["tokenizer"],
-            "controls": {"match_scale": match_scale.cpu() if match_scale is not None else None}})
+    def save_checkpoint():
+        """Every rank calls it: rank 0 writes ckpt.pt, or (fsdp) every rank its shards of the folder ckpt_dcp."""
+        rng_states = [checkpoint.capture_rng(aux_gen)]
+        if ddp:  # every rank's generators, so that each resumes with its own dropout masks
+            rng_states = [None] * world
+            dist.all_gather_object(rng_states, checkpoint.capture_rng(aux_gen))
+        state = {"scaler": scaler.state_dict(), "model_args": model_config_to_dict(raw_model.config),
+                 "iter_num": iter_num, "best_val_loss": best_val_loss, "config": dataclasses.asdict(cfg),
+                 "rng": rng_states, "data": {"seed": cfg.seed, "next_step": iter_num}, "tokenizer": meta["tokenizer"],
+                 "controls": {"match_scale": match_scale.cpu() if match_scale is not None else None}}
+        if cfg.parallel == "fsdp":
+            fsdp.save(ckpt_path, raw_model, optimizer, state)  # atomic: the previous folder stays until it is whole
+        elif master:
+            checkpoint.write(ckpt_path, {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), **state})
+        if master:
+            bar.write(f"saving checkpoint to {ckpt_path} (iteration {iter_num})")
 
     # ------------------------------------------------------------------ the loop
     from tqdm import tqdm
@@ -371,41 +438,46 @@ def main(argv):
         for group in optimizer.param_groups:
             group["lr"] = lr
 
-        # evaluate, and save a checkpoint
-        if iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters or cfg.eval_only:
+        preempted = stop.requested()  # a SIGTERM or SIGUSR1 to any rank: every rank stops at this same step
+        unsaved = iter_num > (ckpt["iter_num"] if ckpt else 0) and not cfg.eval_only  # a just-resumed model is saved
+
+        # evaluate, and save a checkpoint (every rank decides alike: the losses are the same everywhere)
+        if (iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters or cfg.eval_only) and not preempted:
             stop_if_nonfinite()
             losses = estimate_loss()
             bench = score_benchmarks(cfg, raw_model, tokenizer) if cfg.eval_tasks else {}  # every rank scores its share
-            rng_states = [checkpoint.capture_rng(aux_gen)]
-            if ddp:  # every rank's generators, so that each resumes with its own dropout masks
-                rng_states = [None] * world
-                dist.all_gather_object(rng_states, checkpoint.capture_rng(aux_gen))
+            record = {"iter": iter_num, "val_loss": losses["val"], "train_loss_eval": losses["train"],
+                      "tokens": tokens_seen, **bench}
             if master:
-                record = {"iter": iter_num, "val_loss": losses["val"], "train_loss_eval": losses["train"],
-                          "tokens": tokens_seen, **bench}
                 bar.write(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-                last_eval = (iter_num, losses["val"])
-                if not math.isfinite(losses["val"]):
-                    sys.exit(f"error: val loss is {losses['val']} at iteration {iter_num}; stopping. "
-                             f"The last good checkpoint in {ckpt_path} is left as it was.")
-                changed = iter_num > (ckpt["iter_num"] if ckpt else 0)  # a just-resumed model is already saved
-                improved = losses["val"] < best_val_loss
-                if changed and not cfg.eval_only and (improved or cfg.always_save_checkpoint):
-                    best_val_loss = min(best_val_loss, losses["val"])
-                    save_checkpoint(rng_states)
-                    bar.write(f"saving checkpoint to {ckpt_path} (iteration {iter_num})")
-                    saved = iter_num
-                    if cfg.keep_best and improved:
-                        checkpoint.keep_copy(ckpt_path, os.path.join(cfg.out_dir, "ckpt_best.pt"))
-                if probe_set is not None and iter_num % cfg.probe_interval == 0:
+            last_eval = (iter_num, losses["val"])
+            if not math.isfinite(losses["val"]):
+                sys.exit(f"error: val loss is {losses['val']} at iteration {iter_num}; stopping. "
+                         f"The last good checkpoint in {ckpt_path} is left as it was." if master else 1)
+            improved = losses["val"] < best_val_loss
+            if unsaved and (improved or cfg.always_save_checkpoint):
+                best_val_loss = min(best_val_loss, losses["val"])
+                save_checkpoint()
+                saved = iter_num
+                if cfg.keep_best and improved and master and cfg.parallel == "fsdp":
+                    fsdp.keep_copy(ckpt_path, os.path.join(cfg.out_dir, "ckpt_best_dcp"))
+                elif cfg.keep_best and improved and master:
+                    checkpoint.keep_copy(ckpt_path, os.path.join(cfg.out_dir, "ckpt_best.pt"))
+            if cfg.probe_interval and iter_num % cfg.probe_interval == 0:
+                probed = fsdp.full_model(raw_model) if sharded else raw_model  # a collective: a copy on rank 0
+                if master:
                     from eval.condensation import quick_probe
-                    record.update({f"probe/{k}": v for k, v in quick_probe(raw_model, probe_set).items()})
+                    record.update({f"probe/{k}": v for k, v in quick_probe(probed, probe_set).items()})
                     bar.write(f"iter {iter_num}: last-layer mean cos "
                               f"{record[f'probe/layer{raw_model.config.n_layer}/mean_cos']:.3f}, "
                               f"Spearman rho over depth {record['probe/spearman']:+.2f}")
+            if master:
                 log(record)
             t_mark, timed = time.perf_counter(), 0
-        if iter_num == cfg.max_iters or cfg.eval_only:
+        if preempted and unsaved:
+            save_checkpoint()  # the eval is left to the resumed run, which does it first
+            saved = iter_num
+        if iter_num == cfg.max_iters or cfg.eval_only or preempted:
             break
 
         # one optimizer step: accumulate gradients over the micro-steps, sync them on the last one
@@ -420,7 +492,8 @@ def main(argv):
                                               if cfg.dispersion_warmup_iters else 1.0)
         for micro_step in range(accum_per_rank):
             last = micro_step == accum_per_rank - 1
-            sync = contextlib.nullcontext() if (not ddp or last) else model.no_sync()
+            sync = fsdp.no_sync(model, last, cfg.fsdp_low_memory) if sharded else \
+                contextlib.nullcontext() if (not ddp or last) else model.no_sync()
             noise = None
             if cfg.neftune_alpha > 0:
                 noise = controls.neftune_noise((x.size(0), x.size(1), raw_model.config.n_embd), cfg.neftune_alpha,
@@ -432,7 +505,8 @@ def main(argv):
                         aux, aux_value, stats, vectors = controls.auxiliary_term(
                             hidden, cfg.dispersion, disp_layers, aux_weight, aux_options, aux_gen, rotation, trainable,
                             cfg.dispersion_match_params, scale=None if rescale else match_scale,
-                            with_ratio=master and log_step and micro_step == 0, with_vectors=push is not None)
+                            with_ratio=master and log_step and micro_step == 0 and not sharded,  # (param grads)
+                            with_vectors=push is not None)
                         if rescale and "ctrl/scale" in stats:
                             match_scale = stats["ctrl/scale"]
                         for name, v in (vectors or {}).items():
@@ -465,7 +539,8 @@ def main(argv):
         grad_norm = None
         if cfg.grad_clip > 0:
             scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)  # before clipping
+            clip = fsdp.clip_grad_norm_ if sharded else torch.nn.utils.clip_grad_norm_  # fsdp: the norm of all shards
+            grad_norm = clip(raw_model.parameters(), cfg.grad_clip)  # before clipping
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
@@ -499,31 +574,18 @@ def main(argv):
         iter_num += 1
 
     bar.close()
-    if master:
+    if master and preempted:  # exit status 0: a requeued job resumes from here
+        print(f"preempted ({stop.name}): " + (
+            f"checkpoint {ckpt_path} saved at step {iter_num}; continue with --init_from=resume" if unsaved or ckpt
+            else "stopped before the first step, nothing to save"))
+    elif master:
         print(summary_line(cfg, iter_num - first_iter, time.time() - t_start, best_val_loss, last_eval, saved, ckpt_path,
                            metrics_path))
     if wandb_run is not None:
         wandb_run.finish()
+    stop.restore()
     if ddp:
         dist.destroy_process_group()
-
-
-def describe_auxiliary(cfg, layers):
-    """One line on what is added to the cross-entropy, printed at the start of a run."""
-    parts = []
-    if cfg.dispersion != "none":
-        where = f"hidden states {layers[0]}..{layers[-1]}" if layers == list(range(layers[0], layers[-1] + 1)) \
-            else f"hidden states {layers}"
-        positions = f"{cfg.dispersion_max_tokens} sampled positions" if cfg.dispersion_max_tokens else "all positions"
-        what = "control" if cfg.dispersion in controls.CONTROLS else "loss"
-        parts.append(f"{cfg.dispersion} {what} x {cfg.dispersion_weight} on {where} ({positions}, tau {cfg.dispersion_tau}, "
-                     f"clamp {cfg.dispersion_clamp}" + (f", warmup {cfg.dispersion_warmup_iters} iters" if
-                                                      cfg.dispersion_warmup_iters else "") + ")")
-    if cfg.neftune_alpha > 0:
-        parts.append(f"NEFTune noise alpha {cfg.neftune_alpha}")
-    if cfg.distill_from:
-        parts.append(f"distillation from {cfg.distill_from} x {cfg.distill_weight} (T {cfg.distill_temperature})")
-    return "auxiliary terms: " + ("; ".join(parts) if parts else "none (cross-entropy only)")
 
 
 def summary_line(cfg, iters, seconds, best_val_loss, last_eval, saved, ckpt_path, metrics_path):
@@ -548,6 +610,64 @@ def lr_at(cfg, it):
         return cfg.min_lr
     ratio = (it - cfg.warmup_iters) / max(1, decay_iters - cfg.warmup_iters)
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.learning_rate - cfg.min_lr)
+
+
+def read_for_resume(cfg, given):
+    """(path, checkpoint) to resume from: out_dir/ckpt.pt, or the folder out_dir/ckpt_dcp that parallel=fsdp
+    writes (its extra.pt here; the shards once the model is sharded). Which: parallel where given, else
+    the one there. Verified (checksums, entries, finite numbers)."""
+    file, folder = os.path.join(cfg.out_dir, "ckpt.pt"), os.path.join(cfg.out_dir, "ckpt_dcp")
+    there = os.path.exists(folder) or os.path.exists(folder + ".old")
+    if cfg.parallel == "fsdp" if "parallel" in given else there and not os.path.exists(file):
+        if not there and os.path.exists(file):
+            raise MissingFileError(f"parallel=fsdp resumes from a folder {folder}, but {cfg.out_dir} holds {file}; "
+                                   f"convert it first (python fsdp.py from-ckpt {file} {folder}) or resume with "
+                                   "parallel=ddp")
+        import fsdp
+        return folder, fsdp.read_extra(folder)
+    if there and not os.path.exists(file):
+        raise MissingFileError(f"parallel={cfg.parallel} resumes from {file}, but {cfg.out_dir} holds the FSDP "
+                               f"folder {folder}; resume with parallel=fsdp, or convert it first (python fsdp.py "
+                               f"to-ckpt {folder} {file})")
+    return file, checkpoint.read_for_resume(file, cfg.allow_unsafe_pickle)
+
+
+def resume_settings(cfg, given, ckpt, ckpt_path):
+    """The settings of a resumed run: the checkpoint's (its config, and model_args for the model
+    settings it lacks), with those given (`given`: key -> config file or "command line") that may
+    change on resume (RESUME_MAY_CHANGE). Another setting given with a value other than the
+    checkpoint's is an error naming both. Returns (Config, ["max_iters 200 -> 400", ...])."""
+    saved = {**{k: v for k, v in ckpt["model_args"].items() if k in DEFAULTS},
+             **{k: v for k, v in (ckpt.get("config") or {}).items() if k in DEFAULTS}}  # unknown keys: other versions
+    settings, changed, refused = dataclasses.asdict(cfg), [], []
+    for key in DEFAULTS:
+        if key in RESUME_FOUND_BY:
+            continue
+        if key not in given:
+            settings[key] = saved.get(key, settings[key])  # a setting newer than the checkpoint: its default
+            continue
+        # a key the checkpoint lacks was its default then (older versions, nanoGPT)
+        old, new = saved.get(key, DEFAULTS[key]), settings[key]
+        if key == "vocab_size" and new is None:  # None: the data's or the model's, which the checkpoint recorded
+            settings[key] = old
+            continue
+        if old == new:
+            continue
+        moved = key == "dataset" and os.path.basename(os.path.normpath(str(old))) == os.path.basename(os.path.normpath(new))
+        if key in RESUME_MAY_CHANGE or moved:  # moved: the same data folder in another place
+            if key in saved:
+                changed.append(f"{key} {old!r} -> {new!r}" if isinstance(new, str) else f"{key} {old} -> {new}")
+        else:
+            refused.append(f"{key}={new!r} ({given[key]}) where the run has {key}={old!r}")
+    if refused:
+        raise InputError(f"init_from=resume continues the run in {ckpt_path} with the settings it was saved with, "
+                         f"but {'; '.join(refused)}. Leave {'them' if len(refused) > 1 else 'it'} out to continue that "
+                         f"run; to train with other settings, start a new run in another --out_dir (with "
+                         f"--init_from={ckpt_path} to start from its weights). Only how long, the learning-rate schedule, "
+                         "evaluation, logging and the machine may change on resume (RESUME_MAY_CHANGE in train.py)")
+    if settings["decay_lr"] and settings["lr_decay_iters"] is None and any(c.startswith("max_iters ") for c in changed):
+        changed.append(f"the learning rate now decays until iteration {settings['max_iters']} (lr_decay_iters=None)")
+    return Config(**settings), changed
 
 
 def check_settings(cfg):
@@ -582,49 +702,15 @@ def check_settings(cfg):
                         f"strength_window={cfg.strength_window} at least 0")
     if cfg.wandb_log and not system.module_available("wandb"):
         problems.append("wandb_log=True but wandb is not installed; pip install wandb, or set wandb_log=False")
+    if cfg.parallel not in ("ddp", "fsdp") or cfg.dist_timeout_s < 1:
+        problems.append(f"parallel={cfg.parallel!r} must be ddp or fsdp and dist_timeout_s={cfg.dist_timeout_s} at least 1")
+    if cfg.parallel == "fsdp":
+        import fsdp
+        problems += fsdp.unsupported(cfg)
     if problems:
         raise InputError("; ".join(problems))
 
 
-# ---------------------------------------------------------------------- eval-step hooks
-
-def check_eval_inputs(cfg, tokenizer_name):
-    """The files the eval hooks read exist, and the benchmarks fit the vocabulary, before anything is
-    trained or overwritten. Returns the data's tokenizer where the hooks need it, else None."""
-    if cfg.probe_text and not os.path.isfile(cfg.probe_text):
-        raise MissingFileError(f"probe_text={cfg.probe_text!r}: no such file")
-    tokenizer = get_tokenizer(tokenizer_name) if (cfg.eval_tasks or cfg.probe_text) else None
-    if cfg.eval_tasks:
-        from eval import tasks
-        tasks.check_task_data(cfg.eval_tasks, cfg.eval_data_dir, "eval_tasks")
-        if cfg.vocab_size < tokenizer.vocab_size:
-            raise InputError(f"eval_tasks: the benchmarks are encoded with the data's tokenizer {tokenizer.name!r} "
-                             f"({tokenizer.vocab_size} ids) but vocab_size={cfg.vocab_size}; train with vocab_size >= "
-                             f"{tokenizer.vocab_size} or leave eval_tasks empty")
-    return tokenizer
-
-
-def score_benchmarks(cfg, model, tokenizer):
-    """Benchmark accuracies (eval/benchmarks.py) as flat metrics.jsonl keys: bench/<task>/<metric>."""
-    from eval.benchmarks import evaluate, flat_metrics
-    results, _ = evaluate(model, cfg.eval_tasks, cfg.eval_data_dir, limit=cfg.eval_limit,
-                          num_fewshot=cfg.eval_num_fewshot, progress=False, enc=tokenizer)
-    return {f"bench/{key}": value for key, value in flat_metrics(results).items()}
-
-
-def make_probe_set(cfg, tokenizer, val_data):
-    """The fixed held-out sequences probed for condensation at every probe step: from probe_text (in
-    the data's tokenizer) or from the dataset's val.bin."""
-    from eval.condensation import read_tokens, sample_sequences
-    tokens = val_data
-    if cfg.probe_text:
-        tokens = read_tokens(cfg.probe_text, tokenizer.encode)
-        if len(tokens) and tokens.max() >= cfg.vocab_size:
-            raise InputError(f"probe_text={cfg.probe_text!r} is encoded with the data's tokenizer {tokenizer.name!r}, "
-                             f"which gives ids up to {tokens.max()}, but vocab_size={cfg.vocab_size}; leave "
-                             "probe_text empty to probe the dataset's val.bin")
-    return sample_sequences(tokens, cfg.probe_n_seq, min(cfg.probe_seq_len, cfg.block_size), seed=0)
-
-
 if __name__ == "__main__":
-    run_cli(main, sys.argv[1:])
+    with system.lost_rank_reported():  # another rank died or hung: one line, not a traceback
+        run_cli(main, sys.argv[1:])

@@ -409,13 +409,49 @@ def nanogpt_char_tokenizer(path):
 _NOTICED = set()  # nanoGPT folders already announced in this process
 
 
+def dataset_dir(dataset):
+    """A `dataset` setting as a folder: the folder itself when it exists, else data/<dataset> of this repository."""
+    return dataset if os.path.isdir(dataset) else os.path.join(os.path.dirname(os.path.abspath(__file__)), dataset)
+
+
+def prepare_command(data_dir):
+    """The command that prepares data_dir, written to run as it stands from the working directory: the
+    script of the dataset the folder is named after (data/shakespeare_char, ...), else data/local's,
+    with --out_dir unless it is the script's own folder. Where a script needs an input or would download
+    one, the offline data folder's copy is given when it is there ($DISPERSE_SHARED, else ../shared
+    beside the repository), and TIKTOKEN_CACHE_DIR too for GPT-2 tokens when it is not set."""
+    def shown(path):  # relative to the working directory unless that climbs out of it twice
+        rel = os.path.relpath(path)
+        return os.path.abspath(path) if rel.startswith(os.path.join(os.pardir, os.pardir)) else rel
+
+    data = os.path.dirname(os.path.abspath(__file__))
+    shared = os.environ.get("DISPERSE_SHARED") or shown(os.path.join(data, os.pardir, os.pardir, "shared"))
+    name = os.path.basename(os.path.normpath(data_dir))
+    script = name if name in ("shakespeare_char", "shakespeare", "wikitext103", "openwebtext") else "local"
+    command = f"python {shown(os.path.join(data, script, 'prepare.py'))}"
+    if script == "local":
+        corpus = os.path.join(shared, "corpus")
+        command += f" --input {corpus if os.path.isdir(corpus) else 'FOLDER_OF_TXT_FILES'}"
+    elif script.startswith("shakespeare"):
+        text = os.path.join(shared, "corpus", "tinyshakespeare.txt")
+        command += f" --input {text}" if os.path.isfile(text) else ""  # else it downloads Tiny Shakespeare
+    if script == "local" or os.path.realpath(data_dir) != os.path.realpath(os.path.join(data, script)):
+        command += f" --out_dir {shown(data_dir)}"
+    cache = os.path.join(shared, "tiktoken")
+    if script != "shakespeare_char" and not os.environ.get("TIKTOKEN_CACHE_DIR") and os.path.isdir(cache):
+        command = f"TIKTOKEN_CACHE_DIR={cache} {command}"  # GPT-2's tokenizer offline
+    if script in ("wikitext103", "openwebtext"):
+        command += " (it downloads the dataset; offline: add --input FOLDER, see its --help)"
+    return command
+
+
 def read_meta(data_dir):
     """data_dir/meta.json as a dict, checked. A folder without one was prepared by nanoGPT, which
     writes uint16 ids: with a meta.pkl (shakespeare_char) they are character ids, and the meta is
     {"tokenizer": the char tokenizer of its characters, "vocab_size": V, "dtype": "uint16"};
     without, with train.bin, GPT-2 ids (NANOGPT_META). Either way a one-line notice says so."""
     meta_path = os.path.join(data_dir, "meta.json")
-    hint = f"run the dataset's prepare script first (see README: e.g. python -m data.local.prepare --out_dir {data_dir})"
+    hint = f"prepare the data first: {prepare_command(data_dir)}"
     pkl_path = os.path.join(data_dir, "meta.pkl")
     if not os.path.exists(meta_path) and os.path.exists(pkl_path):  # meta.json, ours, wins when both are there
         enc = nanogpt_char_tokenizer(pkl_path)
@@ -451,7 +487,7 @@ def open_split(data_dir, split, block_size, vocab_size=None, meta=None):
     (read_meta(data_dir) unless given), and holds no token id the model's vocabulary lacks (an
     IndexError deep in the embedding otherwise)."""
     path = os.path.join(data_dir, f"{split}.bin")
-    hint = f"run the dataset's prepare script first (see README: e.g. python -m data.local.prepare --out_dir {data_dir})"
+    hint = f"prepare the data first: {prepare_command(data_dir)}"
     if not os.path.exists(path):
         raise MissingFileError(f"missing {path}: {hint}")
     meta = read_meta(data_dir) if meta is None else meta
@@ -483,7 +519,7 @@ def open_split(data_dir, split, block_size, vocab_size=None, meta=None):
     return data
 
 
-def sample_batch(data, batch_size, block_size, key):
+def sample_batch(data, batch_size, block_size, key, vocab_size=None):
     """Inputs and next-token targets (B, T) drawn from the memmap at random offsets.
     Stateless: the offsets depend only on `key`, a tuple of non-negative ints; training uses
     (seed, 0, step, global micro-batch index), so a resumed run reads exactly what an
@@ -492,4 +528,11 @@ def sample_batch(data, batch_size, block_size, key):
     ix = rng.integers(0, len(data) - block_size - 1, size=batch_size)
     x = np.stack([data[i: i + block_size] for i in ix]).astype(np.int64)  # (B, T)
     y = np.stack([data[i + 1: i + 1 + block_size] for i in ix]).astype(np.int64)  # (B, T)
+    if vocab_size is not None and max(x.max(), y.max()) >= vocab_size:  # a file damaged after meta.json recorded
+        # its largest id: one line naming it, not an IndexError in the embedding (a device-side assert on a GPU)
+        i = next(i for i in ix if data[i: i + block_size + 1].max() >= vocab_size)
+        pos = i + int(np.argmax(data[i: i + block_size + 1] >= vocab_size))
+        raise InputError(f"{getattr(data, 'filename', None) or 'the token file'} holds token id {data[pos]} at position "
+                         f"{pos}, beyond vocab_size={vocab_size}, though its meta.json records a smaller largest id: "
+                         "the file is damaged. Prepare the data again")
     return x, y

@@ -31,8 +31,8 @@ import torch
 from configurator import ArgumentParser
 from errors import InputError, MissingFileError, run_cli
 from eval import tasks as T
-from eval.scoring import (encode, encode_pair, rolling_windows, score_items, mean, mean_stderr, pooled_stderr,
-                          pick_choice, perplexity_and_stderr, weighted_perplexities)
+from eval.scoring import (check_tokenizer, encode, encode_pair, rolling_windows, score_items, mean, mean_stderr,
+                          pooled_stderr, pick_choice, perplexity_and_stderr, weighted_perplexities)
 
 
 # ----------------------------------------------------------------------------- documents
@@ -93,6 +93,7 @@ def evaluate(model, tasks, data_dir=None, limit=None, num_fewshot=0, batch_size=
     if enc is None:
         from data.common import get_tokenizer
         enc = get_tokenizer()
+    check_tokenizer(enc, "evaluate")
     data_dir = data_dir or os.environ.get("DISPERSE_BENCHMARKS")
     model = getattr(model, "module", model)        # DDP wrapper
     model = getattr(model, "_orig_mod", model)     # torch.compile wrapper: run eager, shapes vary
@@ -338,6 +339,7 @@ def main(argv=None):
     from load import load_model
     model, info = load_model(args.ckpt, args.device, allow_unsafe_pickle=args.allow_unsafe_pickle)
     enc = get_tokenizer(args.tokenizer or info["tokenizer"])
+    check_tokenizer(enc, args.ckpt)
     if model.config.vocab_size < enc.vocab_size:
         raise InputError(f"{args.ckpt}: the model has vocab_size={model.config.vocab_size}, but the benchmarks are "
                          f"encoded with its tokenizer {enc.name!r} (ids up to {enc.vocab_size - 1}); pass the "

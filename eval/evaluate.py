@@ -4,17 +4,71 @@ folder and the condensation probe (eval/condensation.py) into another, in this p
 per stage would pay torch's start-up and re-read the benchmark files each time). Each output folder
 is written under a temporary name and renamed when complete, so a folder that exists is whole.
 
-`settings` (experiment.py's evaluation_settings) holds: tasks, limits ({task: limit}), data_dir,
-num_fewshot, paper_protocol, device, dtype, batch_size, and probe: {text, n_seq, seq_len, batch_size}.
+`settings` (evaluation_settings, from experiment.py's settings) holds: tasks, limits ({task: limit}),
+data_dir, num_fewshot, paper_protocol, device, dtype, batch_size, and probe: {text, n_seq, seq_len,
+batch_size}. check_inputs checks that the files they name are there, before anything is trained.
 """
 
 import datetime
 import os
 import time
 
+from errors import MissingFileError, did_you_mean
+from eval import tasks
 from files import atomic_folder, write_json
 
 _probe_tokens = {}  # (text path, tokenizer) -> token ids, tokenised once per process
+
+
+def evaluation_settings(cfg):
+    """What evaluate_checkpoint needs of an experiment's settings (experiment.py DEFAULTS); the
+    benchmark folder and the probe text default to $DISPERSE_BENCHMARKS and $DISPERSE_WIKITEXT."""
+    return {"tasks": cfg["tasks"], "limit": cfg["eval_limit"], "limits": task_limits(cfg),
+            "data_dir": cfg["eval_data_dir"] or os.environ.get("DISPERSE_BENCHMARKS", ""),
+            "num_fewshot": cfg["num_fewshot"], "paper_protocol": cfg["paper_protocol"],
+            "device": cfg["eval_device"], "dtype": cfg["eval_dtype"], "batch_size": cfg["eval_batch_size"],
+            "probe": {"text": cfg["probe_text"] or os.environ.get("DISPERSE_WIKITEXT", ""), "n_seq": cfg["probe_n_seq"],
+                      "seq_len": cfg["probe_seq_len"], "batch_size": cfg["probe_batch_size"]}}
+
+
+def check_eval_limits(limits, names):
+    """Problems (strings) of an eval_limits setting: keys must be tasks or groups among `names` (the
+    tasks scored), values ints >= 1 or None."""
+    problems = []
+    for key, limit in limits.items():
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+            problems.append(f"eval_limits[{key!r}]={limit!r} must be an int >= 1 or None (all documents)")
+        try:
+            leaves = tasks.expand(key)
+        except (KeyError, TypeError):
+            known = list(tasks.TASKS) + list(tasks.GROUPS)
+            problems.append(f"eval_limits: {key!r} is not a task or group{did_you_mean(str(key), known)}")
+            continue
+        if not set(leaves) <= set(names):
+            problems.append(f"eval_limits: {key!r} is not among tasks; add it to tasks or drop its limit")
+    return problems
+
+
+def task_limits(cfg):
+    """The limit of each task scored: eval_limits' entry (a task's own before its group's), else eval_limit."""
+    limits = {name: cfg["eval_limit"] for name in tasks.expand(cfg["tasks"])}
+    # groups first, then single tasks, so that {"mmlu": 5, "mmlu_anatomy": 20} gives anatomy 20
+    for key in sorted(cfg["eval_limits"], key=lambda k: len(tasks.expand(k)), reverse=True):
+        for leaf in tasks.expand(key):
+            if leaf in limits:
+                limits[leaf] = cfg["eval_limits"][key]
+    return limits
+
+
+def check_inputs(settings):
+    """The benchmark files (or, online, the hub to fetch them from) and the probe text are there:
+    checked before the first run, and by a dry run, so that none is found missing after hours of training."""
+    tasks.check_task_data(settings["tasks"], settings["data_dir"], "tasks", "eval_data_dir or DISPERSE_BENCHMARKS",
+                          download=True)
+    text = settings["probe"]["text"]
+    if not (text and os.path.isfile(text)):
+        raise MissingFileError(f"probe text {text!r} not found: set probe_text (a text or .bin file) or "
+                               "DISPERSE_WIKITEXT (wikitext-103's valid.raw)")
 
 
 def evaluate_checkpoint(settings, ckpt_path, eval_dir, probe_dir, label, progress=True, fresh_val=False):
@@ -25,7 +79,6 @@ def evaluate_checkpoint(settings, ckpt_path, eval_dir, probe_dir, label, progres
     import torch
     from data.common import get_tokenizer
     from eval import benchmarks
-    from eval import tasks as T
     from eval.condensation import model_context_length, probe_hidden_states, read_tokens, sample_sequences
     from load import load_model
     from system import resolve_device
@@ -37,8 +90,8 @@ def evaluate_checkpoint(settings, ckpt_path, eval_dir, probe_dir, label, progres
     if not os.path.exists(os.path.join(eval_dir, "results.json")):
         t0, cpu0 = time.time(), time.process_time()
         if settings["paper_protocol"]:  # as eval/benchmarks.py --paper-protocol does
-            few = set(T.expand(T.PAPER_FEW_SHOT))
-            num_fewshot = {n: (settings["num_fewshot"] if n in few else 0) for n in T.expand(settings["tasks"])}
+            few = set(tasks.expand(tasks.PAPER_FEW_SHOT))
+            num_fewshot = {n: (settings["num_fewshot"] if n in few else 0) for n in tasks.expand(settings["tasks"])}
         else:
             num_fewshot = settings["num_fewshot"]
         # one evaluate() per distinct limit; the tasks' results and items are then put back in the
@@ -94,10 +147,9 @@ def fresh_val_loss(model, ckpt_path, device):
     the minimum of noisy estimates, biased low; this one is not."""
     import torch
     import checkpoint
-    from data.common import open_split, read_meta, sample_batch
+    from data.common import dataset_dir, open_split, read_meta, sample_batch
     config = checkpoint.read(ckpt_path)["config"]
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    data_dir = config["dataset"] if os.path.isdir(config["dataset"]) else os.path.join(here, "data", config["dataset"])
+    data_dir = dataset_dir(config["dataset"])
     data = open_split(data_dir, "val", config["block_size"], model.config.vocab_size, read_meta(data_dir))
     model.eval()
     losses = []

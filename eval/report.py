@@ -4,11 +4,7 @@ arms x seeds) and write report.md, report.json and the figures beside them.
 
     python -m eval.report out-experiment-cpu          # same as: python experiment.py report out-experiment-cpu
 
-What it reads, per run EXP/<arm>/seed<S>/: done.json (written last by the runner), metrics.jsonl
-(train.py's log), eval/items.jsonl and eval/results.json (eval/benchmarks.py), condensation/
-condensation.json (eval/condensation.py), and the same for the checkpoint selected by val loss
-(eval_best/, condensation_best/). The arms and seeds are those of EXP/experiment.json; any other
-folder is ignored.
+What it reads of each run is said in eval/runs.py; the statistics are eval/compare.py's.
 """
 
 import json
@@ -441,10 +437,17 @@ def build_report(exp_dir):
     return path
 
 
+USAGE = ("python -m eval.report EXP_DIR (or python experiment.py report EXP_DIR) rebuilds the report of EXP_DIR "
+         "from its finished runs.")
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    if argv in (["-h"], ["--help"]):
+        print(f"usage: {USAGE}")
+        return 0
     if len(argv) != 1 or argv[0].startswith("-"):
-        print("usage: python -m eval.report EXP_DIR   (the exp_dir of an experiment)", file=sys.stderr)
+        print(f"usage: {USAGE}", file=sys.stderr)
         return 2
     print(f"wrote {build_report(argv[0])}")
     return 0

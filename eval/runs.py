@@ -10,12 +10,19 @@ condensation.json (eval/condensation.py), and the same for the checkpoint select
 folder is ignored.
 """
 
-import json
 import os
 
 import numpy as np
 
+from eval.tasks import read_jsonl
 from files import read_json, read_metrics
+
+BASE = "base"  # the base run's folder in an experiment folder (so no arm may be called that)
+
+
+def run_dir_of(exp_dir, arm, seed):
+    """EXP/<arm>/seed<S>; the base run: EXP/base, or EXP/base/seed<S> for one base per seed (seed not None)."""
+    return os.path.join(exp_dir, BASE) if arm == BASE and seed is None else os.path.join(exp_dir, arm, f"seed{seed}")
 
 
 def best_checkpoint(run_dir):
@@ -37,18 +44,14 @@ def unit_of(task):
 def read_items(path):
     """{unit: {(task, doc_id): acc}} and {unit: chance accuracy or None} of an items.jsonl."""
     items, chance = {}, {}
-    with open(path) as f:
-        for line in f:
-            if not line.strip():
-                continue
-            rec = json.loads(line)
-            if not isinstance(rec.get("acc"), (int, float)):
-                continue  # perplexity-only tasks (wikitext)
-            unit = unit_of(rec["task"])
-            items.setdefault(unit, {})[(rec["task"], rec["doc_id"])] = float(rec["acc"])
-            # uniform guessing scores 1/(number of choices) where acc is "the argmax is the gold"
-            plain = "lls" in rec and "pred" in rec and rec["acc"] == float(rec["pred"] == rec.get("gold"))
-            chance.setdefault(unit, []).append(1.0 / len(rec["lls"]) if plain else None)
+    for rec in read_jsonl(path):
+        if not isinstance(rec.get("acc"), (int, float)):
+            continue  # perplexity-only tasks (wikitext)
+        unit = unit_of(rec["task"])
+        items.setdefault(unit, {})[(rec["task"], rec["doc_id"])] = float(rec["acc"])
+        # uniform guessing scores 1/(number of choices) where acc is "the argmax is the gold"
+        plain = "lls" in rec and "pred" in rec and rec["acc"] == float(rec["pred"] == rec.get("gold"))
+        chance.setdefault(unit, []).append(1.0 / len(rec["lls"]) if plain else None)
     chance = {u: (None if None in c else float(np.mean(c))) for u, c in chance.items()}
     return items, chance
 
@@ -83,7 +86,7 @@ def collect_runs(exp_dir, meta):
     runs = {}
     for arm in meta["config"]["arms"]:
         for seed in meta["config"]["seeds"]:
-            run_dir = os.path.join(exp_dir, arm, f"seed{seed}")
+            run_dir = run_dir_of(exp_dir, arm, seed)
             done = read_json(os.path.join(run_dir, "done.json"))
             if done is None:
                 continue

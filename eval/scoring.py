@@ -14,6 +14,9 @@ turned into tokens the way lm-evaluation-harness 0.4.13's HFLM does it, for any 
   - an empty context is replaced by the prefix token (bos, else eos: GPT-2's <|endoftext|>), and
     the continuation is encoded without special tokens; perplexity windows start from it too;
   - a sequence longer than the model's block_size keeps its last block_size + 1 tokens.
+A tokenizer without a prefix token (a character tokenizer, nanoGPT's shakespeare_char) is refused
+(check_tokenizer): lm-eval has nothing to put in an empty context or before a perplexity window, and
+any stand-in (a newline, say) would score something other than what the benchmarks define.
 
 Speed: the requests of one item (the choices of a question) share their context, so the
 shared token prefix of an item is run once, and only the differing tails of its rows are run on
@@ -35,8 +38,21 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from errors import InputError
+
 
 # ----------------------------------------------------------------------------- tokenisation
+
+def check_tokenizer(enc, where, leave_out="score another model"):
+    """Refuse a tokenizer the scorers cannot encode requests with: one without a prefix token.
+    where: what the message starts with (the setting or file); leave_out: the way out it offers."""
+    if enc.prefix_token is None:
+        what = f"a character tokenizer of {enc.vocab_size} characters" if enc.backend == "char" else repr(enc.name)
+        raise InputError(f"{where}: benchmarks are scored with the model's tokenizer, here {what}, which has no "
+                         "start-of-text token for lm-eval's empty contexts and perplexity windows (and benchmark "
+                         f"texts use characters a small character set lacks); {leave_out}, or train on data with "
+                         "a subword tokenizer such as gpt2")
+
 
 def encode(enc, text, add_special_tokens=None):
     """HFLM.tok_encode: special-token text ("<|endoftext|>") becomes the special token; None leaves

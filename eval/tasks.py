@@ -563,15 +563,24 @@ def has_split(task, split, data_dir):
     return split_path(data_dir, task.dataset, split) is not None
 
 
-def check_task_data(names, data_dir, where="tasks"):
-    """The leaf tasks of `names`, after checking they are known and that data_dir holds each one's
-    split: an InputError naming the setting (`where`) and what is missing otherwise."""
+def check_task_data(names, data_dir, where="eval_tasks", setting="eval_data_dir", download=False):
+    """The leaf tasks of `names`, after checking they are known and that the split each one scores is
+    at hand (in data_dir or the download cache; wikitext's raw file may stand in, as eval/benchmarks.py
+    reads it). Otherwise an InputError naming `where`, the files and the `setting` to fix. download: a
+    missing split is only announced when the hub can give it (eval/benchmarks.py fetches it then)."""
     try:
         leaves = expand(names)
     except KeyError as e:
         raise InputError(f"{where}: {e.args[0]}") from None
-    missing = [n for n in leaves if not has_split(TASKS[n], TASKS[n].split, data_dir)]
-    if missing:
-        raise MissingFileError(f"{where}: no data for {', '.join(missing)} in eval_data_dir={data_dir!r} "
-                               "(it should hold <dataset>/<split>.jsonl files, e.g. shared/benchmarks)")
+    raw_wikitext = os.path.isfile(os.environ.get("DISPERSE_WIKITEXT_TEST", ""))
+    missing = [n for n in leaves
+               if not (n == "wikitext" and raw_wikitext) and not has_split(TASKS[n], TASKS[n].split, data_dir)]
+    files = ", ".join(sorted({f"{TASKS[n].dataset}/{TASKS[n].split}.jsonl" for n in missing}))
+    if missing and download and hub_reachable():
+        print(f"note: {files} not found locally; they will be downloaded from the hub")
+    elif missing:
+        hint = (" (for wikitext, DISPERSE_WIKITEXT_TEST may name the raw WikiText-103 test file)"
+                if "wikitext" in missing else "")
+        raise MissingFileError(f"{where}: benchmark data missing in {data_dir or '<unset>'}: {files}. Set {setting} "
+                               f"to a folder of <dataset>/<split>.jsonl files (e.g. shared/benchmarks){hint}")
     return leaves

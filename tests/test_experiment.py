@@ -81,6 +81,35 @@ def tiny_experiment(tmp_path, dataset, **settings):
         "probe_text": str(text), "probe_n_seq": 2, "probe_seq_len": 16, "n_boot": 200, "threads": 1, **settings})
 
 
+def test_dry_run_checks_the_inputs_the_real_run_reads(shared, tiny_dataset, tmp_path, capsys, monkeypatch):
+    """dry_run's "config OK" means the runs will find their inputs: a missing benchmark folder, probe
+    text or data folder stops the dry run with the very message the real run stops with, and nothing
+    is written."""
+    from eval import tasks
+    monkeypatch.setattr(tasks, "hub_reachable", lambda: False)  # offline: a missing split is an error, not a download
+    config = tiny_experiment(tmp_path, tiny_dataset, seeds=[0], arms={"ce": {}})
+    assert experiment.main([config, "--dry_run=True"]) == 0
+    assert "config OK" in capsys.readouterr().out
+    no_data = {**TINY, "dataset": str(tmp_path / "no_data")}
+    for override, message in [
+            (f"--eval_data_dir={tmp_path / 'no_bench'}", f"tasks: benchmark data missing in {tmp_path / 'no_bench'}: "
+             "arc_easy/test.jsonl, piqa/validation.jsonl. Set eval_data_dir or DISPERSE_BENCHMARKS"),
+            (f"--probe_text={tmp_path / 'no.txt'}", "probe text"),
+            (f"--base_overrides={no_data!r}", f"arm 'ce': missing {tmp_path / 'no_data' / 'train.bin'} and meta.json")]:
+        errors = []
+        for dry_run in (True, False):
+            assert experiment.main([config, override, f"--dry_run={dry_run}"]) == 2
+            errors.append(capsys.readouterr().err)
+        assert message in errors[0] and errors[0] == errors[1], errors
+    assert not (tmp_path / "exp").exists()
+    # wikitext's raw test file stands in for its split, as eval/benchmarks.py reads it
+    monkeypatch.setenv("DISPERSE_WIKITEXT_TEST", str(tmp_path / "probe.txt"))
+    assert tasks.check_task_data("wikitext", str(tmp_path / "no_bench"), "tasks") == ["wikitext"]
+    monkeypatch.delenv("DISPERSE_WIKITEXT_TEST")
+    with pytest.raises(FileNotFoundError, match="DISPERSE_WIKITEXT_TEST may name the raw WikiText-103 test file"):
+        tasks.check_task_data("wikitext", str(tmp_path / "no_bench"), "tasks")
+
+
 def test_tiny_grid_end_to_end(shared, tiny_dataset, tmp_path, capsys):
     exp_dir = tmp_path / "exp"
     config = tiny_experiment(tmp_path, tiny_dataset, seeds=[0, 1],

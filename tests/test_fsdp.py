@@ -1,4 +1,5 @@
-"""fsdp.py: FSDP2 on 2 gloo processes against one process, DCP checkpoints, the converters.
+"""fsdp.py: FSDP2 on 2 gloo processes against one process, DCP checkpoints, the converters; and at the
+end, train.py --parallel=fsdp itself (against one process, preempted and resumed, the settings it refuses).
 
 The training script is this file itself: run as a script (under torchrun) it is the worker, which
 trains the jobs of a JOBS.json file on every rank and writes their losses to OUT.json (rank 0):
@@ -519,6 +520,81 @@ def test_a_lost_rank_stops_the_others(tmp_path, how, timeout_s, within):
     assert result["seconds"] < within, result
     if how == "stop":
         assert result["seconds"] > 0.75 * timeout_s, result  # nothing but the timeout noticed it
+
+
+# ------------------------------------------------------------------ train.py --parallel=fsdp
+
+# 2 layers of 32, 4 micro-steps of 4 sequences, the dispersion term on every layer, clipping that acts;
+# eval_iters=3 on 2 ranks: the sharded evaluation pads its last round
+TRAIN = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--vocab_size=128", "--batch_size=4",
+         "--gradient_accumulation_steps=4", "--device=cpu", "--dtype=float32", "--compile=False", "--bias=True",
+         "--max_iters=6", "--eval_interval=3", "--eval_iters=3", "--learning_rate=3e-3", "--warmup_iters=2",
+         "--grad_clip=0.5", "--dispersion=angular", "--dist_timeout_s=30"]
+RANDOM = ["--dropout=0.1", "--dispersion_max_tokens=8"]  # each rank's own random numbers, which a resume restores
+
+
+@pytest.fixture(scope="module")
+def train_runs(tiny_dataset, tmp_path_factory):
+    """train.py: one process; FSDP on 2 ranks; with dropout and subsampling, FSDP on 2 ranks straight, and
+    stopped by SIGTERM to rank 0 at iteration 4 then resumed."""
+    from conftest import run_train
+    from test_faults import two_ranks
+    folder = tmp_path_factory.mktemp("train_fsdp")
+    common = [*TRAIN, f"--dataset={tiny_dataset}"]
+    t0 = time.perf_counter()
+    run_train([*common, f"--out_dir={folder / 'one'}"])
+    run_train([*common, f"--out_dir={folder / 'fsdp'}", "--parallel=fsdp"], torchrun_nproc=2)
+    run_train([*common, *RANDOM, f"--out_dir={folder / 'straight'}", "--parallel=fsdp"], torchrun_nproc=2)
+    stopped, _ = two_ranks([*common, *RANDOM, f"--out_dir={folder / 'resumed'}", "--parallel=fsdp"],
+                           SIGNAL="SIGTERM", SIGNAL_AT="4", SIGNAL_RANK="0", SECOND_SIGNAL="1")
+    extra = fsdp.read_extra(str(folder / "resumed" / "ckpt_dcp"))  # before the resume replaces it
+    resumed, _ = two_ranks(["--init_from=resume", f"--out_dir={folder / 'resumed'}"])
+    print(f"5 train.py runs: {time.perf_counter() - t0:.1f} s")
+    return {"folder": folder, "stopped": stopped, "resumed": resumed, "extra": extra}
+
+
+def test_train_py_fsdp_on_two_processes_trains_as_one(train_runs):
+    """--parallel=fsdp: every logged loss, val loss and gradient norm within 1e-5 of one process."""
+    from conftest import read_metrics
+    one, sharded = read_metrics(train_runs["folder"] / "one"), read_metrics(train_runs["folder"] / "fsdp")
+    assert [r["iter"] for r in one] == [r["iter"] for r in sharded]
+    for a, b in zip(one, sharded):
+        for key in ("loss", "ce", "val_loss", "train_loss_eval", "grad_norm"):
+            if key in a:
+                assert abs(a[key] - b[key]) < 1e-5, (key, a, b)
+    assert one[-1]["val_loss"] < one[0]["val_loss"] - 0.1  # it learns
+    assert max(r.get("grad_norm", 0) for r in one) > 0.5  # the clipping acted
+    assert sorted(os.listdir(train_runs["folder"] / "fsdp" / "ckpt_dcp")) == [".metadata", "__0_0.distcp",
+                                                                             "__1_0.distcp", "extra.pt"]
+
+
+def test_train_py_fsdp_preempted_and_resumed_is_the_uninterrupted_run(train_runs):
+    """SIGTERM to rank 0 (and a second one while saving): both ranks write the folder of iteration 4 and
+    exit 0; resumed on 2 ranks, every logged number is the uninterrupted run's, bit for bit."""
+    from conftest import read_metrics
+    from test_faults import assert_same_run
+    folder = train_runs["folder"] / "resumed"
+    assert [code for code, _, _ in train_runs["stopped"]] == [0, 0], train_runs["stopped"][0][2][-3000:]
+    assert train_runs["stopped"][0][1].strip().splitlines()[-1] == (
+        f"preempted (SIGTERM): checkpoint {folder / 'ckpt_dcp'} saved at step 4; continue with --init_from=resume")
+    assert train_runs["extra"]["iter_num"] == 4 and len(train_runs["extra"]["rng"]) == 2
+    assert [code for code, _, _ in train_runs["resumed"]] == [0, 0], train_runs["resumed"][0][2][-3000:]
+    assert_same_run(read_metrics(folder), read_metrics(train_runs["folder"] / "straight"), resumed_from=4)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dtype=float16"], "parallel=fsdp with dtype=float16"),
+    (["--dispersion=rotated_angular"], "parallel=fsdp with dispersion=rotated_angular and dispersion_match_params=True"),
+    (["--strength_window=2"], "parallel=fsdp with strength_window=2"),
+    (["--eval_tasks=piqa", "--eval_data_dir=/tmp"], "parallel=fsdp with eval_tasks"),
+    (["--parallel=zero3"], "parallel='zero3' must be ddp or fsdp"),
+])
+def test_train_py_refuses_what_fsdp_cannot_do_before_any_work(args, message, tiny_dataset, tmp_path):
+    from test_faults import main_in_process
+    parallel = [] if args[0].startswith("--parallel") else ["--parallel=fsdp"]
+    code, said = main_in_process([*TRAIN, f"--dataset={tiny_dataset}", f"--out_dir={tmp_path}", *parallel, *args])
+    assert code == 1 and said.startswith("error: ") and message in said and "\n" not in said, said
+    assert not os.path.exists(tmp_path / "metrics.jsonl")
 
 
 if __name__ == "__main__":

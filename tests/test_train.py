@@ -257,6 +257,16 @@ def test_init_from_a_hugging_face_qwen3_directory(tiny_dataset, tmp_path):
         assert (back(x).logits - model.eval()(x)[0]).abs().max() < 1e-5
 
 
+def test_mid_training_from_a_checkpoint_takes_its_vocab_size(tiny_dataset, tmp_path):
+    """experiment.py mid-trains with --vocab_size=None (the default): the base model's 128, not an error."""
+    run_train([*TINY_MODEL, f"--dataset={tiny_dataset}", f"--out_dir={tmp_path / 'base'}", "--max_iters=2",
+               "--eval_interval=2", "--eval_iters=1"])
+    no_vocab = [a for a in TINY_MODEL if not a.startswith("--vocab_size")]
+    run_train([*no_vocab, "--vocab_size=None", f"--dataset={tiny_dataset}", f"--out_dir={tmp_path / 'mid'}",
+               f"--init_from={tmp_path / 'base'}", "--max_iters=2", "--eval_interval=2", "--eval_iters=1"])
+    assert torch.load(tmp_path / "mid" / "ckpt.pt", weights_only=True)["model_args"]["vocab_size"] == 128
+
+
 READS = """
 import sys, torch
 sys.path.insert(0, {repo!r})
