@@ -22,7 +22,6 @@ yes/no option (add_flag) takes --flag, --flag=True and --flag=False.
 import argparse
 import ast
 import dataclasses
-import difflib
 import io
 import os
 import shutil
@@ -31,7 +30,7 @@ import textwrap
 import tokenize
 import types
 
-from errors import InputError
+from errors import InputError, did_you_mean
 
 
 class ConfigError(InputError):
@@ -56,9 +55,7 @@ def _check(key, value, allowed, source):
 
 
 def _unknown(key, known, source):
-    close = difflib.get_close_matches(key.replace("-", "_"), known, n=3)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
-    return ConfigError(f"{source}: unknown config key {key!r}{hint}")
+    return ConfigError(f"{source}: unknown config key {key!r}{did_you_mean(key.replace('-', '_'), known)}")
 
 
 def parse_value(text):

@@ -447,7 +447,7 @@ def write_tokenizer(tok, folder, model_max_length):
     if tok.backend == "char":
         files = _char_tokenizer_files(tok.chars, model_max_length)
     elif tok.name in ("gpt2", "r50k_base"):
-        files = _gpt2_tokenizer_files(tok._tok, model_max_length)
+        files = _gpt2_tokenizer_files(tok.wrapped, model_max_length)
     else:  # other tiktoken encodings split text by another rule than GPT-2's
         raise InputError(f"tiktoken's {tok.name} encoding cannot be written as Hugging Face tokenizer files "
                          "(gpt2 and r50k_base can); export with --tokenizer=none and add its files yourself")

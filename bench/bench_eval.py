@@ -71,7 +71,7 @@ def main():
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
     from model import GPT, GPTConfig, load_model
-    from eval import tasks as T
+    from eval import tasks as task_defs
     from eval import benchmarks as B
     from bench.crosscheck_lmeval import build_lmeval_tasks, export_hf
     from data.common import get_tokenizer
@@ -92,7 +92,7 @@ def main():
     hf_dir = export_hf(model.cpu(), args.tiktoken_dir, work / "hf")
     model.to(args.device)
     names = [n.strip() for n in args.tasks.split(",")]
-    _, ydir = build_lmeval_tasks(T.expand(names), args.data_dir, args.wikitext, work)
+    _, ydir = build_lmeval_tasks(task_defs.expand(names), args.data_dir, args.wikitext, work)
     manager = TaskManager(include_path=str(ydir))
     lm = HFLM(pretrained=str(hf_dir), device=args.device, batch_size=args.lmeval_batch_size, dtype="float32")
 
@@ -120,15 +120,15 @@ def main():
     print(f"model: {model_desc}; device {args.device}; threads {torch.get_num_threads()}; limit {args.limit}; "
           f"{'paper protocol' if args.paper_protocol else f'{args.num_fewshot}-shot'}; "
           f"batch ours {args.batch_size}, lm-eval {args.lmeval_batch_size}; medians of {args.repeat}")
-    few = set(T.expand(T.PAPER_FEW_SHOT))
+    few = set(task_defs.expand(task_defs.PAPER_FEW_SHOT))
     print(f"{'task':<30} {'items':>6} {'ours it/s':>10} {'lm-eval it/s':>12} {'speedup':>8} {'work':>6} "
           f"{'ours total s':>12} {'lm-eval total s':>15}"
           + (f" {'plain it/s':>9} {'plain sp':>9} {'padded/plain':>8}" if args.plain_tails else ""))
     enc = get_tokenizer()
     L = model.config.block_size
     for name in names:
-        shots = (1 if all(n in few for n in T.expand(name)) else 0) if args.paper_protocol else args.num_fewshot
-        leaf = ["off_mmlu"] if name == "mmlu" else [f"off_{n}" for n in T.expand(name)]
+        shots = (1 if all(n in few for n in task_defs.expand(name)) else 0) if args.paper_protocol else args.num_fewshot
+        leaf = ["off_mmlu"] if name == "mmlu" else [f"off_{n}" for n in task_defs.expand(name)]
         sides = ("ours", "plain", "lmeval") if args.plain_tails else ("ours", "lmeval")
         engine_stats = {}
         runs = {key: [] for side in sides for key in (side, f"{side}_total")}

@@ -139,7 +139,7 @@ def common_settings(args):
 def run_ours(args, work):
     out_dir = os.path.join(work, "out-ours")
     cmd = [sys.executable, os.path.join(REPO, "train.py"), *common_settings(args), f"--dataset={work}/data/bench",
-           f"--out_dir={out_dir}", "--always_save_checkpoint=False", "--vocab_size=50257"]
+           f"--out_dir={out_dir}", "--always_save_checkpoint=False", "--vocab_size=50257", "--overwrite=True"]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode:
         sys.exit(f"our train.py failed:\n{result.stderr[-3000:]}")

@@ -75,7 +75,7 @@ def build_lmeval_tasks(names, data_dir, wikitext, work):
     """Write one include_path YAML per task (plus the mmlu group) into work/yaml; return the
     lm-eval task names to run, in the order of `names` (MMLU as its group)."""
     import lm_eval
-    from eval import tasks as T
+    from eval import tasks as task_defs
     from eval.benchmarks import load_task_docs
     builtin = Path(lm_eval.__file__).parent / "tasks"
     ydir, ddir = work / "yaml", work / "data"
@@ -83,13 +83,13 @@ def build_lmeval_tasks(names, data_dir, wikitext, work):
     ddir.mkdir(parents=True, exist_ok=True)
     run, mmlu = [], []
     for name in names:
-        task = T.TASKS[name]
+        task = task_defs.TASKS[name]
         if name.startswith("mmlu_"):
             subject = name[len("mmlu_"):]
             files = {}
             for split in ("test", "dev"):  # one file per subject, as cais/mmlu has it
                 out = ddir / f"{name}_{split}.jsonl"
-                rows = [r for r in T.read_jsonl(T.split_path(data_dir, "mmlu", split)) if r["subject"] == subject]
+                rows = [r for r in task_defs.read_jsonl(task_defs.split_path(data_dir, "mmlu", split)) if r["subject"] == subject]
                 out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
                 files[split] = str(out)
             write_yaml(ydir / f"off_{name}.yaml", {
@@ -104,9 +104,9 @@ def build_lmeval_tasks(names, data_dir, wikitext, work):
             scored = {"test": str(out)}
             fields = {"test_split": "test", "validation_split": None, "training_split": None}
         else:
-            path = T.split_path(data_dir, task.dataset, task.split)
+            path = task_defs.split_path(data_dir, task.dataset, task.split)
             scored = {task.split: path}
-            pool = task.fewshot_split and T.split_path(data_dir, task.dataset, task.fewshot_split)
+            pool = task.fewshot_split and task_defs.split_path(data_dir, task.dataset, task.fewshot_split)
             if pool and task.fewshot_split != task.split:
                 # lm-eval's own shot source: keep the original split roles
                 key = "validation_split" if task.fewshot_excludes_doc or name.startswith("truthfulqa") else "test_split"
@@ -196,15 +196,15 @@ def tokenizer_check(names, data_dir, wikitext, lm, enc, block_size):
     """Every request of every listed task (0-shot, no limit): our (context, continuation) tokens
     (eval/scoring.py with `enc`) vs lm-eval's own (its HFLM `lm`, with the exported tokenizer
     folder). Returns {task: (requests, mismatches)}."""
-    from eval import tasks as T
+    from eval import tasks as task_defs
     from eval.benchmarks import load_task_docs
     from eval.scoring import encode, encode_pair, rolling_windows
     out = {}
     for name in names:
-        task = T.TASKS[name]
+        task = task_defs.TASKS[name]
         docs = load_task_docs(task, data_dir, wikitext, download=False)
         n = bad = 0
-        for item in T.build_items(task, docs, 0, None):
+        for item in task_defs.build_items(task, docs, 0, None):
             for request in item.requests:
                 n += 1
                 if task.kind == "loglikelihood_rolling":
@@ -307,7 +307,7 @@ def main():
     import hf
     from load import load_model
     from model import GPT, GPTConfig
-    from eval import tasks as T
+    from eval import tasks as task_defs
     from eval.benchmarks import evaluate
 
     work = Path(args.work or tempfile.mkdtemp(prefix="crosscheck_"))
@@ -328,7 +328,7 @@ def main():
     model_desc += f"; tokenizer {enc.name if tokenizer_dir else 'gpt2 (tiktoken; its vocab.json + merges.txt for lm-eval)'}"
     model.eval()
     hf_dir = export_hf(model, args.tiktoken_dir, work / "hf", tokenizer_dir)
-    names = T.expand(args.tasks)
+    names = task_defs.expand(args.tasks)
     lm_names, ydir = build_lmeval_tasks(names, args.data_dir, args.wikitext, work)
     manager = TaskManager(include_path=str(ydir))
     lm = HFLM(pretrained=str(hf_dir), device="cpu", batch_size=args.batch_size, dtype="float32")
@@ -351,7 +351,7 @@ def main():
         t_lm = time.time() - t0
         rows, subjects = [], []
         for name in pass_names:
-            task = T.TASKS[name]
+            task = task_defs.TASKS[name]
             mine = [r for r in our_items if r["task"] == name]
             row = compare_task(name, task, mine, lm_out["samples"][f"off_{name}"])
             metric = {"loglikelihood_rolling": "word_perplexity"}.get(task.kind, "acc")

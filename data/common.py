@@ -42,6 +42,8 @@ class Tokenizer:
     bos, eos    the tokenizer's own (None where it has none)
     prefix_token  lm-eval's prefix for an empty context and for perplexity windows: bos, else eos
                 (None for a character tokenizer)
+    wrapped     the library's own object: a tiktoken Encoding or a Hugging Face tokenizer (set by
+                get_tokenizer; a character tokenizer has none)
     """
 
     def __init__(self, name, backend, vocab_size, eot, bos, eos):
@@ -57,19 +59,19 @@ class Tokenizer:
 
     def encode_batch(self, texts):
         if self.backend == "tiktoken":
-            return self._tok.encode_ordinary_batch(list(texts))
-        return self._tok(list(texts), add_special_tokens=False, split_special_tokens=True)["input_ids"]
+            return self.wrapped.encode_ordinary_batch(list(texts))
+        return self.wrapped(list(texts), add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
     def encode_special(self, text, add_special_tokens=True):
         """Ids of text the way Hugging Face's tokenizer.encode gives them: special-token text
         ("<|endoftext|>", "<s>") becomes that token, and add_special_tokens adds what the tokenizer
         adds (Llama's and Gemma's a BOS in front; GPT-2's and Qwen's nothing). tiktoken adds nothing."""
         if self.backend == "tiktoken":
-            return self._tok.encode(text, allowed_special="all")
-        return self._tok.encode(text, add_special_tokens=add_special_tokens)
+            return self.wrapped.encode(text, allowed_special="all")
+        return self.wrapped.encode(text, add_special_tokens=add_special_tokens)
 
     def decode(self, ids):
-        return self._tok.decode(list(ids))
+        return self.wrapped.decode(list(ids))
 
     def __repr__(self):
         return f"Tokenizer({self.name!r}, {self.backend}, vocab_size={self.vocab_size})"
@@ -107,7 +109,7 @@ def _tiktoken(name):
             "Offline, set TIKTOKEN_CACHE_DIR to a folder holding the cached files "
             f"(e.g. export TIKTOKEN_CACHE_DIR=$(realpath ../shared/tiktoken)). Cause: {e}") from None
     tok = Tokenizer(name, "tiktoken", enc.n_vocab, enc.eot_token, enc.eot_token, enc.eot_token)
-    tok._tok = enc
+    tok.wrapped = enc
     return tok
 
 
@@ -130,7 +132,7 @@ def _huggingface(name):
         raise InputError(f"tokenizer={name!r} has neither an eos nor a bos token, so documents cannot be "
                          "separated; add an eos_token to its tokenizer_config.json")
     tok = Tokenizer(name, "huggingface", len(hf), eot, hf.bos_token_id, hf.eos_token_id)
-    tok._tok = hf
+    tok.wrapped = hf
     return tok
 
 
@@ -482,6 +484,9 @@ def read_meta(data_dir):
     return meta
 
 
+SCAN_BYTES = 1 << 30  # open_split reads token files up to this size whole for their largest id
+
+
 def open_split(data_dir, split, block_size, vocab_size=None, meta=None):
     """Memory-map data_dir/{split}.bin after checking it exists, is complete, matches meta.json
     (read_meta(data_dir) unless given), and holds no token id the model's vocabulary lacks (an
@@ -510,8 +515,11 @@ def open_split(data_dir, split, block_size, vocab_size=None, meta=None):
         raise InputError(f"{path} holds {len(data)} tokens, too few for block_size={block_size}; "
                          "use more text or a smaller block_size")
     if vocab_size is not None:
+        # a file up to SCAN_BYTES is read whole (about a second per GB), so one damaged after it was prepared
+        # fails here; a larger one (OpenWebText's 17 GB) is taken at its meta.json, and each batch is checked
         largest = split_meta.get("max_token_id")
-        largest = max_token_id(path, dtype) if largest is None else largest  # older meta.json: scan the file
+        if largest is None or size <= SCAN_BYTES:
+            largest = max_token_id(path, dtype)
         if largest >= vocab_size:
             raise InputError(f"{path} holds token id {largest} but the model has vocab_size={vocab_size} "
                              f"(ids 0..{vocab_size - 1}); set vocab_size to at least {largest + 1} or prepare "

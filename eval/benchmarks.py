@@ -30,7 +30,7 @@ import torch
 
 from configurator import ArgumentParser
 from errors import InputError, MissingFileError, run_cli
-from eval import tasks as T
+from eval import tasks as task_defs
 from eval.scoring import (check_tokenizer, encode, encode_pair, rolling_windows, score_items, mean, mean_stderr,
                           pooled_stderr, pick_choice, perplexity_and_stderr, weighted_perplexities)
 
@@ -44,13 +44,13 @@ def load_task_docs(task, data_dir, wikitext=None, download=True, cache=None):
         raw = wikitext or os.environ.get("DISPERSE_WIKITEXT_TEST")
         if raw:
             with open(raw, encoding="utf-8") as f:
-                return T.wikitext_pages(f.read())
+                return task_defs.wikitext_pages(f.read())
         try:
-            return T.load_split(task, task.split, data_dir, download=download, cache=cache)
+            return task_defs.load_split(task, task.split, data_dir, download=download, cache=cache)
         except FileNotFoundError as e:
             raise MissingFileError(f"{e} For wikitext, or give the raw WikiText test file with --wikitext "
                                     "(env DISPERSE_WIKITEXT_TEST), e.g. shared/corpus/wikitext103/test.raw.") from None
-    return T.load_split(task, task.split, data_dir, download=download, cache=cache)
+    return task_defs.load_split(task, task.split, data_dir, download=download, cache=cache)
 
 
 _WARNED = set()  # tasks whose few-shot fallback was already reported in this process
@@ -61,7 +61,7 @@ def fewshot_pool(task, docs_all, data_dir, download=True, cache=None):
     if task.fewshot_split == task.split or task.fewshot_split is None:
         return task, docs_all, True
     try:
-        return task, T.load_split(task, task.fewshot_split, data_dir, download=download, cache=cache), True
+        return task, task_defs.load_split(task, task.fewshot_split, data_dir, download=download, cache=cache), True
     except FileNotFoundError:
         # lm-eval's shot split is missing: take shots from the scored split, minus the scored doc
         if task.name not in _WARNED:
@@ -77,7 +77,7 @@ def paper_protocol_shots(shots=1):
     """The paper's two passes as one num_fewshot dict: 0-shot for anli_r2, lambada_openai,
     openbookqa, piqa, truthfulqa_mc2, winogrande; `shots` (1 for GPT-2, 5 for Qwen3) for
     arc_easy, arc_challenge, medmcqa and mmlu."""
-    return {**{name: 0 for name in T.PAPER_ZERO_SHOT}, **{name: shots for name in T.PAPER_FEW_SHOT}}
+    return {**{name: 0 for name in task_defs.PAPER_ZERO_SHOT}, **{name: shots for name in task_defs.PAPER_FEW_SHOT}}
 
 
 def evaluate(model, tasks, data_dir=None, limit=None, num_fewshot=0, batch_size=16, device=None,
@@ -98,16 +98,16 @@ def evaluate(model, tasks, data_dir=None, limit=None, num_fewshot=0, batch_size=
     model = getattr(model, "module", model)        # DDP wrapper
     model = getattr(model, "_orig_mod", model)     # torch.compile wrapper: run eager, shapes vary
     device = device or next(model.parameters()).device
-    names = T.expand(tasks)
+    names = task_defs.expand(tasks)
     if isinstance(num_fewshot, dict):  # keys may be groups ("mmlu"): give each leaf task its shots
-        num_fewshot = {leaf: k for key, k in num_fewshot.items() for leaf in T.expand([key])}
+        num_fewshot = {leaf: k for key, k in num_fewshot.items() for leaf in task_defs.expand([key])}
     t0 = time.time()
 
     # documents -> items (text requests) -> token requests
     file_cache = {}
     all_items, token_items, task_info = [], [], {}
     for name in names:
-        task = T.TASKS[name]
+        task = task_defs.TASKS[name]
         docs_all = load_task_docs(task, data_dir, wikitext, download, file_cache)
         docs = docs_all[:limit] if limit else docs_all
         k = num_fewshot.get(name, 0) if isinstance(num_fewshot, dict) else int(num_fewshot or 0)
@@ -117,9 +117,9 @@ def evaluate(model, tasks, data_dir=None, limit=None, num_fewshot=0, batch_size=
         if k > 0:
             sampling_task, pool, matches = fewshot_pool(task, docs_all, data_dir, download, file_cache)
         try:
-            items = T.build_items(sampling_task, docs, k, pool, seed)
+            items = task_defs.build_items(sampling_task, docs, k, pool, seed)
         except KeyError as e:
-            raise T.missing_field(task, data_dir, e) from None
+            raise task_defs.missing_field(task, data_dir, e) from None
         task_info[name] = {"num_fewshot": k, "split": task.split,
                            "fewshot_split": (None if k == 0 else task.fewshot_split if matches else task.split),
                            "fewshot_matches_lm_eval": matches}
@@ -150,16 +150,16 @@ def evaluate(model, tasks, data_dir=None, limit=None, num_fewshot=0, batch_size=
     records = {name: [] for name in names}
     block_size = model.config.block_size
     for item, item_scores, reqs in zip(all_items, scores, token_items):
-        rec = item_record(T.TASKS[item.task], item, item_scores)
+        rec = item_record(task_defs.TASKS[item.task], item, item_scores)
         long = sum(len(cont) > block_size for _, cont in reqs)
-        if long and T.TASKS[item.task].kind != "loglikelihood_rolling":  # (rolling windows always fit)
+        if long and task_defs.TASKS[item.task].kind != "loglikelihood_rolling":  # (rolling windows always fit)
             rec["long_continuations"] = long  # requests scored in windows (see scoring.continuation_windows)
         if keep_requests:
             rec["requests"] = item.requests
         records[item.task].append(rec)
     results = {}
     for name in names:
-        results[name] = {**task_metrics(T.TASKS[name], records[name]), **task_info[name],
+        results[name] = {**task_metrics(task_defs.TASKS[name], records[name]), **task_info[name],
                          "n_long_continuation": sum(1 for r in records[name] if r.get("long_continuations"))}
     results.update(group_metrics(results))
     results["config"] = {"tasks": tasks if isinstance(tasks, str) else ",".join(tasks), "limit": limit,
@@ -190,7 +190,7 @@ def item_record(task, item, item_scores):
     rec = {"task": task.name, "doc_id": item.doc_id}
     if task.kind == "loglikelihood_rolling":
         page = item.doc["page"]
-        rec.update(ll=sum(lls), words=T.wikitext_words(page), bytes=len(page.encode("utf-8")),
+        rec.update(ll=sum(lls), words=task_defs.wikitext_words(page), bytes=len(page.encode("utf-8")),
                    windows=len(lls))
     elif task.kind == "loglikelihood":
         rec.update(ll=lls[0], is_greedy=greedy[0], acc=float(greedy[0]))
@@ -228,10 +228,10 @@ def group_metrics(results):
     over the leaf subjects, only when every subject was scored. paper10: the unweighted mean
     of the ten tasks' accuracies (lambada acc, truthfulqa_mc2 acc, the mmlu aggregate)."""
     out = {}
-    for group, members in T.GROUPS.items():
+    for group, members in task_defs.GROUPS.items():
         if group == "paper10":
             continue
-        leaves = T.expand(members)
+        leaves = task_defs.expand(members)
         if not all(leaf in results and results[leaf].get("n") for leaf in leaves):
             continue
         sizes = [results[leaf]["n"] for leaf in leaves]
@@ -241,7 +241,7 @@ def group_metrics(results):
                       "acc_stderr": pooled_stderr(stderrs, sizes) if None not in stderrs else None,
                       "num_fewshot": results[leaves[0]]["num_fewshot"]}
     scores = {**results, **out}
-    ten = T.GROUPS["paper10"]
+    ten = task_defs.GROUPS["paper10"]
     if all(name in scores and "acc" in scores[name] for name in ten):
         out["paper10"] = {"acc": mean([scores[name]["acc"] for name in ten]),
                           "tasks": {name: scores[name]["acc"] for name in ten}}
@@ -253,7 +253,7 @@ def group_metrics(results):
 def format_table(results):
     lines = [f"{'task':<28} {'n':>6} {'shots':>5}  {'metric':<16} {'value':>10} {'stderr':>8}"]
     for name, res in results.items():
-        if name == "config" or name.startswith("mmlu_") and name not in T.GROUPS:
+        if name == "config" or name.startswith("mmlu_") and name not in task_defs.GROUPS:
             continue  # the 57 subjects are in results.json; the table shows the aggregates
         metrics = [m for m in res if m not in ("n", "num_fewshot", "tasks", "split", "fewshot_split",
                                                "fewshot_matches_lm_eval", "note", "n_long_continuation")
@@ -326,7 +326,7 @@ def arguments():
 def main(argv=None):
     args = arguments().parse_args(argv)
     try:  # the cheap checks first: nothing is loaded before the inputs are known to be there
-        T.expand(args.tasks)
+        task_defs.expand(args.tasks)
     except KeyError as e:
         raise InputError(f"--tasks: {e.args[0]}") from None
     if args.data_dir and not os.path.isdir(args.data_dir):
@@ -355,7 +355,8 @@ def main(argv=None):
                               max_batch_tokens=args.max_batch_tokens, dtype=args.dtype, enc=enc)
     results["config"].update(ckpt=args.ckpt, model=info, paper_protocol=args.paper_protocol, tokenizer=enc.name)
     if args.paper_protocol:
-        results["config"]["num_fewshot"] = {"zero_shot": T.PAPER_ZERO_SHOT, "few_shot": T.PAPER_FEW_SHOT,
+        results["config"]["num_fewshot"] = {"zero_shot": task_defs.PAPER_ZERO_SHOT,
+                                            "few_shot": task_defs.PAPER_FEW_SHOT,
                                             "shots": 1 if args.num_fewshot is None else args.num_fewshot}
     rank0 = not (torch.distributed.is_available() and torch.distributed.is_initialized()) \
         or torch.distributed.get_rank() == 0

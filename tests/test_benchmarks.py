@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from eval import tasks as T
+from eval import tasks as task_defs
 from eval import scoring as S
 from eval import benchmarks as B
 from model import GPT, GPTConfig
@@ -30,7 +30,7 @@ needs_shared = pytest.mark.skipif(not (BENCH.is_dir() and (SHARED / "tiktoken").
 
 
 def items_of(task_name, docs, k=0, pool=None, seed=1234):
-    return T.build_items(T.TASKS[task_name], docs, k, pool, seed)
+    return task_defs.build_items(task_defs.TASKS[task_name], docs, k, pool, seed)
 
 
 # ----------------------------------------------------------------------------- prompts
@@ -124,7 +124,7 @@ def test_mmlu_prompt_description_and_first_n_shots():
 def test_hellaswag_preprocessing():
     doc = {"ind": 1, "activity_label": "Home [title] Repair", "ctx_a": "A man is on a roof.", "ctx_b": "he",
            "endings": ["climbs [step] down.", "is  [title] happy."], "label": "1"}
-    (processed,) = T.hellaswag_process([doc])
+    (processed,) = task_defs.hellaswag_process([doc])
     (item,) = items_of("hellaswag", [processed])
     assert item.requests == [("Home. Repair: A man is on a roof. He", " climbs down."),
                              ("Home. Repair: A man is on a roof. He", " is . happy.")]
@@ -148,8 +148,8 @@ def test_boolq_copa_sciq_prompts():
 
 def test_fewshot_shot_format_and_delimiters():
     docs = [{"goal": f"g{i}", "sol1": f"a{i}", "sol2": f"b{i}", "label": i % 2} for i in range(6)]
-    task = T.TASKS["piqa"]
-    (item,) = T.build_items(task, docs[:1], 2, docs, seed=1234)
+    task = task_defs.TASKS["piqa"]
+    (item,) = task_defs.build_items(task, docs[:1], 2, docs, seed=1234)
     ctx = item.requests[0][0]
     shots = ctx.split("\n\n")
     assert len(shots) == 3 and shots[-1] == "Question: g0\nAnswer:"
@@ -161,13 +161,13 @@ def test_fewshot_shot_format_and_delimiters():
 def test_wikitext_pages_detokenizer_and_words():
     raw = " \n = Alpha = \n \n Alpha is a band @-@ name , it 's 1 @,@ 000 . \n \n = = History = = \n \n" \
           " Text ( here ) . \n \n = Beta = \n \n Beta \n"
-    pages = T.wikitext_pages(raw)
+    pages = task_defs.wikitext_pages(raw)
     assert [p["page"].split("\n")[0] for p in pages] == [" = Alpha = ", " = Beta = "]
     assert " = = History = = " in pages[0]["page"]  # sub-headings stay in their page
-    assert T.wikitext_detokenize(" Alpha is a band @-@ name , it 's 1 @,@ 000 . \n") == \
+    assert task_defs.wikitext_detokenize(" Alpha is a band @-@ name , it 's 1 @,@ 000 . \n") == \
         " Alpha is a band-name, it's 1,000.\n"
-    assert T.wikitext_detokenize("x ( here ) y = = H = = z") == "x (here) y == H == z"
-    assert T.wikitext_words(" a  b\nc ") == 5  # re.split on whitespace runs, empty ends counted
+    assert task_defs.wikitext_detokenize("x ( here ) y = = H = = z") == "x (here) y == H == z"
+    assert task_defs.wikitext_words(" a  b\nc ") == 5  # re.split on whitespace runs, empty ends counted
 
 
 # ----------------------------------------------------------------------------- few-shot sampling
@@ -175,30 +175,30 @@ def test_wikitext_pages_detokenizer_and_words():
 def test_fewshot_sampling_matches_lmeval_sampler():
     # expected ids were produced by lm-eval 0.4.13's ContextSampler (seed 1234, sequential docs)
     pool = [{"id": i} for i in range(20)]
-    task = T.Task("t", "t", "x", "multiple_choice", None, None, fewshot_excludes_doc=True)
+    task = task_defs.Task("t", "t", "x", "multiple_choice", None, None, fewshot_excludes_doc=True)
     rng = random.Random(1234)
-    assert [[d["id"] for d in T.sample_fewshot(task, rng, pool, {"id": i}, 2)] for i in range(4)] == \
+    assert [[d["id"] for d in task_defs.sample_fewshot(task, rng, pool, {"id": i}, 2)] for i in range(4)] == \
         [[14, 3], [2, 18], [3, 11], [7, 0]]
-    task = T.Task("t", "t", "x", "multiple_choice", None, None, fewshot_excludes_doc=False)
+    task = task_defs.Task("t", "t", "x", "multiple_choice", None, None, fewshot_excludes_doc=False)
     rng = random.Random(1234)
-    assert [[d["id"] for d in T.sample_fewshot(task, rng, pool, {"id": i}, 3)] for i in range(3)] == \
+    assert [[d["id"] for d in task_defs.sample_fewshot(task, rng, pool, {"id": i}, 3)] for i in range(3)] == \
         [[14, 3, 0], [2, 18, 1], [2, 3, 11]]
 
 
 def test_fewshot_sampling_is_deterministic_and_excludes_the_doc():
     pool = [{"id": i} for i in range(8)]
-    task = T.Task("t", "t", "x", "multiple_choice", None, None, fewshot_excludes_doc=True)
+    task = task_defs.Task("t", "t", "x", "multiple_choice", None, None, fewshot_excludes_doc=True)
     draws = []
     for _ in range(2):
         rng = random.Random(7)
-        draws.append([T.sample_fewshot(task, rng, pool, doc, 3) for doc in pool])
+        draws.append([task_defs.sample_fewshot(task, rng, pool, doc, 3) for doc in pool])
     assert draws[0] == draws[1]
     for doc, shots in zip(pool, draws[0]):
         assert doc not in shots and len(shots) == 3 and len({s["id"] for s in shots}) == 3
     # duplicates of the doc in the pool are all excluded
     dup = [{"id": 0}] * 5 + [{"id": 1}, {"id": 2}]
     for seed in range(20):
-        shots = T.sample_fewshot(task, random.Random(seed), dup, {"id": 0}, 2)
+        shots = task_defs.sample_fewshot(task, random.Random(seed), dup, {"id": 0}, 2)
         assert {"id": 0} not in shots and len(shots) == 2
 
 
@@ -448,9 +448,9 @@ def test_rolling_windows_cover_each_token_once():
 # ----------------------------------------------------------------------------- metrics
 
 def test_acc_and_acc_norm():
-    item = T.Item("piqa", 0, {}, [("q", " short"), ("q", " a much longer answer")], gold=1,
+    item = task_defs.Item("piqa", 0, {}, [("q", " short"), ("q", " a much longer answer")], gold=1,
                   choices=["short", "a much longer answer"])
-    rec = B.item_record(T.TASKS["piqa"], item, [(-10.0, False), (-12.0, False)])
+    rec = B.item_record(task_defs.TASKS["piqa"], item, [(-10.0, False), (-12.0, False)])
     assert rec["pred"] == 0 and rec["acc"] == 0.0          # -10 > -12
     assert rec["pred_norm"] == 1 and rec["acc_norm"] == 1.0  # -10/5 < -12/20
     assert S.pick_choice([-1.0, -1.0, -2.0]) == 0            # ties go to the first, like argmax
@@ -458,9 +458,9 @@ def test_acc_and_acc_norm():
 
 def test_truthfulqa_mc2_is_the_normalised_mass_on_true_answers():
     doc = {"mc2_targets": {"choices": ["a", "b", "c"], "labels": [1, 0, 1]}}
-    got = T.truthfulqa_mc2_results(doc, [math.log(0.5), math.log(0.25), math.log(0.25)])["acc"]
+    got = task_defs.truthfulqa_mc2_results(doc, [math.log(0.5), math.log(0.25), math.log(0.25)])["acc"]
     assert abs(got - 0.75) < 1e-12
-    got = T.truthfulqa_mc2_results(doc, [-2000.0, -2001.0, -2000.0])["acc"]  # no underflow
+    got = task_defs.truthfulqa_mc2_results(doc, [-2000.0, -2001.0, -2000.0])["acc"]  # no underflow
     assert abs(got - 2 / (2 + math.exp(-1))) < 1e-12
 
 
@@ -473,7 +473,7 @@ def test_mean_stderr_is_sample_std_over_sqrt_n():
 def test_mmlu_aggregate_is_size_weighted_with_pooled_stderr_and_paper10_mean():
     rng = random.Random(0)
     results, flat, stderrs, sizes = {}, [], [], []
-    for name in T.MMLU_TASKS:
+    for name in task_defs.MMLU_TASKS:
         n = rng.randrange(5, 30)
         accs = [float(rng.random() < 0.3) for _ in range(n)]
         results[name] = {"n": n, "acc": sum(accs) / n, "acc_stderr": S.mean_stderr(accs), "num_fewshot": 1}
@@ -486,11 +486,11 @@ def test_mmlu_aggregate_is_size_weighted_with_pooled_stderr_and_paper10_mean():
     pooled = math.sqrt(sum((n - 1) * se ** 2 * n for se, n in zip(stderrs, sizes)) / (N - k) / N)
     assert abs(groups["mmlu"]["acc_stderr"] - pooled) < 1e-12
     assert groups["mmlu"]["n"] == N and "mmlu_stem" in groups and "paper10" not in groups
-    stem = [t for t in T.MMLU_TASKS if T.MMLU_SUBJECTS[t[5:]] == "stem"]
+    stem = [t for t in task_defs.MMLU_TASKS if task_defs.MMLU_SUBJECTS[t[5:]] == "stem"]
     assert abs(groups["mmlu_stem"]["acc"] - sum(results[t]["acc"] * results[t]["n"] for t in stem)
                / sum(results[t]["n"] for t in stem)) < 1e-12
     # paper10: the unweighted mean of the ten accuracies, mmlu as its aggregate
-    for i, name in enumerate(T.GROUPS["paper10"][:-1]):
+    for i, name in enumerate(task_defs.GROUPS["paper10"][:-1]):
         results[name] = {"n": 10, "acc": i / 10}
     groups = B.group_metrics(results)
     expected = (sum(i / 10 for i in range(9)) + groups["mmlu"]["acc"]) / 10
@@ -503,11 +503,11 @@ def test_lambada_greedy_accuracy_and_perplexity():
     model = Bigram(table)
     nxt = int(table[4].argmax())
     wrong = (nxt + 1) % 10
-    items = [T.Item("lambada_openai", 0, {}, [("a", " b")]), T.Item("lambada_openai", 1, {}, [("a", " c")])]
+    items = [task_defs.Item("lambada_openai", 0, {}, [("a", " b")]), task_defs.Item("lambada_openai", 1, {}, [("a", " c")])]
     scores = S.score_items(model, [[([4], [nxt])], [([4], [wrong])]], progress=False)
-    recs = [B.item_record(T.TASKS["lambada_openai"], it, sc) for it, sc in zip(items, scores)]
+    recs = [B.item_record(task_defs.TASKS["lambada_openai"], it, sc) for it, sc in zip(items, scores)]
     assert [r["acc"] for r in recs] == [1.0, 0.0]
-    metrics = B.task_metrics(T.TASKS["lambada_openai"], recs)
+    metrics = B.task_metrics(task_defs.TASKS["lambada_openai"], recs)
     lp = F.log_softmax(table[4].double(), -1)
     assert abs(metrics["perplexity"] - math.exp(-(lp[nxt] + lp[wrong]).item() / 2)) < 1e-6
 
@@ -521,19 +521,19 @@ def tiny_gpt():
 
 @needs_shared
 def test_real_files_first_prompts(monkeypatch):
-    piqa = T.load_split(T.TASKS["piqa"], "validation", str(BENCH), download=False)
+    piqa = task_defs.load_split(task_defs.TASKS["piqa"], "validation", str(BENCH), download=False)
     (item,) = items_of("piqa", piqa[:1])
     assert item.requests[0][0] == "Question: How do I ready a guinea pig cage for it's new occupants?\nAnswer:"
-    mmlu = T.TASKS["mmlu_abstract_algebra"]
-    test = T.load_split(mmlu, "test", str(BENCH), download=False)
-    dev = T.load_split(mmlu, "dev", str(BENCH), download=False)
-    (item,) = T.build_items(mmlu, test[:1], 1, dev)
+    mmlu = task_defs.TASKS["mmlu_abstract_algebra"]
+    test = task_defs.load_split(mmlu, "test", str(BENCH), download=False)
+    dev = task_defs.load_split(mmlu, "dev", str(BENCH), download=False)
+    (item,) = task_defs.build_items(mmlu, test[:1], 1, dev)
     assert item.requests[0] == (
         "The following are multiple choice questions (with answers) about abstract algebra.\n\n"
         "Find all c in Z_3 such that Z_3[x]/(x^2 + c) is a field.\nA. 0\nB. 1\nC. 2\nD. 3\nAnswer: B\n\n"
         "Find the degree for the given field extension Q(sqrt(2), sqrt(3), sqrt(18)) over Q.\n"
         "A. 0\nB. 4\nC. 2\nD. 6\nAnswer:", " A")
-    pages = B.load_task_docs(T.TASKS["wikitext"], None, str(SHARED / "corpus" / "wikitext103" / "test.raw"))
+    pages = B.load_task_docs(task_defs.TASKS["wikitext"], None, str(SHARED / "corpus" / "wikitext103" / "test.raw"))
     assert len(pages) == 62  # the documents of EleutherAI/wikitext_document_level's test split
 
 
@@ -545,7 +545,7 @@ def test_evaluate_paper10_end_to_end_and_restores_mode(monkeypatch):
     results, items = B.evaluate(model, "paper10,hellaswag", str(BENCH), limit=2, num_fewshot=B.paper_protocol_shots(1),
                                 batch_size=8, device="cpu", progress=False, download=False)
     assert model.training
-    for name in T.GROUPS["paper10"] + ["hellaswag"]:
+    for name in task_defs.GROUPS["paper10"] + ["hellaswag"]:
         assert 0.0 <= results[name]["acc"] <= 1.0
     assert results["mmlu"]["n"] == 2 * 57 and results["arc_easy"]["num_fewshot"] == 1
     assert results["medmcqa"]["fewshot_matches_lm_eval"] is False  # its train split is not offline
@@ -576,4 +576,4 @@ def test_cli_writes_results_and_items(tmp_path, monkeypatch):
 def test_missing_file_error_names_the_file_and_flag(tmp_path, monkeypatch):
     monkeypatch.setenv("DISPERSE_BENCHMARKS_CACHE", str(tmp_path / "cache"))
     with pytest.raises(FileNotFoundError, match=r"piqa/validation\.jsonl.*--data-dir"):
-        T.load_split(T.TASKS["piqa"], "validation", str(tmp_path), download=False)
+        task_defs.load_split(task_defs.TASKS["piqa"], "validation", str(tmp_path), download=False)

@@ -233,11 +233,8 @@ def test_a_full_disk_while_saving_keeps_the_previous_checkpoint(parallel, tiny_d
 
 # ---------------------------------------------------------------------- damaged token files
 
-def test_a_token_file_damaged_after_preparation_is_named(tiny_dataset, tmp_path):
-    """meta.json records the largest id (so the file is not scanned at start), but a byte changed since:
-    the batch that reads it stops the run with one line naming the file and the position, before the
-    model sees it. (A file cut short, or with ids beyond the vocabulary and no record of its largest id,
-    stops before any step: tests/test_errors.py.)"""
+def damaged_copy(tiny_dataset, tmp_path):
+    """A copy of the data whose meta.json records the largest id, with half of train.bin changed since."""
     import shutil
 
     import numpy as np
@@ -249,6 +246,27 @@ def test_a_token_file_damaged_after_preparation_is_named(tiny_dataset, tmp_path)
     (data / "meta.json").write_text(json.dumps(meta))
     ids[len(ids) // 2:] = 4000  # half the file damaged since
     ids.tofile(data / "train.bin")
+    return data
+
+
+def test_a_token_file_damaged_after_preparation_stops_the_run_before_any_step(tiny_dataset, tmp_path):
+    """A file up to data.common.SCAN_BYTES is read whole at start, whatever meta.json says: one line
+    naming it, and nothing written. (A file cut short: tests/test_errors.py.)"""
+    data = damaged_copy(tiny_dataset, tmp_path)
+    code, message = main_in_process([*RUN, f"--dataset={data}", f"--out_dir={tmp_path / 'out'}"])
+    assert code == 1 and message == (f"error: {data / 'train.bin'} holds token id 4000 but the model has "
+                                     "vocab_size=128 (ids 0..127); set vocab_size to at least 4001 or prepare "
+                                     "the data with the model's tokenizer"), message
+    assert not (tmp_path / "out" / "metrics.jsonl").exists() and not (tmp_path / "out" / "ckpt.pt").exists()
+
+
+def test_a_large_damaged_token_file_is_named_by_the_batch_that_reads_it(tiny_dataset, tmp_path, monkeypatch):
+    """A file above SCAN_BYTES (OpenWebText's 17 GB) is taken at its meta.json's largest id; the batch
+    that reads a damaged id stops the run with one line naming the file and the position, before the
+    model sees it."""
+    from data import common
+    monkeypatch.setattr(common, "SCAN_BYTES", 0)
+    data = damaged_copy(tiny_dataset, tmp_path)
     code, message = main_in_process([*RUN, f"--dataset={data}", f"--out_dir={tmp_path / 'out'}"])
     assert code == 1 and message.startswith(f"error: {data / 'train.bin'} holds token id 4000 at position "), message
     assert "beyond vocab_size=128" in message and "\n" not in message

@@ -133,7 +133,7 @@ def test_gpt2_files_rebuilt_from_tiktoken_equal_gpt2s_own(shared):
     want_merges = [tuple(line.split(" ")) for line in (reference / "merges.txt").read_text(encoding="utf-8")
                    .splitlines()[1:]]
     for name in ("gpt2", "r50k_base"):  # the same ranks under two names
-        vocab, merges = hf.gpt2_vocab_and_merges(get_tokenizer(name)._tok)
+        vocab, merges = hf.gpt2_vocab_and_merges(get_tokenizer(name).wrapped)
         assert vocab == want_vocab and list(vocab.items()) == list(want_vocab.items())
         assert merges == want_merges  # order included: merge k made token 256 + k
         assert len(merges) == 50000
