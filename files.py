@@ -41,8 +41,9 @@ def disk_full_message(path, error=None, needed=None):
         free = "free space unknown"
     need = "" if needed is None else f"it needs {needed if isinstance(needed, str) else 'about ' + _size(needed)}; "
     cause = f" ({type(error).__name__}: {str(error).splitlines()[0][:120]})" if error is not None else ""
-    return (f"no space left on the device to write {path} ({need}{free} in {folder}){cause}; the previous file is "
-            "left as it was. Free some space (or point the output elsewhere) and run the same command again")
+    kept = "the previous file is left as it was" if os.path.exists(path) else "nothing was left half-written"
+    return (f"no space left on the device to write {path} ({need}{free} in {folder}){cause}; {kept}. Free some "
+            "space (or point the output elsewhere) and run the same command again")
 
 
 def _size(n):

@@ -207,6 +207,15 @@ def test_a_full_disk_while_logging_stops_in_one_line_and_loses_nothing(tiny_data
     assert_same_run(read_metrics(out), read_metrics(tmp_path / "straight"), resumed_from=4)
 
 
+def test_a_full_disk_on_a_first_write_does_not_speak_of_a_previous_file(tmp_path):
+    from files import disk_full_message
+    new, old = tmp_path / "ckpt.pt", tmp_path / "metrics.jsonl"
+    old.write_text("{}\n")
+    assert "nothing was left half-written" in disk_full_message(str(new), needed=10)
+    assert "previous" not in disk_full_message(str(new), needed=10)
+    assert "the previous file is left as it was" in disk_full_message(str(old), needed=10)
+
+
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_a_full_disk_while_saving_keeps_the_previous_checkpoint(parallel, tiny_dataset, tmp_path, monkeypatch):
     """ENOSPC while the checkpoint of iteration 8 is written (ckpt.pt, or the DCP folder ckpt_dcp of
@@ -223,7 +232,7 @@ def test_a_full_disk_while_saving_keeps_the_previous_checkpoint(parallel, tiny_d
     monkeypatch.setattr(torch, "save", full)
     code, message = main_in_process([*args, "--init_from=resume"])
     assert code == 1 and message.startswith(f"error: no space left on the device to write {path} (it needs "), message
-    assert "\n" not in message
+    assert "\n" not in message and "the previous file is left as it was" in message
     assert {p.name: p.read_bytes() for p in (path.iterdir() if path.is_dir() else [path])} == before
     assert not os.path.exists(str(path) + ".tmp")
     monkeypatch.undo()
