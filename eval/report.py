@@ -177,7 +177,8 @@ def _checkpoint_section(meta, summary, title, which):
         ref = effects["reference"]
         lines += [f"### Does the effect depend on the arm's setting? (vs {ref}'s effect)", "",
                   f"Each arm's effect (arm − its own baseline), minus {ref}'s effect ({ref} − {base}), per seed, "
-                  "over the seeds all four runs have; 95% t-interval over seeds (* excludes 0). A negative "
+                  "over the seeds all four runs have; 95% t-interval over seeds, its Benjamini–Hochberg q-value, and a "
+                  "star by the same rule as above (never from the interval alone). A negative "
                   "Δ val CE here means the arm's term helps more (or hurts less) than it does in "
                   f"{ref}.", ""]
         keys = [("val_loss", 1.0, 3), ("mean_cos_last", 1.0, 3), ("spearman", 1.0, 2), ("wikitext_word_perplexity", 1.0, 1)]
@@ -416,8 +417,10 @@ def build_report(exp_dir):
           "the unweighted mean over the tasks, MMLU counted once (pooled over its subjects). `chance` is uniform "
           "guessing, where defined; where it is not defined for every task, a second average row takes the same "
           "tasks for chance and for accuracy.",
-          "- An arm differs from the baseline only where its interval excludes 0; with few seeds the t-intervals "
-          "are wide (at 2 seeds t = 12.7), and one of 20 intervals misses by chance alone.",
+          "- A star marks a difference whose test rejects at 5 % after the multiplicity correction (Holm for the "
+          "primary comparisons, Benjamini–Hochberg q for the rest), never a zero-spread difference alone. An "
+          "interval that excludes 0 without a star is weak evidence: among many intervals, one in 20 excludes 0 by "
+          "chance. With few seeds the t-intervals are wide (at 2 seeds t = 12.7).",
           "- The std over seeds needs at least 2 seeds; with 2 it is itself very uncertain.",
           "- `mean_cos` is the paper's condensation measure (eval/condensation.py): the mean of all token-pair "
           "cosines of a sequence, diagonal included, averaged over the probe's sequences; `last-layer` is the last "
