@@ -12,7 +12,9 @@ SIGTERM or SIGUSR1 (preemption, a time limit near): a checkpoint at the next ste
 docs/distributed.md: launching on several nodes and under SLURM, and what survives which fault.
 
 The settings are the fields of Config below; config files and --key=value overrides replace them,
-and are checked (configurator.py, check_settings) before any work starts. main() reads in nanoGPT's
+and are checked (configurator.py, check_settings) before any work starts. --init_from=resume continues
+the run in out_dir with the settings saved in its checkpoint (those of RESUME_MAY_CHANGE may be given
+anew; other differing ones are refused). main() reads in nanoGPT's
 order: processes and devices, data, model, optimizer, then the loop (learning rate, evaluation and
 checkpoint, micro-steps, clipping, optimizer step, log).
 """
