@@ -33,7 +33,6 @@ import hashlib
 import os
 import random
 import re
-import shutil
 import sys
 
 import numpy as np
@@ -42,8 +41,8 @@ import torch
 from configurator import ArgumentParser
 from data.common import nanogpt_char_tokenizer
 from errors import InputError, MissingFileError, run_cli
-from files import atomic
-from model import GPTConfig, model_config_to_dict
+from files import atomic, link_or_copy
+from model import GPTConfig, model_config_to_dict, pad_vocab_rows
 
 FORMAT = "disperse-gpt-checkpoint/1"
 UNSAFE_HINT = ("if you made this file yourself or trust its source, open it with the allow-unsafe-pickle "
@@ -215,10 +214,6 @@ def is_nanogpt(ckpt):
             and set(ckpt["model_args"]) <= NANOGPT_MODEL_ARGS)
 
 
-def _pad_rows(tensor, rows):
-    return torch.cat([tensor, tensor.new_zeros(rows - tensor.size(0), *tensor.shape[1:])])
-
-
 def from_nanogpt(ckpt, path):
     """A nanoGPT checkpoint in this project's entries:
       model       its weights, without torch.compile's '_orig_mod.' prefix and without the causal-mask
@@ -243,7 +238,7 @@ def from_nanogpt(ckpt, path):
             state[name] = value
     for name in ("transformer.wte.weight", "lm_head.weight"):
         if isinstance(state.get(name), torch.Tensor) and state[name].dim() == 2 and state[name].size(0) == V < padded:
-            state[name] = _pad_rows(state[name], padded)
+            state[name] = pad_vocab_rows(state[name], padded)
     out = {"model": state, "model_args": model_config_to_dict(config), "iter_num": ckpt.get("iter_num", 0)}
     optimizer = ckpt.get("optimizer")
     if optimizer is not None:
@@ -254,7 +249,7 @@ def from_nanogpt(ckpt, path):
             raise CheckpointError(f"{path}: a nanoGPT checkpoint whose optimizer entry is not an AdamW state") from None
         for key, value in list(moments.items()):
             if isinstance(value, torch.Tensor) and value.dim() == 2 and value.size(0) == V < padded:
-                moments[key] = _pad_rows(value, padded)
+                moments[key] = pad_vocab_rows(value, padded)
         out["optimizer"] = optimizer
     best = ckpt.get("best_val_loss", float("inf"))
     out["best_val_loss"] = best.item() if isinstance(best, torch.Tensor) else float(best)  # nanoGPT saves a tensor
@@ -376,10 +371,7 @@ def keep_copy(path, copy_path):
     tmp = copy_path + ".tmp"
     if os.path.exists(tmp):
         os.remove(tmp)
-    try:
-        os.link(path, tmp)
-    except OSError:
-        shutil.copyfile(path, tmp)
+    link_or_copy(path, tmp)
     os.replace(tmp, copy_path)
 
 

@@ -87,6 +87,22 @@ def fsync_folder(path):
         pass
 
 
+def disk_full_error(error, path, tmp):
+    """The DiskFullError to raise for `error`, raised while path was being written through tmp, when the
+    disk is full (asked while tmp is still there, for the space needed); None for any other error."""
+    if isinstance(error, Exception) and not isinstance(error, InputError) and is_disk_full(error, path):
+        return DiskFullError(disk_full_message(path, error, space_needed(path, tmp)), error)
+    return None
+
+
+def link_or_copy(src, dst):
+    """dst becomes a hard link to src where the file system allows (no space, no time), else a copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 @contextlib.contextmanager
 def atomic(path, mode="w", encoding=None):
     """Open PATH.tmp for writing; when the block ends, flush it to disk and rename it over PATH. If
@@ -101,12 +117,11 @@ def atomic(path, mode="w", encoding=None):
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
-        full = isinstance(e, Exception) and not isinstance(e, InputError) and is_disk_full(e, path)
-        needed = space_needed(path, tmp) if full else None  # before tmp goes
+        full = disk_full_error(e, path, tmp)  # before tmp goes
         with contextlib.suppress(OSError):
             os.remove(tmp)
-        if full:
-            raise DiskFullError(disk_full_message(path, e, needed), e) from None
+        if full is not None:
+            raise full from None
         raise
     fsync_folder(path)
 
@@ -121,11 +136,10 @@ def atomic_folder(path):
     try:
         yield tmp
     except BaseException as e:
-        full = isinstance(e, Exception) and not isinstance(e, InputError) and is_disk_full(e, path)
-        needed = space_needed(path, tmp) if full else None
+        full = disk_full_error(e, path, tmp)  # before tmp goes
         shutil.rmtree(tmp, ignore_errors=True)
-        if full:
-            raise DiskFullError(disk_full_message(path, e, needed), e) from None
+        if full is not None:
+            raise full from None
         raise
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)

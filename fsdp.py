@@ -63,7 +63,7 @@ from torch.distributed.tensor import DTensor
 
 import checkpoint
 from errors import InputError, MissingFileError, run_cli
-from files import DiskFullError, disk_full_message, fsync_folder, is_disk_full, space_needed
+from files import DiskFullError, disk_full_message, fsync_folder, is_disk_full, link_or_copy, space_needed
 from model import GPT, model_config_from_dict
 
 EXTRA = "extra.pt"  # the non-tensor state, beside DCP's files
@@ -407,15 +407,8 @@ def keep_copy(folder, copy_folder):
     copies; one process (rank 0) calls it."""
     tmp = os.path.normpath(copy_folder) + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(folder, tmp, copy_function=_link_or_copy)
+    shutil.copytree(folder, tmp, copy_function=link_or_copy)
     _swap(tmp, os.path.normpath(copy_folder))
-
-
-def _link_or_copy(src, dst):
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
 
 
 # ---------------------------------------------------------------------- train.py's settings

@@ -34,7 +34,7 @@ import torch
 from configurator import ArgumentParser
 from errors import InputError, MissingFileError, run_cli
 from files import atomic_folder
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, pad_vocab_rows
 
 HF_ARCHITECTURES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
                     "qwen3": "Qwen3ForCausalLM"}
@@ -375,8 +375,7 @@ def _from_hf_weights(config, hf_config, hf_sd):
     with torch.no_grad():
         for name in ("transformer.wte.weight", "lm_head.weight"):
             if name in sd:  # padding rows: never produced, never read
-                sd[name] = torch.cat([sd[name], sd[name].new_zeros(config.padded_vocab_size - config.vocab_size,
-                                                                   config.n_embd)])
+                sd[name] = pad_vocab_rows(sd[name], config.padded_vocab_size)
         if config.tie_embeddings:
             sd["lm_head.weight"] = sd["transformer.wte.weight"]
         model.load_state_dict({k: v.float() for k, v in sd.items()})

@@ -102,6 +102,12 @@ class GPTConfig:
             raise ValueError(f"norm_eps={self.norm_eps} must be positive")
 
 
+def pad_vocab_rows(weight, padded_vocab_size):
+    """A (vocab_size, ...) embedding or head weight, or its optimizer moment, with zero rows up to
+    padded_vocab_size: the padding rows the model has but a vocabulary-sized checkpoint lacks."""
+    return torch.cat([weight, weight.new_zeros(padded_vocab_size - weight.size(0), *weight.shape[1:])])
+
+
 class LayerNorm(nn.Module):
     """LayerNorm with an optional bias (PyTorch's LayerNorm always has one before 2.1)."""
 

@@ -620,7 +620,8 @@ def read_for_resume(cfg, given):
     the one there. Verified (checksums, entries, finite numbers)."""
     file, folder = os.path.join(cfg.out_dir, "ckpt.pt"), os.path.join(cfg.out_dir, "ckpt_dcp")
     there = os.path.exists(folder) or os.path.exists(folder + ".old")
-    if cfg.parallel == "fsdp" if "parallel" in given else there and not os.path.exists(file):
+    wants_folder = cfg.parallel == "fsdp" if "parallel" in given else there and not os.path.exists(file)
+    if wants_folder:
         if not there and os.path.exists(file):
             raise MissingFileError(f"parallel=fsdp resumes from a folder {folder}, but {cfg.out_dir} holds {file}; "
                                    f"convert it first (python fsdp.py from-ckpt {file} {folder}) or resume with "
